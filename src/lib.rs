@@ -1,0 +1,24 @@
+//! Session Queue: a Raft-replicated task queue for AI inference tasks.
+//!
+//! Layers, each using only those below it:
+//! - [`node`]: wiring, startup and graceful shutdown of one node ([`config`], [`shutdown`]);
+//!   - [`api`]: the public HTTP API;
+//!   - [`peer`]: the node-to-node channel's server;
+//!   - [`raft`]: openraft types, network client, group commit, linearizable reads;
+//!     - [`store`]: RocksDB log store, state-machine store, snapshots;
+//!       - [`machine`]: the task state machine, pure and deterministic.
+//! - [`codec`]: every binary encoding (used by store and the peer channel).
+//! - [`client`]: the HTTP client behind the command-line tools, simulated miners and
+//!   the load generator ([`bench`]).
+
+pub mod api;
+pub mod bench;
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod machine;
+pub mod node;
+pub mod peer;
+pub mod raft;
+pub mod shutdown;
+pub mod store;

@@ -1,0 +1,415 @@
+//! The task state machine: sessions, the node pool and the commit-reveal lifecycle of
+//! tasks, as a pure function of the Raft log.
+//!
+//! [`State::apply`] takes a [`Command`] and the leader's timestamp and either changes
+//! the state and returns what happened, or refuses with a [`Rejection`] and changes
+//! nothing. There is no I/O, no clock, no randomness and no hash-ordered iteration
+//! here: two replicas that apply the same commands hold byte-identical state
+//! ([`State::encode`] shows it). Timeouts fire only when the leader proposes a
+//! [`Command::Tick`].
+//!
+//! The state is four ordered maps (a header, sessions, miners, tasks) plus indexes
+//! derived from them (the per-session queues, the deadline index, idempotency keys,
+//! the pool). Only the maps are encoded; the indexes are rebuilt on restore. Every
+//! mutation marks the entity it touched, so the store can write exactly the changed
+//! records after each entry ([`State::take_dirty`]).
+//!
+//! The rules, briefly (see `SPEC.md` section 3 for the contract):
+//! - a session reserves at least `k` pooled miners (matching its tag), more while its
+//!   outstanding slots exceed the capacity of what it holds (up to `max_nodes`), and
+//!   gives the extra ones back after `idle_release_ms` without work;
+//! - a queued task is dispatched all at once to `k` distinct reserved miners with
+//!   free capacity, least-loaded first, then fewest recent rejections, then id;
+//! - when every slot is acked the precommit phase opens; it closes when every slot
+//!   precommitted, or at its deadline if `q` did; reveals are taken only after it
+//!   closes and must hash to the miner's precommit;
+//! - a slot that times out (ack, late precommit, reveal) or reveals a wrong hash goes
+//!   back to the queue for another miner, counting one more attempt; `q` agreeing
+//!   reveals complete the task; when agreement becomes impossible it fails.
+
+mod command;
+mod error;
+mod ids;
+mod pool;
+mod session;
+mod task;
+mod tick;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::mem;
+
+use serde::{Deserialize, Serialize};
+
+pub use command::{Applied, Batch, Command, Digest, Event, EventKind, MinerAuth, NewTask, Response, SessionSpec};
+pub use error::Rejection;
+pub use ids::{MinerId, SessionId, TaskId};
+pub use pool::{Miner, MinerState};
+pub use session::{Session, SessionState, StateCounts};
+pub use task::{sha256, Assignment, SlotState, Task, TaskState};
+pub use view::{PoolView, QueueDepth};
+
+use tick::Due;
+
+/// Hard limits of the machine itself. The HTTP layer enforces its own (configurable,
+/// lower) limits first; these only keep a bad command from growing the state.
+pub mod limits {
+    /// Largest payload or revealed output.
+    pub const MAX_BLOB_BYTES: usize = 64 << 20;
+    /// Most tasks in one submit.
+    pub const MAX_TASKS_PER_SUBMIT: usize = 100_000;
+    /// Longest name, owner, tag or idempotency key.
+    pub const MAX_LABEL_BYTES: usize = 256;
+    /// Most tags of a miner.
+    pub const MAX_TAGS: usize = 32;
+    /// Most miners per task.
+    pub const MAX_REDUNDANCY: u8 = 7;
+    /// Largest `max_nodes` of a session.
+    pub const MAX_NODES: u32 = 1024;
+    /// Largest miner capacity.
+    pub const MAX_CAPACITY: u32 = 4096;
+    /// Longest timeout or retention of any kind: 30 days.
+    pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
+    /// Largest `max_attempts`.
+    pub const MAX_ATTEMPTS: u32 = 1000;
+    /// A rejection counts as recent for this long.
+    pub const REJECTION_WINDOW_MS: u64 = 3600 * 1000;
+    /// Gone miners are forgotten after this long.
+    pub const GONE_MINER_RETENTION_MS: u64 = 3600 * 1000;
+    /// Throughput is measured over this window.
+    pub const THROUGHPUT_WINDOW_MS: u64 = 60 * 1000;
+}
+
+/// Counters and the clock of the machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The newest leader timestamp applied; time never runs backwards.
+    pub now_ms: u64,
+    pub next_session: u64,
+    pub next_miner: u64,
+    pub next_task: u64,
+    /// Completed tasks per second over the last minute (second → count), for the
+    /// scaling signal.
+    pub completions: BTreeMap<u64, u64>,
+}
+
+/// The key of one encoded record: what the store writes after an entry is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Header,
+    Session(SessionId),
+    Miner(MinerId),
+    Task(TaskId),
+}
+
+/// One record of the encoded state, as the store persists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    Header(Header),
+    Session(Session),
+    Miner(Miner),
+    Task(Task),
+}
+
+/// Indexes derived from the entities; never encoded, rebuilt on restore.
+#[derive(Clone, Debug, Default)]
+struct Indexes {
+    /// Per session, the tasks with open slots, by priority (highest first) then id.
+    queues: HashMap<SessionId, BTreeSet<(std::cmp::Reverse<i32>, TaskId)>>,
+    /// Every pending deadline.
+    deadlines: BTreeSet<(u64, Due)>,
+    /// (session, idempotency key) → task.
+    idempotency: HashMap<(SessionId, String), TaskId>,
+    /// Miners in the pool, free to be reserved.
+    pool: BTreeSet<MinerId>,
+    /// Sessions holding fewer miners than they want.
+    needy: BTreeSet<SessionId>,
+    /// Tasks per state, all sessions.
+    depth: StateCounts,
+    /// A miner's token hash → the miner, so a token alone identifies its miner.
+    tokens: HashMap<Digest, MinerId>,
+}
+
+/// What one apply is doing: its time, the transitions it caused and what it touched.
+#[derive(Clone, Debug, Default)]
+struct Step {
+    now: u64,
+    events: Vec<Event>,
+    /// Sessions whose demand or reservation changed: rebalanced and scheduled at the end.
+    touched: BTreeSet<SessionId>,
+    /// A miner came into the pool: needy sessions may take it.
+    pool_grew: bool,
+}
+
+/// The replicated state. See the module documentation.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    header: Header,
+    sessions: BTreeMap<SessionId, Session>,
+    miners: BTreeMap<MinerId, Miner>,
+    tasks: BTreeMap<TaskId, Task>,
+    idx: Indexes,
+    step: Step,
+    dirty: BTreeSet<Key>,
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header
+            && self.sessions == other.sessions
+            && self.miners == other.miners
+            && self.tasks == other.tasks
+    }
+}
+
+impl State {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one command at the leader's time `now_ms`. On `Err` nothing changed.
+    pub fn apply(&mut self, cmd: &Command, now_ms: u64) -> Result<Applied, Rejection> {
+        self.step = Step { now: now_ms.max(self.header.now_ms), ..Step::default() };
+        let result = match cmd {
+            Command::CreateSession(spec) => self.create_session(spec),
+            Command::CloseSession { session } => self.close_session(*session),
+            Command::SubmitTasks { session, tasks } => self.submit(*session, tasks),
+            Command::CancelTask { task } => self.cancel(*task),
+            Command::RegisterMiner { name, capacity, tags, token_hash, heartbeat_timeout_ms } => {
+                self.register_miner(name, *capacity, tags, *token_hash, *heartbeat_timeout_ms)
+            }
+            Command::Heartbeat { auth } => self.heartbeat(auth),
+            Command::DrainMiner { auth } => self.drain_miner(auth),
+            Command::DeregisterMiner { auth } => self.deregister_miner(auth),
+            Command::Ack { task, auth } => self.ack(*task, auth),
+            Command::Precommit { task, auth, hash } => self.precommit(*task, auth, *hash),
+            Command::Reveal { task, auth, output, nonce } => self.reveal(*task, auth, output, nonce),
+            Command::Tick => Ok(self.tick()),
+        };
+        match result {
+            Ok(response) => {
+                self.settle();
+                if self.header.now_ms != self.step.now {
+                    self.header.now_ms = self.step.now;
+                    self.dirty.insert(Key::Header);
+                }
+                Ok(Applied { response, events: mem::take(&mut self.step.events) })
+            }
+            Err(rejection) => {
+                debug_assert!(self.step.events.is_empty() && self.step.touched.is_empty());
+                Err(rejection)
+            }
+        }
+    }
+
+    /// Applies every command of a batch in order.
+    pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Result<Applied, Rejection>> {
+        batch.commands.iter().map(|c| self.apply(c, batch.now_ms)).collect()
+    }
+
+    /// After a command: rebalance the reservations of the sessions it touched (and of
+    /// the needy ones if the pool grew), then dispatch their queued tasks.
+    fn settle(&mut self) {
+        loop {
+            if mem::take(&mut self.step.pool_grew) {
+                let needy: Vec<SessionId> = self.idx.needy.iter().copied().collect();
+                self.step.touched.extend(needy);
+            }
+            let Some(session) = self.step.touched.pop_first() else { break };
+            self.rebalance(session);
+            self.schedule(session);
+        }
+    }
+
+    /// The leader's time of the last applied command.
+    pub fn now_ms(&self) -> u64 {
+        self.header.now_ms
+    }
+
+    /// The earliest pending deadline: the leader proposes a tick once it has passed.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.idx.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// The keys changed since the last call: the records the store must rewrite.
+    pub fn take_dirty(&mut self) -> BTreeSet<Key> {
+        mem::take(&mut self.dirty)
+    }
+
+    /// The current record under `key`, or `None` if it no longer exists.
+    pub fn record(&self, key: Key) -> Option<Record> {
+        match key {
+            Key::Header => Some(Record::Header(self.header.clone())),
+            Key::Session(id) => self.sessions.get(&id).cloned().map(Record::Session),
+            Key::Miner(id) => self.miners.get(&id).cloned().map(Record::Miner),
+            Key::Task(id) => self.tasks.get(&id).cloned().map(Record::Task),
+        }
+    }
+
+    /// Calls `f` with every record, in key order: header, sessions, miners, tasks.
+    pub fn for_each_record(&self, mut f: impl FnMut(Key, Record)) {
+        f(Key::Header, Record::Header(self.header.clone()));
+        for (id, s) in &self.sessions {
+            f(Key::Session(*id), Record::Session(s.clone()));
+        }
+        for (id, m) in &self.miners {
+            f(Key::Miner(*id), Record::Miner(m.clone()));
+        }
+        for (id, t) in &self.tasks {
+            f(Key::Task(*id), Record::Task(t.clone()));
+        }
+    }
+
+    /// Rebuilds a state from its records (in any order), deriving the indexes.
+    pub fn from_records(records: impl IntoIterator<Item = Record>) -> Self {
+        let mut state = State::new();
+        for record in records {
+            match record {
+                Record::Header(h) => state.header = h,
+                Record::Session(s) => {
+                    state.sessions.insert(s.id, s);
+                }
+                Record::Miner(m) => {
+                    state.miners.insert(m.id, m);
+                }
+                Record::Task(t) => {
+                    state.tasks.insert(t.id, t);
+                }
+            }
+        }
+        state.rebuild_indexes();
+        state
+    }
+
+    fn rebuild_indexes(&mut self) {
+        let mut idx = Indexes::default();
+        for s in self.sessions.values() {
+            if let Some(at) = s.idle_deadline {
+                idx.deadlines.insert((at, Due::Idle(s.id)));
+            }
+            if let Some(at) = s.purge_at {
+                idx.deadlines.insert((at, Due::SessionPurge(s.id)));
+            }
+        }
+        for m in self.miners.values() {
+            if let Some(at) = m.deadline() {
+                idx.deadlines.insert((at, m.due()));
+            }
+            if m.state == MinerState::Pooled {
+                idx.pool.insert(m.id);
+            }
+            idx.tokens.insert(m.token_hash, m.id);
+        }
+        for t in self.tasks.values() {
+            idx.depth.add(t.state, 1);
+            if t.open_slots > 0 && !t.state.is_terminal() {
+                idx.queues.entry(t.session).or_default().insert((std::cmp::Reverse(t.priority), t.id));
+            }
+            if let Some(key) = &t.idempotency_key {
+                idx.idempotency.insert((t.session, key.clone()), t.id);
+            }
+            if let Some(at) = t.phase_deadline {
+                idx.deadlines.insert((at, Due::Phase(t.id)));
+            }
+            if let Some(at) = t.purge_at {
+                idx.deadlines.insert((at, Due::TaskPurge(t.id)));
+            }
+            for a in &t.assignments {
+                if let Some(at) = a.deadline {
+                    idx.deadlines.insert((at, Due::Slot(t.id, a.miner)));
+                }
+            }
+        }
+        self.idx = idx;
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.update_needy(id);
+        }
+    }
+
+    /// The whole state as bytes, in a canonical order. Two replicas that applied the
+    /// same commands return the same bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.for_each_record(|_, record| {
+            let bytes = crate::codec::encode_record(&record);
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        });
+        out
+    }
+
+    /// The inverse of [`State::encode`].
+    pub fn decode(mut bytes: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        let mut records = Vec::new();
+        while !bytes.is_empty() {
+            if bytes.len() < 8 {
+                return Err(crate::codec::CodecError::Truncated);
+            }
+            let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+            let rest = &bytes[8..];
+            if rest.len() < len {
+                return Err(crate::codec::CodecError::Truncated);
+            }
+            records.push(crate::codec::decode_record(&rest[..len])?);
+            bytes = &rest[len..];
+        }
+        Ok(Self::from_records(records))
+    }
+
+    // ---- small helpers shared by the submodules ----
+
+    fn mark(&mut self, key: Key) {
+        self.dirty.insert(key);
+    }
+
+    fn emit(&mut self, id: TaskId, miner: Option<MinerId>, what: EventKind) {
+        let task = &self.tasks[&id];
+        self.step.events.push(Event {
+            task: id,
+            session: task.session,
+            state: task.state,
+            miner,
+            what,
+            at_ms: self.step.now,
+        });
+    }
+
+    fn set_due(&mut self, old: Option<u64>, new: Option<u64>, due: Due) {
+        if old == new {
+            return;
+        }
+        if let Some(at) = old {
+            self.idx.deadlines.remove(&(at, due));
+        }
+        if let Some(at) = new {
+            self.idx.deadlines.insert((at, due));
+        }
+    }
+
+    /// Checks a miner's credentials: it exists, the token matches, it is not gone.
+    fn authenticate(&self, auth: &MinerAuth) -> Result<&Miner, Rejection> {
+        let miner = self
+            .miners
+            .get(&auth.miner)
+            .ok_or_else(|| Rejection::Unauthorized(format!("unknown miner {}", auth.miner)))?;
+        if !constant_time_eq(&miner.token_hash, &auth.token_hash) {
+            return Err(Rejection::Unauthorized(format!("bad token for miner {}", auth.miner)));
+        }
+        if miner.state == MinerState::Gone {
+            return Err(error::conflict(format!(
+                "miner {} is gone (missed heartbeats or left); register again",
+                auth.miner
+            )));
+        }
+        Ok(miner)
+    }
+}
+
+fn constant_time_eq(a: &Digest, b: &Digest) -> bool {
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests;
