@@ -1,0 +1,151 @@
+//! Durable storage of a node: one RocksDB holding the Raft log, the Raft metadata and
+//! the applied state machine, plus snapshot files beside it.
+//!
+//! Column families:
+//! - `log`: log index (big-endian u64) → encoded entry;
+//! - `raft`: the vote, the committed and purged log ids, the current snapshot's meta;
+//! - `state`: the state machine's records (header, sessions, miners, tasks) and, in
+//!   the same write, the last applied log id and membership.
+//!
+//! Why the state machine lives in RocksDB and in memory both: the in-memory
+//! [`crate::machine::State`] serves reads and applies commands in microseconds; after
+//! each applied batch of entries, the records it changed are written to the `state`
+//! family in one `WriteBatch` together with the last applied log id, so the on-disk
+//! state is always a consistent prefix of the log. A restart loads the records
+//! (about a second per million tasks) and replays only the log entries after the last
+//! applied one, never twice. A snapshot is a RocksDB point-in-time view of the
+//! `state` family streamed to a file, so building one never blocks apply nor sees a
+//! half-applied entry.
+//!
+//! Durability: log appends, vote, truncate and purge are written with `sync`; the
+//! completion callback of an append fires only after that sync. State-machine writes
+//! are not synced on their own: they go through the same write-ahead log, so any
+//! later synced write makes them durable, and a crash before that only loses applied
+//! state that the (synced) log replays.
+
+mod log_store;
+mod snapshot;
+mod state_store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+pub use log_store::LogStore;
+pub use state_store::{AppliedState, PublishedEvent, StateStore};
+
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_RAFT: &str = "raft";
+pub(crate) const CF_STATE: &str = "state";
+
+/// Identifies this data directory: written at creation, checked at every open.
+const IDENTITY_FILE: &str = "IDENTITY";
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "data directory {path} belongs to node {found} of cluster {found_cluster:?}, not node {expected} of cluster \
+         {expected_cluster:?}; refusing to start (point --data-dir elsewhere, or wipe it if the node was removed)"
+    )]
+    Foreign { path: PathBuf, found: u64, found_cluster: String, expected: u64, expected_cluster: String },
+    #[error("data directory {path} is not a Session Queue data directory ({reason}); refusing to start")]
+    Unrecognised { path: PathBuf, reason: String },
+    #[error("RocksDB at {path} could not be opened (corrupted?): {source}")]
+    Rocks { path: PathBuf, source: rocksdb::Error },
+    #[error("state in {path} could not be read (corrupted?): {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Opens (or creates) the node's storage under `dir`.
+///
+/// `node_id` and `cluster` are checked against the identity the directory was created
+/// with, so a node never starts on another node's (or another cluster's) data.
+pub async fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<(LogStore, StateStore), OpenError> {
+    let io = |source| OpenError::Io { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    check_identity(dir, node_id, cluster)?;
+    let db = open_db(&dir.join("db"))?;
+    let db = Arc::new(db);
+    let log = LogStore::new(db.clone());
+    let state = StateStore::open(db, dir.join("snapshots")).await?;
+    Ok((log, state))
+}
+
+fn check_identity(dir: &Path, node_id: u64, cluster: &str) -> Result<(), OpenError> {
+    let path = dir.join(IDENTITY_FILE);
+    let expected = format!("session-queue node={node_id} cluster={cluster}\n");
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == expected => Ok(()),
+        Ok(found) => {
+            let parse = || -> Option<(u64, String)> {
+                let rest = found.trim_end().strip_prefix("session-queue node=")?;
+                let (node, cluster) = rest.split_once(" cluster=")?;
+                Some((node.parse().ok()?, cluster.to_string()))
+            };
+            match parse() {
+                Some((found, found_cluster)) => Err(OpenError::Foreign {
+                    path: dir.to_path_buf(),
+                    found,
+                    found_cluster,
+                    expected: node_id,
+                    expected_cluster: cluster.to_string(),
+                }),
+                None => Err(OpenError::Unrecognised {
+                    path: dir.to_path_buf(),
+                    reason: format!("{IDENTITY_FILE} is malformed"),
+                }),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_other = std::fs::read_dir(dir)
+                .map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })?
+                .next()
+                .is_some();
+            if has_other {
+                return Err(OpenError::Unrecognised {
+                    path: dir.to_path_buf(),
+                    reason: format!("it is not empty and has no {IDENTITY_FILE} file"),
+                });
+            }
+            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+            std::fs::write(&tmp, expected.as_bytes())
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })
+        }
+        Err(source) => Err(OpenError::Io { path: dir.to_path_buf(), source }),
+    }
+}
+
+fn open_db(path: &Path) -> Result<DB, OpenError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    opts.set_bytes_per_sync(1 << 20);
+    // Keep the WAL small: the log family is short-lived (purged after snapshots).
+    opts.set_max_total_wal_size(256 << 20);
+    let mut log_opts = Options::default();
+    log_opts.set_write_buffer_size(64 << 20);
+    let mut state_opts = Options::default();
+    state_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    state_opts.set_write_buffer_size(64 << 20);
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(CF_LOG, log_opts),
+        ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+        ColumnFamilyDescriptor::new(CF_STATE, state_opts),
+    ];
+    DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| OpenError::Rocks { path: path.to_path_buf(), source })
+}
+
+/// Big-endian key of a log index, so RocksDB's order is the log's order.
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests;

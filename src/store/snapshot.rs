@@ -1,0 +1,308 @@
+//! Snapshots: a point-in-time copy of the `state` family in a file, built without
+//! stopping apply, streamed to lagging nodes and installed atomically.
+//!
+//! File format: the magic `SQSNAP\0\x01`; then frames `[u32 key len][key][u32 value
+//! len][value]` in key order (the applied log id and membership are frames too); then
+//! `[u32 0xffffffff][u64 frame count][sha256 of everything before]`. A receiver checks
+//! the count and the digest before it touches its state, so a truncated or corrupted
+//! transfer is refused rather than installed.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use std::sync::Mutex;
+
+use openraft::StorageIOError;
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use sha2::{Digest, Sha256};
+
+use super::state_store::keys;
+use super::{CF_RAFT, CF_STATE};
+use crate::codec;
+use crate::machine::State;
+use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
+
+const MAGIC: &[u8; 8] = b"SQSNAP\x00\x01";
+const END: u32 = u32::MAX;
+const KEY_CURRENT: &[u8] = b"snapshot";
+
+/// The snapshot files of a node and the pointer to the current one.
+pub struct SnapshotFiles {
+    db: Arc<DB>,
+    dir: PathBuf,
+    seq: AtomicU64,
+    /// The file a snapshot is being received into.
+    receiving: Mutex<Option<PathBuf>>,
+}
+
+/// Builds a snapshot off the apply path (openraft runs it in its own task).
+pub struct SnapshotBuilder {
+    files: Arc<SnapshotFiles>,
+}
+
+impl SnapshotBuilder {
+    pub(super) fn new(files: Arc<SnapshotFiles>) -> Self {
+        SnapshotBuilder { files }
+    }
+
+    pub(super) async fn build(&mut self) -> Result<Snapshot, StorageError> {
+        let files = self.files.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || files.build_blocking())
+            .await
+            .expect("snapshot task panicked")?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+/// Writes through to a file while hashing.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Hashing<W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.hash.update(bytes);
+        self.inner.write_all(bytes)
+    }
+    fn frame(&mut self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+        self.put(&(key.len() as u32).to_le_bytes())?;
+        self.put(key)?;
+        self.put(&(value.len() as u32).to_le_bytes())?;
+        self.put(value)
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl SnapshotFiles {
+    pub(super) fn open(db: Arc<DB>, dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(SnapshotFiles { db, dir, seq: AtomicU64::new(0), receiving: Mutex::new(None) })
+    }
+
+    fn next_name(&self, what: &str) -> String {
+        let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        format!("{what}-{millis}-{}", self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A fresh file to receive a snapshot into.
+    pub(super) async fn incoming(&self) -> std::io::Result<tokio::fs::File> {
+        let path = self.dir.join(format!("{}.tmp", self.next_name("incoming")));
+        let file = tokio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).await?;
+        if let Some(old) = self.receiving.lock().expect("receiving lock").replace(path) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(file)
+    }
+
+    /// The current snapshot, if one was built or installed.
+    pub(super) async fn current(&self) -> Result<Option<Snapshot>, StorageError> {
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft column family");
+        let Some(bytes) = self.db.get_cf(cf, KEY_CURRENT).map_err(|e| StorageIOError::read_snapshot(None, &e))? else {
+            return Ok(None);
+        };
+        let (meta, name): (SnapshotMeta, String) =
+            codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        match tokio::fs::File::open(self.dir.join(&name)).await {
+            Ok(file) => Ok(Some(Snapshot { meta, snapshot: Box::new(file) })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into()),
+        }
+    }
+
+    /// Makes `name` the current snapshot (synced) and deletes the older files.
+    fn set_current(&self, meta: &SnapshotMeta, name: &str) -> std::io::Result<()> {
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft column family");
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.put_cf_opt(cf, KEY_CURRENT, codec::encode(&(meta, name)), &opts).map_err(io_err)?;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if file_name.ends_with(".snap") && file_name != name {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn build_blocking(&self) -> Result<(SnapshotMeta, PathBuf), StorageError> {
+        let err = |e: std::io::Error| StorageError::from(StorageIOError::write_snapshot(None, &e));
+        let view = self.db.snapshot();
+        let cf = self.db.cf_handle(CF_STATE).expect("state column family");
+        let get = |key: &[u8]| view.get_cf(cf, key).map_err(io_err);
+        let last_applied: Option<LogId> = match get(keys::APPLIED).map_err(err)? {
+            Some(b) => codec::decode(&b).map_err(io_err).map_err(err)?,
+            None => None,
+        };
+        let membership: StoredMembership = match get(keys::MEMBERSHIP).map_err(err)? {
+            Some(b) => codec::decode(&b).map_err(io_err).map_err(err)?,
+            None => StoredMembership::default(),
+        };
+        let id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.next_name("s")),
+            None => format!("none-{}", self.next_name("s")),
+        };
+        let name = format!("{}.snap", id.replace(['/', ' ', ':'], "_"));
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let file = File::create(&tmp).map_err(err)?;
+        let mut out = Hashing { inner: BufWriter::with_capacity(1 << 20, file), hash: Sha256::new() };
+        out.put(MAGIC).map_err(err)?;
+        let mut count = 0u64;
+        for item in view.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(io_err).map_err(err)?;
+            out.frame(&k, &v).map_err(err)?;
+            count += 1;
+        }
+        let digest = out.hash.clone().finalize();
+        let mut inner = out.inner;
+        inner.write_all(&END.to_le_bytes()).map_err(err)?;
+        inner.write_all(&count.to_le_bytes()).map_err(err)?;
+        inner.write_all(&digest).map_err(err)?;
+        let file = inner.into_inner().map_err(|e| err(e.into_error()))?;
+        file.sync_all().map_err(err)?;
+        let path = self.dir.join(&name);
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id: id };
+        self.set_current(&meta, &name).map_err(err)?;
+        tracing::info!(snapshot = %meta.snapshot_id, records = count, "built snapshot");
+        Ok((meta, path))
+    }
+
+    /// Checks a received snapshot, replaces the `state` family with it in one synced
+    /// batch, makes it the current snapshot and returns the state it holds.
+    pub(super) async fn install(
+        &self,
+        meta: &SnapshotMeta,
+        file: tokio::fs::File,
+    ) -> Result<(State, Option<LogId>, StoredMembership), StorageError> {
+        let err = |e: std::io::Error| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e));
+        let mut received = file.into_std().await;
+        let db = self.db.clone();
+        let expected = meta.last_log_id;
+        let name = format!("{}.snap", meta.snapshot_id.replace(['/', ' ', ':'], "_"));
+        let (tmp, path) = (self.dir.join(format!("{name}.tmp")), self.dir.join(&name));
+        let (state, last_applied, membership) = tokio::task::spawn_blocking(move || {
+            // Keep a copy as this node's current snapshot, so it can serve it in turn.
+            use std::io::Seek;
+            received.seek(std::io::SeekFrom::Start(0))?;
+            let mut copy = File::options().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+            std::io::copy(&mut received, &mut copy)?;
+            copy.sync_all()?;
+            let installed = replace_state(&db, copy, expected)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok::<_, std::io::Error>(installed)
+        })
+        .await
+        .expect("snapshot task panicked")
+        .map_err(err)?;
+        self.set_current(meta, &name).map_err(err)?;
+        if let Some(path) = self.receiving.lock().expect("receiving lock").take() {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok((state, last_applied, membership))
+    }
+}
+
+/// Verifies a snapshot file and swaps the `state` family for its content atomically.
+fn replace_state(
+    db: &DB,
+    file: File,
+    expected: Option<LogId>,
+) -> std::io::Result<(State, Option<LogId>, StoredMembership)> {
+    let frames = read_frames(file)?;
+    let cf = db.cf_handle(CF_STATE).expect("state column family");
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf, keys::FIRST, keys::END);
+    let mut records = Vec::with_capacity(frames.len());
+    let mut last_applied: Option<LogId> = None;
+    let mut membership = StoredMembership::default();
+    for (k, v) in &frames {
+        if k.as_slice() == keys::APPLIED {
+            last_applied = codec::decode(v).map_err(io_err)?;
+        } else if k.as_slice() == keys::MEMBERSHIP {
+            membership = codec::decode(v).map_err(io_err)?;
+        } else if !keys::is_meta(k) {
+            records.push(codec::decode_record(v).map_err(io_err)?);
+        }
+        batch.put_cf(cf, k, v);
+    }
+    if last_applied != expected {
+        return Err(io_err(format!("snapshot holds state applied up to {last_applied:?}, its meta says {expected:?}")));
+    }
+    drop(frames);
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(io_err)?;
+    Ok((State::from_records(records), last_applied, membership))
+}
+
+/// Reads and verifies every frame of a snapshot file.
+fn read_frames(mut file: File) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut hash = Sha256::new();
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(io_err("not a Session Queue snapshot (bad magic)"));
+    }
+    hash.update(magic);
+    let mut frames = Vec::new();
+    let read_len = |r: &mut BufReader<File>, hash: &mut Sha256| -> std::io::Result<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        let n = u32::from_le_bytes(b);
+        if n != END {
+            hash.update(b);
+        }
+        Ok(n)
+    };
+    loop {
+        let klen = read_len(&mut r, &mut hash)?;
+        if klen == END {
+            break;
+        }
+        let mut key = vec![0u8; klen as usize];
+        r.read_exact(&mut key)?;
+        hash.update(&key);
+        let vlen = read_len(&mut r, &mut hash)?;
+        if vlen == END {
+            return Err(io_err("snapshot frame without a value"));
+        }
+        let mut value = vec![0u8; vlen as usize];
+        r.read_exact(&mut value)?;
+        hash.update(&value);
+        frames.push((key, value));
+    }
+    let mut count = [0u8; 8];
+    r.read_exact(&mut count)?;
+    let mut digest = [0u8; 32];
+    r.read_exact(&mut digest)?;
+    if u64::from_le_bytes(count) != frames.len() as u64 {
+        return Err(io_err("snapshot is truncated (frame count mismatch)"));
+    }
+    if hash.finalize().as_slice() != digest {
+        return Err(io_err("snapshot is corrupted (digest mismatch)"));
+    }
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(io_err("trailing bytes after the snapshot"));
+    }
+    Ok(frames)
+}

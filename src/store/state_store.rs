@@ -1,0 +1,264 @@
+//! The state-machine store: applies committed entries to the in-memory
+//! [`State`], persists what changed, and shares the applied state with readers.
+//!
+//! See the module documentation of [`crate::store`] for why the state is held both in
+//! memory and in RocksDB. Readers go through [`AppliedState`]: a read lock held only
+//! for a lookup, the applied index as a `watch` (for long polls and read-index waits)
+//! and the task transitions as a `broadcast` (for event streams).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{IteratorMode, WriteBatch, DB};
+use tokio::sync::{broadcast, watch};
+
+use super::snapshot::{SnapshotBuilder, SnapshotFiles};
+use super::{OpenError, CF_STATE};
+use crate::codec;
+use crate::machine::{Event, Key, State};
+use crate::raft::types::{BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Keys of the `state` family. Records sort as header, sessions, miners, tasks.
+pub(super) mod keys {
+    use crate::machine::Key;
+
+    pub const APPLIED: &[u8] = &[0, b'a'];
+    pub const MEMBERSHIP: &[u8] = &[0, b'm'];
+    /// Everything of the family lies in `[FIRST, END)`.
+    pub const FIRST: &[u8] = &[0];
+    pub const END: &[u8] = &[0xff];
+
+    pub fn record(key: Key) -> Vec<u8> {
+        let (tag, id) = match key {
+            Key::Header => return vec![1],
+            Key::Session(id) => (2, id.0),
+            Key::Miner(id) => (3, id.0),
+            Key::Task(id) => (4, id.0),
+        };
+        let mut out = Vec::with_capacity(9);
+        out.push(tag);
+        out.extend_from_slice(&id.to_be_bytes());
+        out
+    }
+
+    pub fn is_meta(key: &[u8]) -> bool {
+        key.first() == Some(&0)
+    }
+}
+
+/// A transition of a task, with the log index of the entry that caused it.
+#[derive(Clone, Debug)]
+pub struct PublishedEvent {
+    pub index: u64,
+    pub event: Event,
+}
+
+/// The applied state, shared by the state-machine store (the only writer) and readers.
+pub struct AppliedState {
+    state: RwLock<State>,
+    applied: watch::Sender<u64>,
+    events: broadcast::Sender<Arc<PublishedEvent>>,
+}
+
+impl AppliedState {
+    fn new(state: State, applied: u64) -> Self {
+        let (events, _) = broadcast::channel(16 * 1024);
+        AppliedState { state: RwLock::new(state), applied: watch::Sender::new(applied), events }
+    }
+
+    /// Runs `f` on the applied state under a read lock; keep `f` short.
+    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.read().expect("state lock"))
+    }
+
+    /// The index of the last applied log entry.
+    pub fn applied_index(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Changes of the applied index.
+    pub fn watch_applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Every task transition applied from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<PublishedEvent>> {
+        self.events.subscribe()
+    }
+
+    /// Waits until the applied index reaches `index`; false on timeout.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|&applied| applied >= index)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// The state-machine store handed to openraft.
+pub struct StateStore {
+    db: Arc<DB>,
+    shared: Arc<AppliedState>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    files: Arc<SnapshotFiles>,
+}
+
+type Loaded = (State, Option<LogId>, StoredMembership);
+
+/// Reads the applied state from the `state` family.
+pub(super) fn load(db: &DB) -> Result<Loaded, String> {
+    let cf = db.cf_handle(CF_STATE).expect("state column family");
+    let mut last_applied = None;
+    let mut membership = StoredMembership::default();
+    let mut records = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| e.to_string())?;
+        if key.as_ref() == keys::APPLIED {
+            last_applied = codec::decode(&value).map_err(|e| format!("last applied id: {e}"))?;
+        } else if key.as_ref() == keys::MEMBERSHIP {
+            membership = codec::decode(&value).map_err(|e| format!("membership: {e}"))?;
+        } else {
+            records.push(codec::decode_record(&value).map_err(|e| format!("record {key:?}: {e}"))?);
+        }
+    }
+    Ok((State::from_records(records), last_applied, membership))
+}
+
+impl StateStore {
+    pub(super) async fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, OpenError> {
+        let files = SnapshotFiles::open(db.clone(), snapshot_dir.clone())
+            .map_err(|source| OpenError::Io { path: snapshot_dir.clone(), source })?;
+        let loader = db.clone();
+        let (state, last_applied, membership) = tokio::task::spawn_blocking(move || load(&loader))
+            .await
+            .expect("load task panicked")
+            .map_err(|reason| OpenError::Corrupt { path: snapshot_dir, reason })?;
+        let applied = last_applied.map_or(0, |l| l.index);
+        Ok(StateStore {
+            db,
+            shared: Arc::new(AppliedState::new(state, applied)),
+            last_applied,
+            membership,
+            files: Arc::new(files),
+        })
+    }
+
+    /// The read handle for the API.
+    pub fn reader(&self) -> Arc<AppliedState> {
+        self.shared.clone()
+    }
+
+    /// Writes the records that changed, with the applied id and membership, in one batch.
+    async fn persist(&self, records: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StorageError> {
+        let cf = self.db.cf_handle(CF_STATE).expect("state column family");
+        let mut batch = WriteBatch::default();
+        for (key, value) in records {
+            match value {
+                Some(v) => batch.put_cf(cf, key, v),
+                None => batch.delete_cf(cf, key),
+            }
+        }
+        batch.put_cf(cf, keys::APPLIED, codec::encode(&self.last_applied));
+        batch.put_cf(cf, keys::MEMBERSHIP, codec::encode(&self.membership));
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.write(batch))
+            .await
+            .expect("RocksDB write task panicked")
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut results = Vec::new();
+        let mut events = Vec::new();
+        let dirty = {
+            let mut state = self.shared.state.write().expect("state lock");
+            for entry in entries {
+                let index = entry.log_id.index;
+                self.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => results.push(BatchResult::default()),
+                    EntryPayload::Normal(batch) => {
+                        let outcomes = state.apply_batch(&batch);
+                        let mut out = Vec::with_capacity(outcomes.len());
+                        for outcome in outcomes {
+                            out.push(outcome.map(|applied| {
+                                events.extend(
+                                    applied.events.into_iter().map(|event| Arc::new(PublishedEvent { index, event })),
+                                );
+                                applied.response
+                            }));
+                        }
+                        results.push(BatchResult(out));
+                    }
+                    EntryPayload::Membership(m) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), m);
+                        results.push(BatchResult::default());
+                    }
+                }
+            }
+            state.take_dirty()
+        };
+        let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.shared.read(|state| {
+            dirty.into_iter().map(|key: Key| (keys::record(key), state.record(key).map(|r| codec::encode_record(&r)))).collect()
+        });
+        self.persist(records).await?;
+        if let Some(last) = self.last_applied {
+            self.shared.applied.send_replace(last.index);
+        }
+        for event in events {
+            let _ = self.shared.events.send(event);
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder::new(self.files.clone())
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file = self.files.incoming().await.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+        let (state, last_applied, membership) = self.files.install(meta, *snapshot).await?;
+        *self.shared.state.write().expect("state lock") = state;
+        self.last_applied = last_applied;
+        self.membership = membership;
+        self.shared.applied.send_replace(last_applied.map_or(0, |l| l.index));
+        tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.files.current().await
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        self.build().await
+    }
+}
+
+impl StateStore {
+    /// The records of the current state, for tests comparing replicas.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        self.shared.read(|s| s.encode())
+    }
+}
