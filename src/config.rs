@@ -1,0 +1,279 @@
+//! A node's configuration: command-line flags, each also read from an environment
+//! variable (`SQ_…`) and from an optional TOML file (`--config`), in that order of
+//! precedence (flag, then environment, then file, then the default).
+//!
+//! Every limit the node enforces lives here with its default, so the README's table
+//! of limits and this file say the same thing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+
+use crate::raft::types::{NodeAddr, NodeId};
+
+/// How the node writes its log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Flags of `session-queue node`.
+#[derive(Args, Clone, Debug)]
+pub struct NodeConfig {
+    /// A TOML file with any of these settings (keys as the long flag names, with `_` or `-`).
+    #[arg(long, env = "SQ_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// This node's id in the cluster (a positive integer, unique and never reused).
+    #[arg(long, env = "SQ_NODE_ID")]
+    pub id: NodeId,
+
+    /// Where the public HTTP API listens.
+    #[arg(long, env = "SQ_API_ADDR", default_value = "127.0.0.1:7001")]
+    pub api_addr: SocketAddr,
+
+    /// Where the peer channel (Raft, forwarded writes, read index) listens.
+    #[arg(long, env = "SQ_PEER_ADDR", default_value = "127.0.0.1:8001")]
+    pub peer_addr: SocketAddr,
+
+    /// The API address other nodes and clients should use (default: --api-addr).
+    #[arg(long, env = "SQ_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+
+    /// The peer address other nodes should use (default: --peer-addr).
+    #[arg(long, env = "SQ_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+
+    /// Where this node keeps its RocksDB and snapshots.
+    #[arg(long, env = "SQ_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// The members of a brand-new cluster, `ID=API_ADDR/PEER_ADDR,...`. A node with
+    /// empty storage that is listed here initialises the cluster with these members;
+    /// every listed node may be given the same value. Ignored once the node has state.
+    /// Leave unset on a node that will be added with `cluster add`.
+    #[arg(long, env = "SQ_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// The cluster's name, recorded in the data directory so a node never starts on
+    /// another cluster's data.
+    #[arg(long, env = "SQ_CLUSTER_NAME", default_value = "session-queue")]
+    pub cluster_name: String,
+
+    /// The secret every node-to-node request must carry (at least 16 bytes).
+    #[arg(long, env = "SQ_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+
+    /// When set, user, router and operator calls (and miner registration) must carry
+    /// `Authorization: Bearer <key>`.
+    #[arg(long, env = "SQ_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "SQ_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+
+    /// Raft heartbeat interval, ms. openraft also uses it as the AppendEntries timeout,
+    /// so one replication request (at most --max-batch-bytes × 16 entries) plus the
+    /// follower's fsync must fit in it.
+    #[arg(long, env = "SQ_HEARTBEAT_MS", default_value_t = 150)]
+    pub heartbeat_ms: u64,
+
+    /// Election timeout range, ms: a follower that hears no leader for a random time in
+    /// [min, max] starts an election.
+    #[arg(long, env = "SQ_ELECTION_MIN_MS", default_value_t = 1000)]
+    pub election_min_ms: u64,
+    #[arg(long, env = "SQ_ELECTION_MAX_MS", default_value_t = 2000)]
+    pub election_max_ms: u64,
+
+    /// Build a snapshot (and purge the log before it) every this many log entries.
+    #[arg(long, env = "SQ_SNAPSHOT_ENTRIES", default_value_t = 20_000)]
+    pub snapshot_entries: u64,
+
+    /// How long a snapshot chunk may take to install on a follower, ms.
+    #[arg(long, env = "SQ_INSTALL_SNAPSHOT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub install_snapshot_timeout_ms: u64,
+
+    /// Group commit: most commands packed into one Raft entry.
+    #[arg(long, env = "SQ_MAX_BATCH_COMMANDS", default_value_t = 4096)]
+    pub max_batch_commands: usize,
+
+    /// Group commit: most bytes of commands packed into one Raft entry.
+    #[arg(long, env = "SQ_MAX_BATCH_BYTES", default_value_t = 2 << 20)]
+    pub max_batch_bytes: usize,
+
+    /// Group commit: batches in flight at once on the leader.
+    #[arg(long, env = "SQ_MAX_INFLIGHT", default_value_t = 2)]
+    pub max_inflight: usize,
+
+    /// How long a write waits for a leader (elections, forwarding) before 503, ms.
+    #[arg(long, env = "SQ_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
+    /// How often the leader checks for due timeouts and proposes a tick, ms.
+    #[arg(long, env = "SQ_TICK_MS", default_value_t = 100)]
+    pub tick_ms: u64,
+
+    /// Largest task payload or revealed output, bytes (HTTP 413 above).
+    #[arg(long, env = "SQ_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
+    pub max_payload_bytes: usize,
+
+    /// Most tasks in one batch submit (HTTP 413 above).
+    #[arg(long, env = "SQ_MAX_BATCH_TASKS", default_value_t = 10_000)]
+    pub max_batch_tasks: usize,
+
+    /// Largest HTTP request body, bytes (HTTP 413 above).
+    #[arg(long, env = "SQ_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+
+    /// How long finished tasks are kept, unless a session says otherwise, ms.
+    #[arg(long, env = "SQ_RETENTION_MS", default_value_t = 24 * 3600 * 1000)]
+    pub retention_ms: u64,
+
+    /// A miner that sends nothing for this long is gone, unless it registers with its
+    /// own timeout, ms.
+    #[arg(long, env = "SQ_MINER_HEARTBEAT_TIMEOUT_MS", default_value_t = 15_000)]
+    pub miner_heartbeat_timeout_ms: u64,
+
+    /// Longest long poll (`wait`, `wait_ms`, `timeout`) a client may ask for, ms.
+    #[arg(long, env = "SQ_MAX_WAIT_MS", default_value_t = 60_000)]
+    pub max_wait_ms: u64,
+}
+
+impl NodeConfig {
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.id == 0 {
+            bail!("--id must be a positive integer");
+        }
+        if self.cluster_secret.len() < 16 {
+            bail!("--cluster-secret must be at least 16 bytes");
+        }
+        if self.api_key.as_deref().is_some_and(str::is_empty) {
+            bail!("--api-key must not be empty when given");
+        }
+        if self.election_min_ms <= self.heartbeat_ms * 2 || self.election_max_ms <= self.election_min_ms {
+            bail!("need heartbeat × 2 < election-min < election-max");
+        }
+        if self.max_batch_commands == 0 || self.max_inflight == 0 || self.max_batch_bytes < 1024 {
+            bail!("group-commit limits must be positive (max-batch-bytes at least 1024)");
+        }
+        if self.max_payload_bytes > crate::machine::limits::MAX_BLOB_BYTES {
+            bail!("--max-payload-bytes is above the hard limit of {}", crate::machine::limits::MAX_BLOB_BYTES);
+        }
+        if let Some(spec) = &self.initial_cluster {
+            parse_members(spec)?;
+        }
+        Ok(())
+    }
+
+    /// This node's advertised addresses.
+    pub fn advertised(&self) -> NodeAddr {
+        NodeAddr {
+            api: self.advertise_api.clone().unwrap_or_else(|| self.api_addr.to_string()),
+            peer: self.advertise_peer.clone().unwrap_or_else(|| self.peer_addr.to_string()),
+        }
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    /// openraft's configuration from these settings.
+    pub fn raft_config(&self) -> anyhow::Result<openraft::Config> {
+        let config = openraft::Config {
+            cluster_name: self.cluster_name.clone(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            // One replication request carries at most this many entries (each at most
+            // --max-batch-bytes), so it stays within the heartbeat-long timeout.
+            max_payload_entries: 16,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_entries),
+            snapshot_max_chunk_size: 4 << 20,
+            max_in_snapshot_log_to_keep: 1000,
+            purge_batch_size: 256,
+            replication_lag_threshold: self.snapshot_entries,
+            ..Default::default()
+        };
+        config.validate().context("raft configuration")
+    }
+}
+
+/// Parses `ID=API/PEER,ID=API/PEER,...`.
+pub fn parse_members(spec: &str) -> anyhow::Result<std::collections::BTreeMap<NodeId, NodeAddr>> {
+    let mut out = std::collections::BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addrs) = part.split_once('=').with_context(|| format!("member {part:?}: expected ID=API/PEER"))?;
+        let id: NodeId = id.trim().parse().with_context(|| format!("member {part:?}: bad id"))?;
+        let (api, peer) = addrs.split_once('/').with_context(|| format!("member {part:?}: expected API/PEER"))?;
+        if id == 0 || api.is_empty() || peer.is_empty() {
+            bail!("member {part:?}: id must be positive and both addresses given");
+        }
+        if out.insert(id, NodeAddr { api: api.to_string(), peer: peer.to_string() }).is_some() {
+            bail!("member {id} is listed twice");
+        }
+    }
+    if out.is_empty() {
+        bail!("no members given");
+    }
+    Ok(out)
+}
+
+/// Turns the settings of a TOML file into command-line arguments placed before the
+/// real ones, skipping any setting given as a flag or in the environment, so the
+/// precedence is flag, environment, file, default.
+pub fn args_with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let path = args
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| args.get(i + 1).cloned())
+        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(str::to_string)))
+        .or_else(|| std::env::var("SQ_CONFIG").ok());
+    let Some(path) = path else { return Ok(args) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    let table: toml::Table = text.parse().with_context(|| format!("parsing config file {path}"))?;
+    let mut extra = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        let env = format!("SQ_{}", key.replace('-', "_").to_uppercase());
+        let on_cli = args.iter().any(|a| a == &format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
+        if on_cli || std::env::var_os(&env).is_some() {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!("config key {key}: unsupported value {other}"),
+        };
+        extra.push(format!("--{flag}={value}"));
+    }
+    // Insert right after the subcommand (the first two arguments: binary, "node").
+    let split = args.len().min(2);
+    let mut out: Vec<String> = args[..split].to_vec();
+    out.extend(extra);
+    out.extend_from_slice(&args[split..]);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_parse_and_bad_ones_are_refused() {
+        let m = parse_members("1=127.0.0.1:7001/127.0.0.1:8001, 2=h2:7001/h2:8001").unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&2].peer, "h2:8001");
+        for bad in ["", "1=a", "x=a/b", "0=a/b", "1=a/b,1=c/d", "1=/b"] {
+            assert!(parse_members(bad).is_err(), "{bad:?}");
+        }
+    }
+}

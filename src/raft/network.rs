@@ -1,0 +1,197 @@
+//! The client side of the peer channel: Raft RPCs, forwarded writes and read-index
+//! requests to other nodes, over pooled keep-alive HTTP connections with bincode
+//! bodies.
+//!
+//! Every request carries the cluster secret and the id of the node it is meant for;
+//! the receiver refuses a wrong secret (401) and a request meant for another node
+//! (421), so a node restarted at a reused address is never mistaken for its
+//! predecessor. The server side is [`crate::peer`].
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{NodeAddr, NodeId, TypeConfig};
+use crate::codec;
+
+/// Header carrying the cluster secret.
+pub const SECRET_HEADER: &str = "x-sq-cluster-secret";
+/// Header naming the node a request is meant for.
+pub const TARGET_HEADER: &str = "x-sq-target-node";
+/// Header carrying the time budget of a forwarded write, ms.
+pub const BUDGET_HEADER: &str = "x-sq-budget-ms";
+
+/// Paths of the peer channel.
+pub mod paths {
+    pub const APPEND: &str = "/raft/append";
+    pub const VOTE: &str = "/raft/vote";
+    pub const SNAPSHOT: &str = "/raft/snapshot";
+    pub const PROPOSE: &str = "/peer/propose";
+    pub const READ_INDEX: &str = "/peer/read-index";
+}
+
+/// Why a peer request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The request never reached the peer (connect failed): safe to retry.
+    #[error("peer {0} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    /// It may or may not have been processed.
+    #[error("peer {0}: {1}")]
+    Failed(NodeId, String),
+}
+
+/// A pooled HTTP client for the peer channel, shared by every connection.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    secret: String,
+}
+
+impl PeerClient {
+    pub fn new(secret: String) -> Self {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .expect("HTTP client");
+        PeerClient { http, secret }
+    }
+
+    /// POSTs an encoded `req` to `path` on `target` and decodes the answer.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+        budget: Option<Duration>,
+    ) -> Result<Resp, PeerError> {
+        let mut builder = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .header(SECRET_HEADER, &self.secret)
+            .header(TARGET_HEADER, target.to_string())
+            .timeout(timeout)
+            .body(codec::encode(req));
+        if let Some(budget) = budget {
+            builder = builder.header(BUDGET_HEADER, budget.as_millis().to_string());
+        }
+        let resp = builder.send().await.map_err(|e| {
+            if e.is_connect() {
+                PeerError::Unreachable(target, e.to_string())
+            } else {
+                PeerError::Failed(target, e.to_string())
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| PeerError::Failed(target, e.to_string()))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            // Refused before any processing: wrong node, bad secret, or overloaded.
+            if matches!(status.as_u16(), 401 | 421 | 503) {
+                return Err(PeerError::Unreachable(target, format!("{status}: {text}")));
+            }
+            return Err(PeerError::Failed(target, format!("{status}: {text}")));
+        }
+        codec::decode(&body).map_err(|e| PeerError::Failed(target, format!("bad response: {e}")))
+    }
+}
+
+/// Makes a [`Connection`] per target for openraft.
+#[derive(Clone)]
+pub struct Network {
+    client: PeerClient,
+}
+
+impl Network {
+    pub fn new(client: PeerClient) -> Self {
+        Network { client }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
+        Connection { client: self.client.clone(), target, addr: node.peer.clone() }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct Connection {
+    client: PeerClient,
+    target: NodeId,
+    addr: String,
+}
+
+impl Connection {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        // openraft bounds the call with its own timeout; ours is a backstop.
+        let timeout = option.hard_ttl() + Duration::from_millis(50);
+        let result: Result<Resp, RaftError<NodeId, E>> = self
+            .client
+            .call(self.target, &self.addr, path, req, timeout, None)
+            .await
+            .map_err(|e| match e {
+                PeerError::Unreachable(_, msg) => RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg))),
+                PeerError::Failed(_, msg) => RPCError::Network(NetworkError::new(&std::io::Error::other(msg))),
+            })?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        self.rpc(paths::APPEND, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.rpc(paths::SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        self.rpc(paths::VOTE, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // Retry an unreachable peer every 200 ms rather than openraft's 500 ms, so a
+        // restarted node is caught up quickly.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
