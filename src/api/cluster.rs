@@ -1,0 +1,226 @@
+//! Operator endpoints: cluster status (with every member's view), adding and
+//! removing members online, liveness, readiness and Prometheus metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::wire::AddMember;
+use super::{ApiError, JsonBody, QueryParams};
+use crate::machine::TaskState;
+use crate::node::Node;
+use crate::raft::types::NodeAddr;
+use crate::raft::{self, MembershipError};
+
+/// This node's own view.
+fn local_view(node: &Node) -> Value {
+    let m = node.raft.metrics().borrow().clone();
+    json!({
+        "id": node.id,
+        "state": format!("{:?}", m.state).to_lowercase(),
+        "term": m.current_term,
+        "leader": m.current_leader,
+        "last_log_index": m.last_log_index,
+        "applied_index": node.state.applied_index(),
+        "snapshot_index": m.snapshot.map(|s| s.index),
+        "uptime_ms": node.started.elapsed().as_millis() as u64,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    local: Option<bool>,
+}
+
+/// Members, leader, term, and each member's applied index (asked over its API).
+pub async fn status(State(node): State<Arc<Node>>, headers: HeaderMap, QueryParams(q): QueryParams<StatusQuery>) -> Json<Value> {
+    let me = local_view(&node);
+    if q.local == Some(true) {
+        return Json(me);
+    }
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership().clone();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let mut members = Vec::new();
+    for (id, addr) in membership.nodes() {
+        let view = if *id == node.id {
+            Some(me.clone())
+        } else {
+            let mut req = node
+                .http
+                .get(format!("http://{}/v1/cluster?local=true", addr.api))
+                .timeout(Duration::from_millis(500));
+            if let Some(auth) = headers.get(header::AUTHORIZATION) {
+                req = req.header(header::AUTHORIZATION, auth);
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                _ => None,
+            }
+        };
+        members.push(json!({
+            "id": id,
+            "api": addr.api,
+            "peer": addr.peer,
+            "voter": voters.contains(id),
+            "reachable": view.is_some(),
+            "state": view.as_ref().map(|v| v["state"].clone()),
+            "term": view.as_ref().map(|v| v["term"].clone()),
+            "applied_index": view.as_ref().map(|v| v["applied_index"].clone()),
+            "matched_index": m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index),
+        }));
+    }
+    Json(json!({
+        "node": node.id,
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "members": members,
+        "applied_index": node.state.applied_index(),
+    }))
+}
+
+/// Runs a membership change here if this node leads, else relays the call to the leader.
+async fn on_leader(
+    node: &Node,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    change: impl std::future::Future<Output = Result<(), MembershipError>>,
+) -> Result<Json<Value>, ApiError> {
+    match change.await {
+        Ok(()) => Ok(Json(json!({"ok": true, "members": members(node)}))),
+        Err(MembershipError::NotLeader(Some(leader))) if leader != node.id => {
+            let addr = node
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.api.clone())
+                .ok_or_else(|| ApiError::Unavailable { code: "unavailable", message: "leader unknown".into(), retry_after: 1 })?;
+            let mut req = node.http.request(method, format!("http://{addr}{path}")).timeout(Duration::from_secs(120));
+            if let Some(auth) = headers.get(header::AUTHORIZATION) {
+                req = req.header(header::AUTHORIZATION, auth);
+            }
+            if let Some(body) = body {
+                req = req.json(&body);
+            }
+            let resp = req.send().await.map_err(|e| ApiError::Unavailable {
+                code: "unavailable",
+                message: format!("relaying to the leader: {e}"),
+                retry_after: 1,
+            })?;
+            let status = resp.status();
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                Ok(Json(value))
+            } else {
+                let message = value["error"]["message"].as_str().unwrap_or("the leader refused").to_string();
+                Err(match status.as_u16() {
+                    400 => ApiError::BadRequest(message),
+                    404 => ApiError::NotFound(message),
+                    409 => ApiError::Conflict(message),
+                    _ => ApiError::Unavailable { code: "unavailable", message, retry_after: 1 },
+                })
+            }
+        }
+        Err(MembershipError::NotLeader(_)) => {
+            Err(ApiError::Unavailable { code: "unavailable", message: "no leader".into(), retry_after: 1 })
+        }
+        Err(MembershipError::Refused(m)) => Err(ApiError::Conflict(m)),
+    }
+}
+
+fn members(node: &Node) -> Value {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, a)| json!({"id": id, "api": a.api, "peer": a.peer, "voter": voters.contains(id)}))
+        .collect()
+}
+
+pub async fn add_member(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<AddMember>,
+) -> Result<impl IntoResponse, ApiError> {
+    if body.id == 0 || body.api.is_empty() || body.peer.is_empty() {
+        return Err(ApiError::bad("id must be positive and api and peer addresses given"));
+    }
+    let addr = NodeAddr { api: body.api.clone(), peer: body.peer.clone() };
+    let value = serde_json::to_value(&body).expect("serialisable");
+    let change = raft::add_member(&node.raft, body.id, addr);
+    on_leader(&node, &headers, Method::POST, "/v1/cluster/members", Some(value), change).await
+}
+
+pub async fn remove_member(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id: u64 = id.parse().map_err(|_| ApiError::NotFound(format!("unknown member {id}")))?;
+    let path = format!("/v1/cluster/members/{id}");
+    let change = raft::remove_member(&node.raft, id);
+    on_leader(&node, &headers, Method::DELETE, &path, None, change).await
+}
+
+/// Liveness: the process serves HTTP.
+pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(json!({"status": "ok", "id": node.id}))
+}
+
+/// Readiness: a leader is known and this node's applied state is close to its log.
+pub async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let m = node.raft.metrics().borrow().clone();
+    let applied = node.state.applied_index();
+    let behind = m.last_log_index.unwrap_or(0).saturating_sub(applied);
+    let ready = m.current_leader.is_some() && behind <= 1000;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"ready": ready, "leader": m.current_leader, "applied_index": applied, "behind": behind})))
+}
+
+/// Prometheus text: request counters and latencies, Raft, queue depth, batches.
+pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let m = node.raft.metrics().borrow().clone();
+    let labels = [("node", node.id.to_string())];
+    metrics::gauge!("sq_raft_term", &labels).set(m.current_term as f64);
+    metrics::gauge!("sq_raft_is_leader", &labels).set(if m.state.is_leader() { 1.0 } else { 0.0 });
+    metrics::gauge!("sq_raft_leader_id", &labels).set(m.current_leader.unwrap_or(0) as f64);
+    metrics::gauge!("sq_raft_last_log_index", &labels).set(m.last_log_index.unwrap_or(0) as f64);
+    metrics::gauge!("sq_raft_applied_index", &labels).set(node.state.applied_index() as f64);
+    let (depth, pool, sizes) = node.state.read(|s| (s.depth(), s.pool(), s.sizes()));
+    for state in TaskState::ALL {
+        let n = match state {
+            TaskState::Queued => depth.queued,
+            TaskState::Acked => depth.acked,
+            TaskState::Precommitted => depth.precommitted,
+            TaskState::Committed => depth.committed,
+            TaskState::Completed => depth.completed,
+            TaskState::Failed => depth.failed,
+            TaskState::Cancelled => depth.cancelled,
+        };
+        metrics::gauge!("sq_tasks", "node" => node.id.to_string(), "state" => state.as_str()).set(n as f64);
+    }
+    metrics::gauge!("sq_miners_reserved", &labels).set(pool.reserved as f64);
+    metrics::gauge!("sq_miners_pooled", &labels).set(pool.pooled as f64);
+    metrics::gauge!("sq_pool_scaling_delta", &labels).set(pool.delta as f64);
+    metrics::gauge!("sq_sessions", &labels).set(sizes.0 as f64);
+    let stats = node.proposer.stats();
+    use std::sync::atomic::Ordering::Relaxed;
+    metrics::gauge!("sq_proposer_batches_total", &labels).set(stats.batches.load(Relaxed) as f64);
+    metrics::gauge!("sq_proposer_commands_total", &labels).set(stats.commands.load(Relaxed) as f64);
+    metrics::gauge!("sq_proposer_forwarded_batches_total", &labels).set(stats.forwarded_batches.load(Relaxed) as f64);
+    metrics::gauge!("sq_proposer_ticks_total", &labels).set(stats.ticks.load(Relaxed) as f64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render())
+}

@@ -1,0 +1,70 @@
+//! Server-sent events: every transition of a session's tasks, as it is applied on the
+//! node asked.
+//!
+//! Each event is `event: transition` with a JSON `data` line (task, session, state,
+//! what happened, miner, time, and the log index of the entry). A client that reads
+//! too slowly to keep up gets one `event: lagged` with how many events it missed and
+//! should re-read the tasks it cares about.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::sessions::parse_session;
+use super::{lookup, ApiError};
+use crate::node::Node;
+
+pub async fn stream(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let session = parse_session(&id)?;
+    // Subscribe before checking the session exists, so nothing in between is missed.
+    let rx = node.state.subscribe_events();
+    lookup(&node, |s| s.session(session).map(|_| ())).await.ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))?;
+    let stop = node.stop.clone();
+    let events = stream::unfold((rx, stop), move |(mut rx, stop)| async move {
+        loop {
+            if stop.is_triggered() {
+                return None;
+            }
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = stop.wait() => return None,
+            };
+            match received {
+                Ok(e) if e.event.session == session => {
+                    let ev = &e.event;
+                    let data = json!({
+                        "task_id": ev.task.to_string(),
+                        "session_id": ev.session.to_string(),
+                        "state": ev.state.as_str(),
+                        "what": ev.what.as_str(),
+                        "miner_id": ev.miner.map(|m| m.to_string()),
+                        "at_ms": ev.at_ms,
+                        "index": e.index,
+                    });
+                    let event = Event::default().event("transition").data(data.to_string());
+                    return Some((Ok::<Event, Infallible>(event), (rx, stop)));
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    let event = Event::default().event("lagged").data(json!({"missed": n}).to_string());
+                    return Some((Ok(event), (rx, stop)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(boxed(events)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn boxed<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(
+    s: S,
+) -> std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> {
+    s.boxed()
+}

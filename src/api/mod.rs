@@ -1,0 +1,183 @@
+//! The public HTTP API (SPEC section 4), served by every node.
+//!
+//! Writes are validated here, turned into a [`Command`] and handed to the proposer
+//! (which forwards to the leader when this node is not it); the handler answers
+//! once the command is committed and applied. Reads are served from this node's
+//! applied state and carry `applied_index`; a lookup that misses on a node that may
+//! lag first catches up to the leader's read index, so an id returned by one node
+//! is found on every other.
+//!
+//! One file per resource: [`sessions`], [`tasks`], [`miners`], [`cluster`] (with
+//! health, readiness and metrics), [`events`] (server-sent events), and [`auth`],
+//! [`error`], [`wire`] (JSON bodies and encodings) shared by them.
+
+mod auth;
+mod cluster;
+mod error;
+mod events;
+mod miners;
+mod sessions;
+mod tasks;
+mod wire;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+pub use error::ApiError;
+
+use crate::machine::{Command, Response as MachineResponse, State};
+use crate::node::Node;
+
+/// The API's routes over a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = node.config.max_body_bytes;
+    // User, router and operator calls: the API key when one is set.
+    let keyed = Router::new()
+        .route("/v1/sessions", post(sessions::create))
+        .route("/v1/sessions/{id}", get(sessions::read))
+        .route("/v1/sessions/{id}/close", post(sessions::close))
+        .route("/v1/sessions/{id}/tasks", post(tasks::submit))
+        .route("/v1/sessions/{id}/tasks:batch", post(tasks::submit_batch))
+        .route("/v1/sessions/{id}/events", get(events::stream))
+        .route("/v1/tasks/{id}", get(tasks::read))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/miners", post(miners::register))
+        .route("/v1/pool", get(miners::pool))
+        .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/members", post(cluster::add_member))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .route("/metrics", get(cluster::metrics))
+        .layer(middleware::from_fn_with_state(node.clone(), auth::require_api_key));
+    // Miner calls: the miner's own token.
+    let miner = Router::new()
+        .route("/v1/miners/{id}", get(miners::read).delete(miners::deregister))
+        .route("/v1/miners/{id}/heartbeat", post(miners::heartbeat))
+        .route("/v1/miners/{id}/drain", post(miners::drain))
+        .route("/v1/miners/{id}/assignments", get(miners::assignments))
+        .route("/v1/tasks/{id}/ack", post(tasks::ack))
+        .route("/v1/tasks/{id}/precommit", post(tasks::precommit))
+        .route("/v1/tasks/{id}/commit", post(tasks::commit));
+    Router::new()
+        .merge(keyed)
+        .merge(miner)
+        .route("/health", get(cluster::health))
+        .route("/ready", get(cluster::ready))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(record_metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(node)
+}
+
+/// Counts requests by route and status and times them.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("sq_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("sq_http_request_seconds", "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+/// A JSON body whose failures are API errors: 413 over the body limit, 400 when it
+/// is not the expected JSON. An empty body reads as `{}`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge("request body is over the limit".into())
+            } else {
+                ApiError::bad(e.body_text())
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        serde_json::from_slice(bytes).map(JsonBody).map_err(|e| ApiError::bad(format!("malformed JSON body: {e}")))
+    }
+}
+
+/// Query parameters whose failures are 400 API errors.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query).map(QueryParams).map_err(|e| ApiError::bad(format!("bad query: {e}")))
+    }
+}
+
+/// Proposes one command and waits for its outcome.
+pub(crate) async fn propose(node: &Node, command: Command) -> Result<MachineResponse, ApiError> {
+    let mut results = node.proposer.propose(vec![command], node.config.write_timeout()).await?;
+    match results.pop() {
+        Some(result) => Ok(result?),
+        None => Err(ApiError::Internal("no result for the command".into())),
+    }
+}
+
+/// Looks something up in the applied state; on a miss, catches up with the leader's
+/// read index (this node may lag) and looks again.
+pub(crate) async fn lookup<T>(node: &Node, find: impl Fn(&State) -> Option<T>) -> Option<T> {
+    if let Some(found) = node.state.read(&find) {
+        return Some(found);
+    }
+    let synced =
+        crate::raft::read::linearize(node.id, &node.raft, &node.peers, &node.state, Duration::from_secs(2)).await;
+    if synced.is_err() {
+        return None;
+    }
+    node.state.read(&find)
+}
+
+/// Parses a duration such as `30s`, `500ms`, `2m` or a bare number of milliseconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, ApiError> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "ms"),
+    };
+    let n: u64 = number.parse().map_err(|_| ApiError::bad(format!("bad duration {text:?}")))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        _ => return Err(ApiError::bad(format!("bad duration {text:?}: use ms, s or m"))),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("40").unwrap(), Duration::from_millis(40));
+        for bad in ["", "s", "3h", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

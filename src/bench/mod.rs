@@ -1,0 +1,369 @@
+//! The load generator (`session-queue bench`): drives a running cluster over its HTTP
+//! API and reports throughput and latency percentiles.
+//!
+//! Modes:
+//! - `submit`: closed loop, C connections each submitting one task at a time;
+//! - `batch`: C connections each submitting batches of `--batch-size` tasks;
+//! - `lifecycle`: tasks driven through all five states by simulated miners (k per
+//!   task); C tasks in flight at once; reports submit latency and submit-to-completed
+//!   latency, measured from the session's event stream;
+//! - `mixed`: submitters, miners and result readers at once.
+//!
+//! Output: a text table, and the same as JSON with `--json FILE`.
+
+mod report;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Semaphore};
+
+use crate::client::miner::{self, MinerSpec, MinerStats};
+use crate::client::{b64, Client};
+use report::Recorder;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Submit,
+    Batch,
+    Lifecycle,
+    Mixed,
+}
+
+/// Flags of `session-queue bench`.
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// Nodes to drive (host:port of their API); connection i goes to node i mod n.
+    #[arg(long, env = "SQ_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    pub nodes: Vec<String>,
+    #[arg(long, env = "SQ_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Concurrent connections (submit, batch) or tasks in flight (lifecycle, mixed).
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub connections: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+    /// How long to run, seconds.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    pub duration: f64,
+    /// Tasks per call in batch mode.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Miners per task (k) in lifecycle and mixed modes; q = k.
+    #[arg(long, default_value_t = 1)]
+    pub redundancy: u8,
+    /// Simulated miners in lifecycle and mixed modes.
+    #[arg(long, default_value_t = 8)]
+    pub miners: usize,
+    /// Tasks each simulated miner works on at once.
+    #[arg(long, default_value_t = 64)]
+    pub miner_capacity: u32,
+    /// Give every submitted task a unique idempotency key.
+    #[arg(long)]
+    pub idempotency_keys: bool,
+    /// Submit into this session instead of creating one.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Runs a benchmark and prints (and optionally writes) its report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.nodes, args.api_key.clone());
+    let report = match args.mode {
+        Mode::Submit | Mode::Batch => submit(&client, &args).await?,
+        Mode::Lifecycle | Mode::Mixed => lifecycle(&client, &args).await?,
+    };
+    report::print_text(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn payload(size: usize) -> String {
+    b64(&vec![b'x'; size])
+}
+
+async fn create_session(client: &Client, args: &BenchArgs) -> anyhow::Result<String> {
+    if let Some(s) = &args.session {
+        return Ok(s.clone());
+    }
+    let k = args.redundancy;
+    let spec = json!({
+        "owner": "bench",
+        "redundancy": k,
+        "quorum": k,
+        "max_nodes": (args.miners as u32).max(k as u32),
+        "retention_ms": 600_000,
+        "idle_release_ms": 600_000,
+    });
+    Ok(client.create_session(&spec).await.context("creating the benchmark session")?)
+}
+
+fn base(args: &BenchArgs) -> Value {
+    json!({
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "nodes": args.nodes,
+        "connections": args.connections,
+        "payload_bytes": args.payload,
+        "batch_size": if args.mode == Mode::Batch { Some(args.batch_size) } else { None },
+        "redundancy": args.redundancy,
+    })
+}
+
+/// Closed-loop submits, one task or one batch per call.
+async fn submit(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
+    let session = create_session(client, args).await?;
+    let duration = Duration::from_secs_f64(args.duration);
+    let rec = Arc::new(Recorder::new(if args.mode == Mode::Batch { "batch" } else { "submit" }));
+    let body_payload = payload(args.payload);
+    let batch = args.mode == Mode::Batch;
+    let started = Instant::now();
+    let until = started + duration;
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..args.connections {
+        let client = client.pinned(i);
+        let rec = rec.clone();
+        let seq = seq.clone();
+        let path = if batch { format!("/v1/sessions/{session}/tasks:batch") } else { format!("/v1/sessions/{session}/tasks") };
+        let (keys, size, body_payload) = (args.idempotency_keys, args.batch_size, body_payload.clone());
+        workers.spawn(async move {
+            let task = |n: u64| {
+                let mut t = json!({"payload": body_payload});
+                if keys {
+                    t["idempotency_key"] = json!(format!("bench-{n}"));
+                }
+                t
+            };
+            while Instant::now() < until {
+                let (body, items) = if batch {
+                    let first = seq.fetch_add(size as u64, Ordering::Relaxed);
+                    (json!({"tasks": (0..size as u64).map(|j| task(first + j)).collect::<Vec<_>>()}), size as u64)
+                } else {
+                    (task(seq.fetch_add(1, Ordering::Relaxed)), 1)
+                };
+                let t0 = Instant::now();
+                match client.call(Method::POST, &path, Some(&body), None).await {
+                    Ok((status, _)) if status.is_success() => rec.ok(t0.elapsed(), items),
+                    _ => rec.error(),
+                }
+            }
+        });
+    }
+    let bar = report::progress(duration, rec.name);
+    report::drive_progress(bar, started, until, &rec).await;
+    while workers.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let mut out = base(args);
+    out["duration_s"] = json!(elapsed.as_secs_f64());
+    out["session"] = json!(session);
+    out["operations"] = json!([rec.summary(elapsed)]);
+    Ok(out)
+}
+
+/// Submit-to-completed timing of tasks, matched from the submit answers and the
+/// session's event stream (whichever arrives second closes the pair).
+#[derive(Default)]
+struct Pending {
+    started: HashMap<String, Instant>,
+    finished_early: HashMap<String, (Instant, bool)>,
+}
+
+/// Tasks through their whole life, by simulated miners; `mixed` adds readers.
+async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
+    let session = create_session(client, args).await?;
+    let duration = Duration::from_secs_f64(args.duration);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let miner_stats = Arc::new(MinerStats::default());
+    let mut miners = tokio::task::JoinSet::new();
+    for i in 0..args.miners {
+        let spec = MinerSpec {
+            name: format!("bench-miner-{i}"),
+            capacity: args.miner_capacity,
+            tags: vec![],
+            wrong_every: 0,
+            work: Duration::ZERO,
+        };
+        miners.spawn(miner::run(client.pinned(i), spec, miner_stats.clone(), stop_rx.clone()));
+    }
+
+    let submit_rec = Arc::new(Recorder::new("submit"));
+    let done_rec = Arc::new(Recorder::new("completed"));
+    let read_rec = Arc::new(Recorder::new("read"));
+    let failed = Arc::new(AtomicU64::new(0));
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let inflight = Arc::new(Semaphore::new(args.connections));
+    let recent: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+
+    // The event stream closes each task's timing and frees its in-flight permit.
+    let events = {
+        let node = client.nodes()[0].clone();
+        let (pending, done_rec, failed, inflight, recent) =
+            (pending.clone(), done_rec.clone(), failed.clone(), inflight.clone(), recent.clone());
+        let mut req = reqwest::Client::new().get(format!("{node}/v1/sessions/{session}/events"));
+        if let Some(key) = &args.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.context("opening the event stream")?;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut body = resp.bytes_stream();
+            let mut buf = String::new();
+            loop {
+                let chunk = tokio::select! {
+                    c = body.next() => c,
+                    _ = stop.changed() => break,
+                };
+                let Some(Ok(chunk)) = chunk else { break };
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let event: String = buf.drain(..end + 2).collect();
+                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
+                    let Ok(v) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                    let what = v["what"].as_str().unwrap_or_default();
+                    if !matches!(what, "completed" | "failed" | "cancelled") {
+                        continue;
+                    }
+                    let ok = what == "completed";
+                    let task = v["task_id"].as_str().unwrap_or_default().to_string();
+                    let now = Instant::now();
+                    let start = {
+                        let mut p = pending.lock().expect("pending lock");
+                        match p.started.remove(&task) {
+                            Some(s) => Some(s),
+                            None => {
+                                p.finished_early.insert(task.clone(), (now, ok));
+                                None
+                            }
+                        }
+                    };
+                    if let Some(start) = start {
+                        finish(&done_rec, &failed, &inflight, start, now, ok);
+                        let mut r = recent.lock().expect("recent lock");
+                        if r.len() >= 4096 {
+                            r.remove(0);
+                        }
+                        r.push(task);
+                    }
+                }
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let until = started + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    let submitters = if args.mode == Mode::Mixed { (args.connections / 2).max(1) } else { args.connections };
+    let body_payload = payload(args.payload);
+    for i in 0..submitters {
+        let client = client.pinned(i);
+        let (rec, pending, inflight, done_rec, failed) =
+            (submit_rec.clone(), pending.clone(), inflight.clone(), done_rec.clone(), failed.clone());
+        let path = format!("/v1/sessions/{session}/tasks");
+        let body = json!({"payload": body_payload});
+        workers.spawn(async move {
+            while Instant::now() < until {
+                let Ok(permit) = tokio::time::timeout(until.saturating_duration_since(Instant::now()), inflight.acquire()).await
+                else {
+                    break;
+                };
+                permit.expect("semaphore open").forget();
+                let t0 = Instant::now();
+                match client.call(Method::POST, &path, Some(&body), None).await {
+                    Ok((status, v)) if status.is_success() => {
+                        rec.ok(t0.elapsed(), 1);
+                        let task = v["task_id"].as_str().unwrap_or_default().to_string();
+                        let early = {
+                            let mut p = pending.lock().expect("pending lock");
+                            match p.finished_early.remove(&task) {
+                                Some(e) => Some(e),
+                                None => {
+                                    p.started.insert(task, t0);
+                                    None
+                                }
+                            }
+                        };
+                        if let Some((end, ok)) = early {
+                            finish(&done_rec, &failed, &inflight, t0, end, ok);
+                        }
+                    }
+                    _ => {
+                        rec.error();
+                        inflight.add_permits(1);
+                    }
+                }
+            }
+        });
+    }
+    if args.mode == Mode::Mixed {
+        for i in 0..(args.connections / 2).max(1) {
+            let client = client.pinned(i + 1);
+            let (rec, recent) = (read_rec.clone(), recent.clone());
+            workers.spawn(async move {
+                let mut n = i;
+                while Instant::now() < until {
+                    let task = {
+                        let r = recent.lock().expect("recent lock");
+                        (!r.is_empty()).then(|| r[n % r.len()].clone())
+                    };
+                    n = n.wrapping_add(7919);
+                    let Some(task) = task else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    let t0 = Instant::now();
+                    match client.task(&task, "").await {
+                        Ok(v) if v["state"] == "completed" => rec.ok(t0.elapsed(), 1),
+                        _ => rec.error(),
+                    }
+                }
+            });
+        }
+    }
+    let bar = report::progress(duration, "completed");
+    report::drive_progress(bar, started, until, &done_rec).await;
+    while workers.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    // Counted over the run only; stragglers finishing after it are not.
+    let mut operations = vec![submit_rec.summary(elapsed), done_rec.summary(elapsed)];
+    if args.mode == Mode::Mixed {
+        operations.push(read_rec.summary(elapsed));
+    }
+    stop_tx.send_replace(true);
+    while miners.join_next().await.is_some() {}
+    events.abort();
+    let mut out = base(args);
+    out["duration_s"] = json!(elapsed.as_secs_f64());
+    out["session"] = json!(session);
+    out["miners"] = json!(args.miners);
+    out["miner_capacity"] = json!(args.miner_capacity);
+    out["failed_tasks"] = json!(failed.load(Ordering::Relaxed));
+    out["miner_errors"] = json!(miner_stats.errors.load(Ordering::Relaxed));
+    out["operations"] = json!(operations);
+    Ok(out)
+}
+
+fn finish(done: &Recorder, failed: &AtomicU64, inflight: &Semaphore, start: Instant, end: Instant, ok: bool) {
+    if ok {
+        done.ok(end.saturating_duration_since(start), 1);
+    } else {
+        failed.fetch_add(1, Ordering::Relaxed);
+        done.error();
+    }
+    inflight.add_permits(1);
+}

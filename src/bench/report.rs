@@ -1,0 +1,128 @@
+//! Measuring and reporting a benchmark run: HDR latency histograms per operation,
+//! counters, a progress bar when on a terminal, and the text and JSON summaries.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+/// One kind of operation's latencies and counts.
+pub struct Recorder {
+    pub name: &'static str,
+    hist: Mutex<Histogram<u64>>,
+    pub ok: AtomicU64,
+    pub errors: AtomicU64,
+    /// Items per operation (tasks per batch call), for throughput in items.
+    pub items: AtomicU64,
+}
+
+impl Recorder {
+    pub fn new(name: &'static str) -> Self {
+        Recorder {
+            name,
+            hist: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            items: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a successful operation of `items` items that took `took`.
+    pub fn ok(&self, took: Duration, items: u64) {
+        let us = (took.as_micros() as u64).clamp(1, 120_000_000);
+        self.hist.lock().expect("histogram lock").record(us).expect("in bounds");
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        self.items.fetch_add(items, Ordering::Relaxed);
+    }
+
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The summary of this recorder over `elapsed`.
+    pub fn summary(&self, elapsed: Duration) -> Value {
+        let h = self.hist.lock().expect("histogram lock");
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let ok = self.ok.load(Ordering::Relaxed);
+        let items = self.items.load(Ordering::Relaxed);
+        json!({
+            "operation": self.name,
+            "ok": ok,
+            "errors": self.errors.load(Ordering::Relaxed),
+            "items": items,
+            "ops_per_sec": ok as f64 / secs,
+            "items_per_sec": items as f64 / secs,
+            "latency_ms": {
+                "mean": if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+                "p50": ms(0.5),
+                "p90": ms(0.9),
+                "p99": ms(0.99),
+                "p99.9": ms(0.999),
+                "max": h.max() as f64 / 1000.0,
+            },
+        })
+    }
+}
+
+/// A progress bar over the run's duration (hidden when stderr is not a terminal).
+pub fn progress(duration: Duration, label: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(duration.as_millis() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:40}] {elapsed}/{duration}")
+            .expect("progress template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}
+
+/// Ticks the bar with a live rate until `until`.
+pub async fn drive_progress(bar: ProgressBar, started: Instant, until: Instant, main: &Recorder) {
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let elapsed = started.elapsed();
+        bar.set_position(elapsed.as_millis() as u64);
+        let rate = main.items.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(1e-3);
+        bar.set_message(format!("{} {:.0}/s", main.name, rate));
+    }
+    bar.finish_and_clear();
+}
+
+/// Prints the text table of a run.
+pub fn print_text(report: &Value) {
+    println!(
+        "mode={} connections={} payload={}B duration={:.1}s",
+        report["mode"].as_str().unwrap_or_default(),
+        report["connections"],
+        report["payload_bytes"],
+        report["duration_s"].as_f64().unwrap_or_default()
+    );
+    println!(
+        "{:<12} {:>10} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "operation", "ok", "errors", "ops/s", "items/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "mean ms"
+    );
+    for op in report["operations"].as_array().into_iter().flatten() {
+        let l = &op["latency_ms"];
+        println!(
+            "{:<12} {:>10} {:>8} {:>12.0} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            op["operation"].as_str().unwrap_or_default(),
+            op["ok"],
+            op["errors"],
+            op["ops_per_sec"].as_f64().unwrap_or_default(),
+            op["items_per_sec"].as_f64().unwrap_or_default(),
+            l["p50"].as_f64().unwrap_or_default(),
+            l["p99"].as_f64().unwrap_or_default(),
+            l["p99.9"].as_f64().unwrap_or_default(),
+            l["max"].as_f64().unwrap_or_default(),
+            l["mean"].as_f64().unwrap_or_default(),
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! An HTTP client of the Session Queue API, used by the command-line tools, the
+//! simulated miners and the load generator (and usable by any Rust program).
+//!
+//! It knows several nodes and fails over: a call that cannot connect, or is answered
+//! 503 without having been applied, goes to the next node. Calls return the status
+//! and JSON body; helpers wrap the common ones.
+
+pub mod miner;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no node answered: {0}")]
+    Unreachable(String),
+    #[error("{status}: {code}: {message}")]
+    Api { status: u16, code: String, message: String },
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    nodes: Arc<Vec<String>>,
+    api_key: Option<String>,
+    current: Arc<AtomicUsize>,
+}
+
+/// Turns `127.0.0.1:7001` or `http://h:7001/` into `http://h:7001`.
+fn base_url(node: &str) -> String {
+    let node = node.trim().trim_end_matches('/');
+    if node.starts_with("http://") || node.starts_with("https://") {
+        node.to_string()
+    } else {
+        format!("http://{node}")
+    }
+}
+
+impl Client {
+    /// A client of the given nodes (`host:port` or URLs).
+    pub fn new(nodes: &[String], api_key: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1024)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("HTTP client");
+        let nodes: Vec<String> = nodes.iter().map(|n| base_url(n)).collect();
+        assert!(!nodes.is_empty(), "a client needs at least one node");
+        Client { http, nodes: Arc::new(nodes), api_key, current: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// The same cluster, but starting with node `i` (to spread load).
+    pub fn pinned(&self, i: usize) -> Self {
+        Client { current: Arc::new(AtomicUsize::new(i % self.nodes.len())), ..self.clone() }
+    }
+
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// One call, failing over to the next node when one cannot take it. `bearer`
+    /// replaces the API key (miner calls).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let attempts = self.nodes.len() * 3;
+        let mut last = String::new();
+        for attempt in 0..attempts {
+            let i = self.current.load(Ordering::Relaxed) % self.nodes.len();
+            let url = format!("{}{}", self.nodes[i], path);
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(token) = bearer.or(self.api_key.as_deref()) {
+                req = req.bearer_auth(token);
+            }
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            match req.send().await {
+                Err(e) if e.is_connect() => {
+                    last = format!("{url}: {e}");
+                    self.current.store(i + 1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let value: Value = resp.json().await.unwrap_or(Value::Null);
+                    // 503 "unavailable" means nothing was applied: another node may do.
+                    if status == StatusCode::SERVICE_UNAVAILABLE && value["error"]["code"] == "unavailable" {
+                        last = format!("{url}: {}", value["error"]["message"]);
+                        self.current.store(i + 1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1).min(10))).await;
+                        continue;
+                    }
+                    return Ok((status, value));
+                }
+            }
+        }
+        Err(ClientError::Unreachable(last))
+    }
+
+    /// A call that must succeed; an error status becomes [`ClientError::Api`].
+    pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>, bearer: Option<&str>) -> Result<Value, ClientError> {
+        let (status, value) = self.call(method, path, body, bearer).await?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(ClientError::Api {
+                status: status.as_u16(),
+                code: value["error"]["code"].as_str().unwrap_or_default().to_string(),
+                message: value["error"]["message"].as_str().unwrap_or_default().to_string(),
+            })
+        }
+    }
+
+    pub async fn create_session(&self, spec: &Value) -> Result<String, ClientError> {
+        let v = self.ok(Method::POST, "/v1/sessions", Some(spec), None).await?;
+        string(&v, "id")
+    }
+
+    /// Submits one task; returns its id.
+    pub async fn submit(&self, session: &str, payload: &[u8], key: Option<&str>) -> Result<String, ClientError> {
+        let mut body = json!({"payload": B64.encode(payload)});
+        if let Some(key) = key {
+            body["idempotency_key"] = json!(key);
+        }
+        let v = self.ok(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None).await?;
+        string(&v, "task_id")
+    }
+
+    pub async fn task(&self, task: &str, query: &str) -> Result<Value, ClientError> {
+        self.ok(Method::GET, &format!("/v1/tasks/{task}{query}"), None, None).await
+    }
+
+    /// Registers a miner; returns its id and token.
+    pub async fn register_miner(&self, name: &str, capacity: u32, tags: &[String]) -> Result<(String, String), ClientError> {
+        let body = json!({"name": name, "capacity": capacity, "tags": tags});
+        let v = self.ok(Method::POST, "/v1/miners", Some(&body), None).await?;
+        Ok((string(&v, "miner_id")?, string(&v, "token")?))
+    }
+}
+
+/// A string field of a JSON object.
+pub fn string(v: &Value, field: &str) -> Result<String, ClientError> {
+    v[field].as_str().map(str::to_string).ok_or_else(|| ClientError::Unexpected(format!("no {field} in {v}")))
+}
+
+/// Standard base64 of bytes, as the API wants them.
+pub fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// Bytes from standard base64.
+pub fn unb64(text: &str) -> Option<Vec<u8>> {
+    B64.decode(text).ok()
+}

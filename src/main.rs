@@ -1,0 +1,316 @@
+//! The `session-queue` binary: a node, the command-line client, simulated miners and
+//! the load generator, one subcommand each.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use reqwest::Method;
+use serde_json::{json, Value};
+use session_queue::client::{miner, Client};
+use session_queue::config::{args_with_config_file, LogFormat, NodeConfig};
+use session_queue::{bench, node, shutdown};
+
+#[derive(Parser)]
+#[command(name = "session-queue", version, about = "A Raft-replicated task queue for AI inference tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// How the client reaches the cluster.
+#[derive(Args, Clone, Debug)]
+struct Target {
+    /// Nodes to talk to (host:port of their API), tried in order on failure.
+    #[arg(long, env = "SQ_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003")]
+    nodes: Vec<String>,
+    /// API key, when the nodes require one.
+    #[arg(long, env = "SQ_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+impl Target {
+    fn client(&self) -> Client {
+        Client::new(&self.nodes, self.api_key.clone())
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node.
+    Node(NodeConfig),
+    /// Create, read or close a session.
+    Session {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: SessionCmd,
+    },
+    /// Submit a task (payload as an argument, from --file, or from stdin).
+    Submit {
+        #[command(flatten)]
+        target: Target,
+        session: String,
+        payload: Option<String>,
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        priority: Option<i32>,
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Read a task.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        task: String,
+        /// Wait until the task is done.
+        #[arg(long)]
+        wait: bool,
+        /// A read-index (linearizable) read.
+        #[arg(long)]
+        linearizable: bool,
+    },
+    /// Print every transition of a session's tasks as it happens.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        session: String,
+    },
+    /// Cluster status and membership.
+    Cluster {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+    /// Simulated miners.
+    Miner {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        command: MinerCmd,
+    },
+    /// The load generator.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    /// Create a session; prints it.
+    Create {
+        #[arg(long)]
+        redundancy: Option<u8>,
+        #[arg(long)]
+        quorum: Option<u8>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        max_nodes: Option<u32>,
+        #[arg(long)]
+        priority: Option<i32>,
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Read a session.
+    Get { id: String },
+    /// Close a session: cancels its unfinished tasks and releases its miners.
+    Close { id: String },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Members, leader, term, applied index per node.
+    Status,
+    /// Add a node (started without --initial-cluster) as a voter.
+    Add { id: u64, api: String, peer: String },
+    /// Remove a node.
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum MinerCmd {
+    /// Run simulated miners until interrupted.
+    Simulate {
+        #[arg(long, default_value_t = 3)]
+        count: usize,
+        #[arg(long, default_value_t = 4)]
+        capacity: u32,
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Every n-th reveal of each miner is wrong (0: never).
+        #[arg(long, default_value_t = 0)]
+        wrong_every: u64,
+        /// Simulated inference time per task, ms.
+        #[arg(long, default_value_t = 0)]
+        work_ms: u64,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args_with_config_file(std::env::args().collect())?;
+    let cli = Cli::parse_from(args);
+    match cli.command {
+        Cmd::Node(config) => {
+            init_logging(config.log_format);
+            node::run(config, shutdown::signals()).await
+        }
+        Cmd::Bench(args) => {
+            init_logging(LogFormat::Plain);
+            bench::run(args).await
+        }
+        Cmd::Session { target, command } => {
+            let c = target.client();
+            let v = match command {
+                SessionCmd::Create { redundancy, quorum, tag, max_nodes, priority, owner } => {
+                    let mut spec = json!({});
+                    for (k, v) in [
+                        ("redundancy", redundancy.map(Value::from)),
+                        ("quorum", quorum.map(Value::from)),
+                        ("tag", tag.map(Value::from)),
+                        ("max_nodes", max_nodes.map(Value::from)),
+                        ("priority", priority.map(Value::from)),
+                        ("owner", owner.map(Value::from)),
+                    ] {
+                        if let Some(v) = v {
+                            spec[k] = v;
+                        }
+                    }
+                    c.ok(Method::POST, "/v1/sessions", Some(&spec), None).await?
+                }
+                SessionCmd::Get { id } => c.ok(Method::GET, &format!("/v1/sessions/{id}"), None, None).await?,
+                SessionCmd::Close { id } => c.ok(Method::POST, &format!("/v1/sessions/{id}/close"), None, None).await?,
+            };
+            print(&v);
+            Ok(())
+        }
+        Cmd::Submit { target, session, payload, file, priority, key } => {
+            let bytes = match (payload, file) {
+                (Some(p), _) => p.into_bytes(),
+                (None, Some(f)) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                (None, None) => {
+                    let mut buf = Vec::new();
+                    std::io::stdin().read_to_end(&mut buf)?;
+                    buf
+                }
+            };
+            let mut body = json!({"payload": session_queue::client::b64(&bytes)});
+            if let Some(p) = priority {
+                body["priority"] = json!(p);
+            }
+            if let Some(k) = key {
+                body["idempotency_key"] = json!(k);
+            }
+            let v = target.client().ok(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None).await?;
+            print(&v);
+            Ok(())
+        }
+        Cmd::Get { target, task, wait, linearizable } => {
+            let mut query = Vec::new();
+            if wait {
+                query.push("wait=completed&timeout=60s");
+            }
+            if linearizable {
+                query.push("consistency=linearizable");
+            }
+            let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+            let mut v = target.client().task(&task, &q).await?;
+            // Show a text result as text too.
+            if let Some(text) = v["result"].as_str().and_then(session_queue::client::unb64).and_then(|b| String::from_utf8(b).ok()) {
+                v["result_text"] = json!(text);
+            }
+            print(&v);
+            Ok(())
+        }
+        Cmd::Watch { target, session } => watch(target, &session).await,
+        Cmd::Cluster { target, command } => {
+            let c = target.client();
+            let v = match command {
+                ClusterCmd::Status => c.ok(Method::GET, "/v1/cluster", None, None).await?,
+                ClusterCmd::Add { id, api, peer } => {
+                    let body = json!({"id": id, "api": api, "peer": peer});
+                    c.ok(Method::POST, "/v1/cluster/members", Some(&body), None).await?
+                }
+                ClusterCmd::Remove { id } => c.ok(Method::DELETE, &format!("/v1/cluster/members/{id}"), None, None).await?,
+            };
+            print(&v);
+            Ok(())
+        }
+        Cmd::Miner { target, command: MinerCmd::Simulate { count, capacity, tags, wrong_every, work_ms } } => {
+            init_logging(LogFormat::Plain);
+            let client = target.client();
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let stats = Arc::new(miner::MinerStats::default());
+            let mut miners = tokio::task::JoinSet::new();
+            for i in 0..count {
+                let spec = miner::MinerSpec {
+                    name: format!("sim-{i}"),
+                    capacity,
+                    tags: tags.clone(),
+                    wrong_every,
+                    work: std::time::Duration::from_millis(work_ms),
+                };
+                miners.spawn(miner::run(client.pinned(i), spec, stats.clone(), stop_rx.clone()));
+            }
+            eprintln!("{count} simulated miners running; Ctrl-C to stop");
+            shutdown::signals().await;
+            stop_tx.send_replace(true);
+            while miners.join_next().await.is_some() {}
+            use std::sync::atomic::Ordering::Relaxed;
+            print(&json!({
+                "acks": stats.acks.load(Relaxed),
+                "precommits": stats.precommits.load(Relaxed),
+                "reveals": stats.reveals.load(Relaxed),
+                "rejected": stats.rejected.load(Relaxed),
+                "errors": stats.errors.load(Relaxed),
+            }));
+            Ok(())
+        }
+    }
+}
+
+/// Streams a session's events to stdout, one JSON line each.
+async fn watch(target: Target, session: &str) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let client = reqwest::Client::new();
+    let node = &target.nodes[0];
+    let base = if node.starts_with("http") { node.clone() } else { format!("http://{node}") };
+    let mut req = client.get(format!("{base}/v1/sessions/{session}/events"));
+    if let Some(key) = &target.api_key {
+        req = req.bearer_auth(key);
+    }
+    let resp = req.send().await?;
+    if !resp.status().is_success() {
+        anyhow::bail!("{}: {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    println!("{}", data.trim());
+                }
+            }
+        }
+    }
+    Ok(())
+}
