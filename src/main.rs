@@ -12,6 +12,10 @@ use session_queue::client::{miner, Client};
 use session_queue::config::{args_with_config_file, LogFormat, NodeConfig};
 use session_queue::{bench, node, shutdown};
 
+// glibc malloc was a tenth of the leader's profile under load; mimalloc is cheaper.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "session-queue", version, about = "A Raft-replicated task queue for AI inference tasks")]
 struct Cli {

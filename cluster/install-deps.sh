@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what building Session Queue needs and a fresh Debian/Ubuntu machine may lack:
+# a C++ compiler and libclang (RocksDB is built from source), curl, and Rust itself.
+# Installs only what is missing; safe to run again.
+set -euo pipefail
+
+missing=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v git >/dev/null 2>&1 || missing+=(git)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || have_pkg libclang-dev || missing+=(libclang-dev)
+have_pkg ca-certificates || missing+=(ca-certificates)
+
+if ((${#missing[@]})); then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install these first: ${missing[*]}" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    exit 0
+  fi
+  echo "installing Rust (rustup)" >&2
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal >&2
+fi

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Starts a three-node Session Queue cluster on this machine, building it first if
+# needed, and returns once the cluster has a leader.
+#
+#   API    127.0.0.1:7001, :7002, :7003   (SQ_API_PORT_BASE, default 7000)
+#   peers  127.0.0.1:8001, :8002, :8003   (SQ_PEER_PORT_BASE, default 8000)
+#   data and logs under cluster/data/     (SQ_CLUSTER_DATA)
+#
+# Idempotent: run again, it starts only the nodes that are not running; a restarted
+# node rejoins with its data. SQ_API_KEY, when set, is required by the API.
+# Stop with cluster/down.sh (--wipe also deletes the data).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+data=${SQ_CLUSTER_DATA:-$here/data}
+api_base=${SQ_API_PORT_BASE:-7000}
+peer_base=${SQ_PEER_PORT_BASE:-8000}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/session-queue/target}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+"$here/install-deps.sh"
+if [ -z "${SQ_BIN:-}" ]; then
+  (cd "$root" && cargo build --release --quiet)
+  SQ_BIN="$CARGO_TARGET_DIR/release/session-queue"
+fi
+
+mkdir -p "$data"
+# One secret per cluster, kept with its data so restarts reuse it.
+if [ -n "${SQ_CLUSTER_SECRET:-}" ]; then
+  secret=$SQ_CLUSTER_SECRET
+elif [ -s "$data/cluster-secret" ]; then
+  secret=$(cat "$data/cluster-secret")
+else
+  secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  (umask 077 && printf '%s' "$secret" >"$data/cluster-secret")
+fi
+
+members=""
+for i in 1 2 3; do
+  members+="${members:+,}$i=127.0.0.1:$((api_base + i))/127.0.0.1:$((peer_base + i))"
+done
+
+running() { [ -s "$data/node$1.pid" ] && kill -0 "$(cat "$data/node$1.pid")" 2>/dev/null; }
+
+for i in 1 2 3; do
+  if running "$i"; then
+    echo "node $i already running (pid $(cat "$data/node$i.pid"))"
+    continue
+  fi
+  SQ_CLUSTER_SECRET="$secret" nohup "$SQ_BIN" node \
+    --id "$i" \
+    --api-addr "127.0.0.1:$((api_base + i))" \
+    --peer-addr "127.0.0.1:$((peer_base + i))" \
+    --data-dir "$data/node$i" \
+    --initial-cluster "$members" \
+    >>"$data/node$i.log" 2>&1 </dev/null &
+  echo $! >"$data/node$i.pid"
+  echo "node $i started (pid $!), API http://127.0.0.1:$((api_base + i)), log $data/node$i.log"
+done
+
+# Wait until every node answers and one of them leads.
+deadline=$((SECONDS + 90))
+until
+  ready=0
+  for i in 1 2 3; do
+    curl -fsS -o /dev/null "http://127.0.0.1:$((api_base + i))/ready" 2>/dev/null && ready=$((ready + 1))
+  done
+  [ "$ready" -eq 3 ]
+do
+  for i in 1 2 3; do
+    if ! running "$i"; then
+      echo "node $i exited; last lines of its log:" >&2
+      tail -n 20 "$data/node$i.log" >&2
+      exit 1
+    fi
+  done
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    echo "the cluster did not get ready in 90 s; see $data/node*.log" >&2
+    exit 1
+  fi
+  sleep 0.3
+done
+leader=$(curl -fsS "http://127.0.0.1:$((api_base + 1))/v1/cluster?local=true" ${SQ_API_KEY:+-H "Authorization: Bearer $SQ_API_KEY"} | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
+echo "cluster ready: leader is node ${leader:-?}; try: curl -s http://127.0.0.1:$((api_base + 1))/v1/cluster"
