@@ -2,12 +2,18 @@
 //!
 //! Every write openraft relies on for safety is synced before it is reported done:
 //! an append's callback fires only after its `WriteBatch` is synced; the vote,
-//! truncation and purge are synced too. The blocking RocksDB calls run on the
-//! blocking thread pool so the Raft core's runtime threads stay free.
+//! truncation and purge are synced too. Blocking RocksDB calls run in
+//! `block_in_place`, so the runtime moves its other tasks off the waiting thread
+//! without a hop to another thread on the commit path.
+//!
+//! The newest entries are also kept decoded in memory: openraft reads every entry
+//! back right after appending it (once per follower to replicate it, once to apply
+//! it), and serving those reads from memory saves a RocksDB read and a decode each.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
@@ -23,10 +29,75 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 
-/// The log store. Cheap to clone: clones share the database.
+/// The newest entries, decoded: a contiguous suffix of the log.
+#[derive(Default)]
+struct EntryCache {
+    entries: BTreeMap<u64, Entry>,
+    bytes: usize,
+}
+
+/// At most this many bytes of entries (by their encoded size) are cached.
+const CACHE_BYTES: usize = 64 << 20;
+
+impl EntryCache {
+    fn push(&mut self, entry: Entry, size: usize) {
+        self.entries.insert(entry.log_id.index, entry);
+        self.bytes += size;
+        while self.bytes > CACHE_BYTES && self.entries.len() > 1 {
+            let (_, old) = self.entries.pop_first().expect("non-empty");
+            self.bytes = self.bytes.saturating_sub(approx_size(&old));
+        }
+    }
+
+    /// The cached entries of `[start, end)`, if the cache covers `start`.
+    fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let first = *self.entries.keys().next()?;
+        if start < first {
+            return None;
+        }
+        let range = match end {
+            Some(end) if end <= start => return Some(Vec::new()),
+            Some(end) => self.entries.range(start..end),
+            None => self.entries.range(start..),
+        };
+        Some(range.map(|(_, e)| e.clone()).collect())
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        let removed = self.entries.split_off(&index);
+        self.bytes = self.bytes.saturating_sub(removed.values().map(approx_size).sum());
+    }
+
+    fn purge_upto(&mut self, index: u64) {
+        let kept = self.entries.split_off(&(index + 1));
+        self.entries = kept;
+        self.bytes = self.entries.values().map(approx_size).sum();
+    }
+}
+
+fn approx_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => {
+            64 + batch.commands.iter().map(crate::machine::Command::approx_size).sum::<usize>()
+        }
+        _ => 256,
+    }
+}
+
+/// The log store. Cheap to clone: clones share the database and the cache.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    cache: Arc<Mutex<EntryCache>>,
+}
+
+/// Runs blocking work: in place on a multi-threaded runtime (other tasks move to
+/// other threads meanwhile), directly otherwise.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn synced() -> WriteOptions {
@@ -37,7 +108,7 @@ fn synced() -> WriteOptions {
 
 impl LogStore {
     pub(super) fn new(db: Arc<DB>) -> Self {
-        LogStore { db }
+        LogStore { db, cache: Arc::default() }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -46,18 +117,9 @@ impl LogStore {
         bytes.map(|b| codec::decode(&b).map_err(|e| StorageIOError::read(&e).into())).transpose()
     }
 
-    /// Writes a batch on the blocking pool, synced or not.
+    /// Writes a batch, synced or not.
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            if sync {
-                db.write_opt(batch, &synced())
-            } else {
-                db.write(batch)
-            }
-        })
-        .await
-        .expect("RocksDB write task panicked")
+        blocking(|| if sync { self.db.write_opt(batch, &synced()) } else { self.db.write(batch) })
     }
 
     fn put_meta<T: Serialize>(&self, batch: &mut WriteBatch, key: &[u8], value: &T) {
@@ -92,11 +154,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&x) => Some(x),
             Bound::Unbounded => None,
         };
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let cf = db.cf_handle(CF_LOG).expect("log column family");
+        if let Some(cached) = self.cache.lock().expect("cache lock").get(start, end) {
+            return Ok(cached);
+        }
+        blocking(|| {
+            let cf = self.db.cf_handle(CF_LOG).expect("log column family");
             let mut out = Vec::new();
-            for item in db.iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward)) {
+            for item in self.db.iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward)) {
                 let (key, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
                 let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
                     StorageIOError::read_logs(openraft::AnyError::error("malformed log key"))
@@ -109,8 +173,6 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
             Ok(out)
         })
-        .await
-        .expect("RocksDB read task panicked")
     }
 }
 
@@ -158,13 +220,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let cf = self.db.cf_handle(CF_LOG).expect("log column family");
         let mut batch = WriteBatch::default();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put_cf(cf, index_key(entry.log_id.index), codec::encode(&entry));
+            let bytes = codec::encode(&entry);
+            batch.put_cf(cf, index_key(entry.log_id.index), &bytes);
+            appended.push((entry, bytes.len()));
         }
         // The callback fires only once the batch is on disk.
         let result = self.write(batch, true).await;
         match result {
             Ok(()) => {
+                let mut cache = self.cache.lock().expect("cache lock");
+                for (entry, size) in appended {
+                    // Appends are contiguous; anything cached at or after them is stale.
+                    cache.truncate_from(entry.log_id.index);
+                    cache.push(entry, size);
+                }
+                drop(cache);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -180,6 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX));
         batch.delete_cf(cf, index_key(u64::MAX));
+        self.cache.lock().expect("cache lock").truncate_from(log_id.index);
         self.write(batch, true).await.map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
@@ -190,6 +263,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta(&mut batch, KEY_PURGED, &log_id);
         batch.delete_range_cf(cf, index_key(0), index_key(log_id.index + 1));
         self.write(batch, true).await.map_err(|e| StorageIOError::write_logs(&e))?;
+        self.cache.lock().expect("cache lock").purge_upto(log_id.index);
         Ok(())
     }
 }

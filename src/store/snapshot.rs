@@ -141,8 +141,11 @@ impl SnapshotFiles {
 
     fn build_blocking(&self) -> Result<(SnapshotMeta, PathBuf), StorageError> {
         let err = |e: std::io::Error| StorageError::from(StorageIOError::write_snapshot(None, &e));
-        let view = self.db.snapshot();
         let cf = self.db.cf_handle(CF_STATE).expect("state column family");
+        // The state is written without a write-ahead log; make everything applied so
+        // far durable before openraft purges the log entries this snapshot covers.
+        self.db.flush_cf(cf).map_err(io_err).map_err(err)?;
+        let view = self.db.snapshot();
         let get = |key: &[u8]| view.get_cf(cf, key).map_err(io_err);
         let last_applied: Option<LogId> = match get(keys::APPLIED).map_err(err)? {
             Some(b) => codec::decode(&b).map_err(io_err).map_err(err)?,
