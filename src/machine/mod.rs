@@ -17,7 +17,8 @@
 //! The rules, briefly (see `SPEC.md` section 3 for the contract):
 //! - a session reserves at least `k` pooled miners (matching its tag), more while its
 //!   outstanding slots exceed the capacity of what it holds (up to `max_nodes`), and
-//!   gives the extra ones back after `idle_release_ms` without work;
+//!   gives the extra ones back after `idle_release_ms` without work; sessions below
+//!   `k` are served first, and may take an idle miner a session holds beyond its `k`;
 //! - a queued task is dispatched all at once to `k` distinct reserved miners with
 //!   free capacity, least-loaded first, then fewest recent rejections, then id;
 //! - when every slot is acked the precommit phase opens; it closes when every slot
@@ -216,7 +217,13 @@ impl State {
                 let needy: Vec<SessionId> = self.idx.needy.iter().copied().collect();
                 self.step.touched.extend(needy);
             }
-            let Some(session) = self.step.touched.pop_first() else { break };
+            // Sessions holding fewer than k miners go first, so no session grows
+            // beyond its minimum while another cannot run a task at all.
+            let below_k = self.step.touched.iter().copied().find(|id| {
+                self.sessions.get(id).is_some_and(|s| (s.reserved.len() as u32) < s.k() as u32)
+            });
+            let Some(session) = below_k.or_else(|| self.step.touched.first().copied()) else { break };
+            self.step.touched.remove(&session);
             self.rebalance(session);
             self.schedule(session);
         }

@@ -242,8 +242,49 @@ impl State {
                 self.reserve(id, miner);
             }
         }
+        self.borrow_idle_miners(id);
         self.update_idle(id);
         self.update_needy(id);
+    }
+
+    /// A session still below k after taking what the pool had takes idle miners
+    /// (holding no work) that other sessions hold beyond their own k, so one session's
+    /// growth never starves another.
+    fn borrow_idle_miners(&mut self, id: SessionId) {
+        let s = &self.sessions[&id];
+        let (k, tag) = (s.k() as usize, s.spec.tag.clone());
+        let mut missing = k.saturating_sub(s.reserved.len());
+        if missing == 0 {
+            return;
+        }
+        let now = self.step.now;
+        let donors: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|d| d.id != id && d.reserved.len() > d.k() as usize)
+            .map(|d| d.id)
+            .collect();
+        for donor in donors {
+            let d = &self.sessions[&donor];
+            let spare = d.reserved.len() - d.k() as usize;
+            // The donor gives its most rejected, then newest, idle miners.
+            let mut idle: Vec<(std::cmp::Reverse<u64>, std::cmp::Reverse<MinerId>)> = d
+                .reserved
+                .iter()
+                .map(|m| &self.miners[m])
+                .filter(|m| m.active.is_empty() && tag.as_ref().is_none_or(|t| m.tags.contains(t)))
+                .map(|m| (std::cmp::Reverse(m.recent_rejections(now)), std::cmp::Reverse(m.id)))
+                .collect();
+            idle.sort();
+            for (_, std::cmp::Reverse(miner)) in idle.into_iter().take(spare.min(missing)) {
+                self.release(donor, miner);
+                self.reserve(id, miner);
+                missing -= 1;
+            }
+            if missing == 0 {
+                return;
+            }
+        }
     }
 
     pub(super) fn update_needy(&mut self, id: SessionId) {

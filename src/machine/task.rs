@@ -18,7 +18,8 @@
 //! before committing to its own. Outputs are compared by `sha256(output)`.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -408,47 +409,68 @@ impl State {
 
     // ---- the lifecycle ----
 
-    /// Dispatches the session's queued tasks to its reserved miners with room.
+    /// Dispatches the session's queued tasks to its reserved miners with room, in
+    /// queue order, until no miner has room or `SCHEDULE_SCAN` tasks in a row could
+    /// not be served (each needs miners it has not had yet).
     pub(super) fn schedule(&mut self, sid: SessionId) {
         let Some(s) = self.sessions.get(&sid) else { return };
         if s.state == SessionState::Closed {
             return;
         }
-        let mut free: Vec<MinerId> = s.reserved.iter().copied().filter(|m| self.miners[m].has_room()).collect();
+        let now = self.step.now;
+        // Miners with room, in choice order: least loaded, fewest recent rejections, id.
+        let mut free: BTreeSet<(usize, u64, MinerId)> = s
+            .reserved
+            .iter()
+            .map(|m| &self.miners[m])
+            .filter(|m| m.has_room())
+            .map(|m| (m.active.len(), m.recent_rejections(now), m.id))
+            .collect();
         let mut shortfall = s.shortfall;
-        if !free.is_empty() {
-            let head: Vec<TaskId> = match self.idx.queues.get(&sid) {
-                Some(q) => q.iter().take(SCHEDULE_SCAN).map(|(_, t)| *t).collect(),
+        let mut after: Option<(Reverse<i32>, TaskId)> = None;
+        let mut skipped = 0;
+        let mut first = true;
+        'scan: while !free.is_empty() && skipped < SCHEDULE_SCAN {
+            let chunk: Vec<(Reverse<i32>, TaskId)> = match self.idx.queues.get(&sid) {
+                Some(q) => match after {
+                    Some(key) => q.range((Excluded(key), Unbounded)).take(SCHEDULE_SCAN).copied().collect(),
+                    None => q.iter().take(SCHEDULE_SCAN).copied().collect(),
+                },
                 None => Vec::new(),
             };
-            let now = self.step.now;
-            for (n, tid) in head.into_iter().enumerate() {
-                if free.is_empty() {
-                    break;
-                }
-                let task = &self.tasks[&tid];
+            if chunk.is_empty() {
+                break;
+            }
+            for key in chunk {
+                after = Some(key);
+                let task = &self.tasks[&key.1];
                 let need = task.open_slots as usize;
                 let served = |m: &MinerId| task.slot(*m).is_some();
-                if n == 0 {
-                    let s = &self.sessions[&sid];
-                    let eligible = s.reserved.iter().filter(|m| !served(m)).count();
+                if first {
+                    let eligible = self.sessions[&sid].reserved.iter().filter(|m| !served(m)).count();
                     shortfall = need.saturating_sub(eligible) as u32;
+                    first = false;
                 }
-                let mut candidates: Vec<(usize, u64, MinerId)> = free
-                    .iter()
-                    .filter(|m| !served(m))
-                    .map(|m| {
-                        let miner = &self.miners[m];
-                        (miner.active.len(), miner.recent_rejections(now), *m)
-                    })
-                    .collect();
-                if candidates.len() < need {
+                let chosen: Vec<(usize, u64, MinerId)> = free.iter().filter(|c| !served(&c.2)).take(need).copied().collect();
+                if chosen.len() < need {
+                    skipped += 1;
+                    if skipped >= SCHEDULE_SCAN {
+                        break 'scan;
+                    }
                     continue;
                 }
-                candidates.sort();
-                let chosen: Vec<MinerId> = candidates.into_iter().take(need).map(|(_, _, m)| m).collect();
-                self.assign(tid, &chosen);
-                free.retain(|m| self.miners[m].has_room());
+                skipped = 0;
+                let miners: Vec<MinerId> = chosen.iter().map(|c| c.2).collect();
+                self.assign(key.1, &miners);
+                for (load, rejections, m) in chosen {
+                    free.remove(&(load, rejections, m));
+                    if self.miners[&m].has_room() {
+                        free.insert((load + 1, rejections, m));
+                    }
+                }
+                if free.is_empty() {
+                    break 'scan;
+                }
             }
         }
         if shortfall != self.sessions[&sid].shortfall {

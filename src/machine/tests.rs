@@ -267,6 +267,36 @@ fn reservation_grows_with_backlog_and_shrinks_when_idle() {
 }
 
 #[test]
+fn a_session_below_k_is_served_first_and_borrows_idle_miners() {
+    let mut w = World::new();
+    let mut sp = spec(1, 1);
+    sp.max_nodes = 4;
+    let greedy = w.session_with(sp);
+    let tasks: Vec<TaskId> = (0..4).map(|i| w.submit(greedy, &format!("g{i}"))).collect();
+    let _miners: Vec<MinerId> = (0..4).map(|_| w.miner(1)).collect();
+    assert_eq!(w.s.session(greedy).unwrap().reserved.len(), 4, "its backlog grew it to four");
+    w.complete(tasks[0], "done");
+    w.complete(tasks[1], "done");
+    // Two of its miners are idle now, two busy; no other miner exists.
+    let hungry = w.session(2, 2);
+    let held = w.s.session(hungry).unwrap().reserved.clone();
+    assert_eq!(held.len(), 2, "the newcomer borrowed the idle two");
+    for m in &held {
+        assert!(w.s.miner(*m).unwrap().active.is_empty());
+    }
+    assert_eq!(w.s.session(greedy).unwrap().reserved.len(), 2, "the busy ones stayed");
+    let t = w.submit(hungry, "h");
+    assert_eq!(w.holders(t).len(), 2);
+    // A third session finds nothing idle to borrow...
+    let third = w.session(1, 1);
+    assert!(w.s.session(third).unwrap().reserved.is_empty());
+    // ...and a miner coming into the pool goes to it before the greedy one grows.
+    w.submit(greedy, "more backlog");
+    let fresh = w.miner(1);
+    assert_eq!(w.s.session(third).unwrap().reserved, BTreeSet::from([fresh]));
+}
+
+#[test]
 fn a_tagged_session_reserves_only_miners_with_its_tag_and_waits_for_them() {
     let mut w = World::new();
     let mut sp = spec(2, 2);
