@@ -54,13 +54,6 @@ fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Addresses a started node listens on (useful when ports were chosen by the OS).
-#[derive(Clone, Debug)]
-pub struct Bound {
-    pub api: std::net::SocketAddr,
-    pub peer: std::net::SocketAddr,
-}
-
 /// Starts a node and runs it until `shutdown` resolves.
 pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let api = TcpListener::bind(config.api_addr).await.with_context(|| format!("binding API {}", config.api_addr))?;
@@ -68,13 +61,70 @@ pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output =
     serve(config, api, peer, shutdown).await
 }
 
-/// Runs a node on already-bound listeners.
+/// Runs a node on already-bound listeners until `shutdown` resolves or a server fails.
 pub async fn serve(
     config: NodeConfig,
     api_listener: TcpListener,
     peer_listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let mut running = start(config, api_listener, peer_listener).await?;
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(done) = running.servers.join_next() => match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("server task: {e}")),
+        },
+        e = raft_failed(running.node.raft.clone()) => Err(e),
+    };
+    running.stop().await;
+    result
+}
+
+/// Resolves when Raft stops by itself: a storage error (a full disk, a failing
+/// device) ends openraft's core for good. The node then exits with the reason
+/// rather than keep answering (and reporting itself ready) without Raft; once the
+/// cause is fixed, a restart resumes from the synced log.
+async fn raft_failed(raft: Raft) -> anyhow::Error {
+    let mut metrics = raft.metrics();
+    let fatal = match metrics.wait_for(|m| m.running_state.is_err()).await {
+        Ok(m) => m.running_state.clone().err().map(|e| e.to_string()),
+        Err(_) => None,
+    };
+    let reason = fatal.unwrap_or_else(|| "raft stopped".into());
+    tracing::error!(error = %reason, "raft stopped; the node exits");
+    anyhow::anyhow!("raft stopped: {reason}; the node cannot go on (free disk space or fix the storage, then restart it)")
+}
+
+/// A started node: its handle and the tasks serving it.
+pub struct Running {
+    pub node: Arc<Node>,
+    servers: JoinSet<anyhow::Result<()>>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops serving (in-flight requests get a moment to finish), then stops Raft.
+    pub async fn stop(mut self) {
+        tracing::info!("shutting down");
+        self.node.stop.trigger();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while self.servers.join_next().await.is_some() {}
+        })
+        .await;
+        self.servers.abort_all();
+        if let Err(e) = self.node.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        tracing::info!("stopped");
+    }
+}
+
+/// Opens storage, starts Raft, the proposer, the peer channel and the API.
+pub async fn start(config: NodeConfig, api_listener: TcpListener, peer_listener: TcpListener) -> anyhow::Result<Running> {
     config.validate()?;
     let id = config.id;
     let (log_store, state_store) =
@@ -120,15 +170,13 @@ pub async fn serve(
         started: Instant::now(),
         stop: stop.clone(),
     });
-
-    let peer_ctx = Arc::new(peer::PeerContext {
+    let peer_app = peer::router(Arc::new(peer::PeerContext {
         id,
         raft: raft.clone(),
         proposer,
         secret: config.cluster_secret.clone(),
         write_timeout: config.write_timeout(),
-    });
-    let peer_app = peer::router(peer_ctx);
+    }));
     let api_app = api::router(node.clone());
     tracing::info!(
         id,
@@ -138,38 +186,13 @@ pub async fn serve(
         "node started"
     );
     let mut servers = JoinSet::new();
-    {
-        let stop = stop.clone();
-        servers.spawn(async move {
-            axum::serve(peer_listener, peer_app).with_graceful_shutdown(stop.wait()).await.context("peer server")
-        });
-    }
-    {
-        let stop = stop.clone();
-        servers.spawn(async move {
-            axum::serve(api_listener, api_app).with_graceful_shutdown(stop.wait()).await.context("API server")
-        });
-    }
-    let result = tokio::select! {
-        _ = shutdown => Ok(()),
-        Some(done) = servers.join_next() => match done {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("server task: {e}")),
-        },
-    };
-    tracing::info!("shutting down");
-    stop.trigger();
-    // Long polls and event streams end with the stop signal; give in-flight requests a moment.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while servers.join_next().await.is_some() {}
-    })
-    .await;
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft shutdown");
-    }
-    tasks.abort_all();
-    drop(node);
-    tracing::info!("stopped");
-    result
+    let wait = stop.clone();
+    servers.spawn(async move {
+        axum::serve(peer_listener, peer_app).with_graceful_shutdown(wait.wait()).await.context("peer server")
+    });
+    let wait = stop.clone();
+    servers.spawn(async move {
+        axum::serve(api_listener, api_app).with_graceful_shutdown(wait.wait()).await.context("API server")
+    });
+    Ok(Running { node, servers, tasks })
 }

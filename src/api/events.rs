@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
-use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::stream;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -60,11 +60,5 @@ pub async fn stream(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Re
             }
         }
     });
-    Ok(Sse::new(boxed(events)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
-}
-
-fn boxed<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(
-    s: S,
-) -> std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> {
-    s.boxed()
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -39,6 +39,8 @@ pub struct MinerStats {
     pub reveals: AtomicU64,
     pub rejected: AtomicU64,
     pub errors: AtomicU64,
+    /// Reveals attempted, honest or not (decides which ones are wrong).
+    pub attempted: AtomicU64,
 }
 
 /// The output a simulated miner computes for a payload.
@@ -57,7 +59,6 @@ pub async fn run(
     let (id, token) = client.register_miner(&spec.name, spec.capacity, &spec.tags).await?;
     let mut secrets: HashMap<String, (Vec<u8>, Vec<u8>)> = HashMap::new();
     let mut after: Option<u64> = None;
-    let mut reveals = 0u64;
     let mut last_heartbeat = tokio::time::Instant::now();
     while !*stop.borrow() {
         let path = match after {
@@ -95,9 +96,7 @@ pub async fn run(
             let stats = stats.clone();
             let spec = spec.clone();
             let secret = a["task_id"].as_str().and_then(|t| secrets.get(t).cloned());
-            reveals += u64::from(a["state"] == "precommitted");
-            let wrong = spec.wrong_every > 0 && reveals % spec.wrong_every == 0 && a["state"] == "precommitted";
-            async move { step(&client, &token, &a, secret, wrong, &spec, &stats).await }
+            async move { step(&client, &token, &a, secret, &spec, &stats).await }
         });
         let worked = list_len > 0;
         for (task, secret) in futures_util::future::join_all(steps).await.into_iter().flatten() {
@@ -111,69 +110,78 @@ pub async fn run(
     Ok(id)
 }
 
-/// Advances one assignment by one step; returns a new (output, nonce) to remember.
+/// Advances one assignment as far as it can go now: an ack that opens the precommit
+/// phase is followed at once by the precommit, and a precommit that closes it by the
+/// reveal. Returns the (output, nonce) to remember while a reveal is still to come.
 async fn step(
     client: &Client,
     token: &str,
     a: &Value,
-    secret: Option<(Vec<u8>, Vec<u8>)>,
-    wrong: bool,
+    mut secret: Option<(Vec<u8>, Vec<u8>)>,
     spec: &MinerSpec,
     stats: &MinerStats,
 ) -> Option<(String, (Vec<u8>, Vec<u8>))> {
     let task = string(a, "task_id").ok()?;
-    let result = match a["state"].as_str()? {
-        "assigned" => {
-            let r = client.ok(Method::POST, &format!("/v1/tasks/{task}/ack"), Some(&json!({})), Some(token)).await;
-            if r.is_ok() {
+    let mut slot = a["state"].as_str()?.to_string();
+    let remember = |secret: Option<(Vec<u8>, Vec<u8>)>| secret.map(|s| (task.clone(), s));
+    loop {
+        let path = |what: &str| format!("/v1/tasks/{task}/{what}");
+        let result = match slot.as_str() {
+            "assigned" => client.ok(Method::POST, &path("ack"), Some(&json!({})), Some(token)).await.map(|v| {
                 stats.acks.fetch_add(1, Ordering::Relaxed);
-            }
-            r.map(|_| None)
-        }
-        "acked" => {
-            if !spec.work.is_zero() {
-                tokio::time::sleep(spec.work).await;
-            }
-            let output = infer(&unb64(a["payload"].as_str()?)?);
-            let mut nonce = vec![0u8; 16];
-            rand::rng().fill_bytes(&mut nonce);
-            let hash = hex::encode(sha256(&[&output, &nonce]));
-            let r = client.ok(Method::POST, &format!("/v1/tasks/{task}/precommit"), Some(&json!({"hash": hash})), Some(token)).await;
-            match r {
-                Ok(_) => {
+                v
+            }),
+            "acked" => {
+                if !spec.work.is_zero() {
+                    tokio::time::sleep(spec.work).await;
+                }
+                let output = infer(&unb64(a["payload"].as_str()?)?);
+                let mut nonce = vec![0u8; 16];
+                rand::rng().fill_bytes(&mut nonce);
+                let hash = hex::encode(sha256(&[&output, &nonce]));
+                let r = client.ok(Method::POST, &path("precommit"), Some(&json!({"hash": hash})), Some(token)).await;
+                if r.is_ok() {
                     stats.precommits.fetch_add(1, Ordering::Relaxed);
-                    Ok(Some((task.clone(), (output, nonce))))
+                    secret = Some((output, nonce));
                 }
-                Err(e) => Err(e),
+                r
             }
-        }
-        "precommitted" => {
-            let (mut output, nonce) = secret?;
-            if wrong {
-                output.extend_from_slice(b"-tampered");
-            }
-            let body = json!({"output": b64(&output), "nonce": b64(&nonce)});
-            let r = client.ok(Method::POST, &format!("/v1/tasks/{task}/commit"), Some(&body), Some(token)).await;
-            match &r {
-                Ok(_) => {
-                    stats.reveals.fetch_add(1, Ordering::Relaxed);
+            "precommitted" => {
+                let (mut output, nonce) = secret.clone()?;
+                let n = stats.attempted.fetch_add(1, Ordering::Relaxed) + 1;
+                if spec.wrong_every > 0 && n % spec.wrong_every == 0 {
+                    output.extend_from_slice(b"-tampered");
                 }
-                Err(e) if e.status() == Some(422) => {
-                    stats.rejected.fetch_add(1, Ordering::Relaxed);
+                let body = json!({"output": b64(&output), "nonce": b64(&nonce)});
+                let r = client.ok(Method::POST, &path("commit"), Some(&body), Some(token)).await;
+                match &r {
+                    Ok(_) => {
+                        stats.reveals.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                    Err(e) if e.status() == Some(422) => {
+                        stats.rejected.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                    _ => {}
                 }
-                _ => {}
+                r
             }
-            r.map(|_| None)
-        }
-        _ => Ok(None),
-    };
-    match result {
-        Ok(found) => found,
-        // 409: the phase has not opened or closed yet, or the task moved on: try later.
-        Err(e) if e.status() == Some(409) || e.status() == Some(422) => None,
-        Err(_) => {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
-            None
+            _ => return remember(secret),
+        };
+        match result {
+            // The task's state tells whether the next step is open yet.
+            Ok(v) => match (slot.as_str(), v["state"].as_str()) {
+                ("assigned", Some("acked")) => slot = "acked".into(),
+                ("acked", Some("precommitted" | "committed")) => slot = "precommitted".into(),
+                _ => return remember(secret),
+            },
+            // 409: the phase has not opened or closed yet, or the task moved on: try later.
+            Err(e) if e.status() == Some(409) => return remember(secret),
+            Err(_) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                return remember(secret);
+            }
         }
     }
 }

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Turns the raw results of benches/compare.sh into results.json, a Markdown table
+with the ratio ours/etcd, and two SVG plots (throughput and p99 latency against
+connections). Standard library only.
+
+Usage: report.py WORK_DIR OUT_DIR MACHINE_JSON ETCD_VERSION SECONDS
+"""
+import json
+import math
+import os
+import sys
+import time
+
+work, out, machine, etcd_version, secs = sys.argv[1:6]
+machine = json.loads(machine)
+
+
+def load_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+etcd = {r["connections"]: r["wrk"] for r in load_jsonl(os.path.join(work, "etcd.jsonl"))}
+ours = {r["connections"]: r["wrk"] for r in load_jsonl(os.path.join(work, "sq.jsonl"))}
+extra = {}
+for name in ("batch", "lifecycle"):
+    path = os.path.join(work, f"{name}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            extra[name] = json.load(f)
+
+conns = sorted(set(etcd) | set(ours))
+rows = []
+for c in conns:
+    e, o = etcd.get(c), ours.get(c)
+    rows.append({
+        "connections": c,
+        "etcd": e,
+        "ours": o,
+        "throughput_ratio": (o["rps"] / e["rps"]) if e and o and e["rps"] else None,
+    })
+
+results = {
+    "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    "machine": machine,
+    "etcd_version": etcd_version,
+    "seconds_per_row": float(secs),
+    "rows": rows,
+    "batch": extra.get("batch"),
+    "lifecycle": extra.get("lifecycle"),
+}
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+
+
+def fmt(v, digits=2):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+lines = [
+    f"Run {results['when']} on {machine['cpus']} CPUs ({machine['cpu']}), {machine['mem_mib']} MiB; "
+    f"{etcd_version}; wrk -t1, 256-byte values, {secs} s per row, fsync on.",
+    "",
+    "| connections | etcd puts/s | etcd p50 ms | etcd p99 ms | ours tasks/s | ours p50 ms | ours p99 ms | ratio ours/etcd |",
+    "|---|---|---|---|---|---|---|---|",
+]
+for r in rows:
+    e, o = r["etcd"] or {}, r["ours"] or {}
+    lines.append(
+        f"| {r['connections']} | {fmt(e.get('rps'), 0)} | {fmt(e.get('p50_ms'))} | {fmt(e.get('p99_ms'))} "
+        f"| {fmt(o.get('rps'), 0)} | {fmt(o.get('p50_ms'))} | {fmt(o.get('p99_ms'))} | {fmt(r['throughput_ratio'])}× |"
+    )
+for name, label in (("batch", "batch submits (tasks/s)"), ("lifecycle", "lifecycle k=1 (completed tasks/s)")):
+    rep = extra.get(name)
+    if not rep:
+        continue
+    for op in rep["operations"]:
+        if (name == "batch" and op["operation"] == "batch") or (name == "lifecycle" and op["operation"] == "completed"):
+            lat = op["latency_ms"]
+            lines.append("")
+            lines.append(
+                f"{label}: {op['items_per_sec']:.0f}/s over {rep['duration_s']:.1f} s "
+                f"(p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms per "
+                f"{'call' if name == 'batch' else 'task, submit to completed'}; {op['errors']} errors)"
+            )
+with open(os.path.join(out, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+
+def svg_chart(path, title, ylabel, series, log_y=False):
+    """A small line chart: x = connections (log scale), one line per series."""
+    w, h, left, right, top, bottom = 640, 400, 70, 20, 40, 50
+    xs = sorted({x for _, pts, _ in series for x, _ in pts})
+    ys = [y for _, pts, _ in series for _, y in pts if y is not None and y > 0]
+    if not xs or not ys:
+        return
+    lx = [math.log2(x) for x in xs]
+    x0, x1 = min(lx), max(lx) if max(lx) > min(lx) else min(lx) + 1
+    if log_y:
+        y0, y1 = math.log10(min(ys)) - 0.1, math.log10(max(ys)) + 0.1
+    else:
+        y0, y1 = 0.0, max(ys) * 1.1
+
+    def px(x):
+        return left + (math.log2(x) - x0) / (x1 - x0) * (w - left - right)
+
+    def py(y):
+        v = math.log10(y) if log_y else y
+        return h - bottom - (v - y0) / (y1 - y0) * (h - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{w}" height="{h}" fill="white"/>',
+        f'<text x="{w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
+        f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>',
+        f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">connections</text>',
+        f'<text x="16" y="{h / 2}" transform="rotate(-90 16 {h / 2})" text-anchor="middle">{ylabel}</text>',
+    ]
+    for x in xs:
+        parts.append(f'<text x="{px(x):.1f}" y="{h - bottom + 16}" text-anchor="middle">{x}</text>')
+    ticks = 5
+    for i in range(ticks + 1):
+        v = y0 + (y1 - y0) * i / ticks
+        y = 10 ** v if log_y else v
+        yy = py(y)
+        parts.append(f'<line x1="{left - 4}" y1="{yy:.1f}" x2="{w - right}" y2="{yy:.1f}" stroke="#ddd"/>')
+        label = f"{y:.3g}" if log_y else f"{y:,.0f}"
+        parts.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end">{label}</text>')
+    for i, (name, pts, color) in enumerate(series):
+        pts = [(x, y) for x, y in pts if y is not None and y > 0]
+        d = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for j, (x, y) in enumerate(pts))
+        parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for x, y in pts:
+            parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>')
+        parts.append(f'<rect x="{left + 10}" y="{top + 6 + i * 18}" width="12" height="3" fill="{color}"/>')
+        parts.append(f'<text x="{left + 28}" y="{top + 10 + i * 18}">{name}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+
+
+svg_chart(
+    os.path.join(out, "throughput.svg"),
+    "Writes per second (higher is better)",
+    "requests/s",
+    [
+        ("Session Queue (task submits)", [(c, (ours.get(c) or {}).get("rps")) for c in conns], "#1f77b4"),
+        ("etcd (puts)", [(c, (etcd.get(c) or {}).get("rps")) for c in conns], "#d62728"),
+    ],
+)
+svg_chart(
+    os.path.join(out, "latency.svg"),
+    "p50 and p99 latency (lower is better)",
+    "ms (log scale)",
+    [
+        ("Session Queue p50", [(c, (ours.get(c) or {}).get("p50_ms")) for c in conns], "#1f77b4"),
+        ("Session Queue p99", [(c, (ours.get(c) or {}).get("p99_ms")) for c in conns], "#7fb3dd"),
+        ("etcd p50", [(c, (etcd.get(c) or {}).get("p50_ms")) for c in conns], "#d62728"),
+        ("etcd p99", [(c, (etcd.get(c) or {}).get("p99_ms")) for c in conns], "#f09090"),
+    ],
+    log_y=True,
+)
