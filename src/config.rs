@@ -139,6 +139,10 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_MINER_HEARTBEAT_TIMEOUT_MS", default_value_t = 15_000)]
     pub miner_heartbeat_timeout_ms: u64,
 
+    /// Threads running the node's tasks (default: one per CPU).
+    #[arg(long, env = "SQ_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Longest long poll (`wait`, `wait_ms`, `timeout`) a client may ask for, ms.
     #[arg(long, env = "SQ_MAX_WAIT_MS", default_value_t = 60_000)]
     pub max_wait_ms: u64,

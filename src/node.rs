@@ -154,6 +154,7 @@ pub async fn start(config: NodeConfig, api_listener: TcpListener, peer_listener:
             max_bytes: config.max_batch_bytes,
             max_inflight: config.max_inflight,
             tick: std::time::Duration::from_millis(config.tick_ms),
+            quorum_lost_after: std::time::Duration::from_millis(config.election_max_ms),
         },
         &mut tasks,
     );

@@ -180,14 +180,25 @@ pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
     Json(json!({"status": "ok", "id": node.id}))
 }
 
-/// Readiness: a leader is known and this node's applied state is close to its log.
+/// Readiness: a leader is known, this node's applied state is close to its log, and,
+/// if this node leads, a quorum has answered it recently (a leader cut off from the
+/// others keeps its role until it hears of a newer term, but can commit nothing).
 pub async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let m = node.raft.metrics().borrow().clone();
     let applied = node.state.applied_index();
     let behind = m.last_log_index.unwrap_or(0).saturating_sub(applied);
-    let ready = m.current_leader.is_some() && behind <= 1000;
+    let quorum_lost = m.state.is_leader()
+        && m.millis_since_quorum_ack.is_some_and(|ms| ms > node.config.election_max_ms);
+    let ready = m.current_leader.is_some() && behind <= 1000 && !quorum_lost;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": ready, "leader": m.current_leader, "applied_index": applied, "behind": behind})))
+    let body = json!({
+        "ready": ready,
+        "leader": m.current_leader,
+        "applied_index": applied,
+        "behind": behind,
+        "quorum_lost": quorum_lost,
+    });
+    (status, Json(body))
 }
 
 /// Prometheus text: request counters and latencies, Raft, queue depth, batches.

@@ -55,6 +55,9 @@ pub struct ProposerConfig {
     pub max_bytes: usize,
     pub max_inflight: usize,
     pub tick: Duration,
+    /// A leader that has not heard from a quorum for this long (the longest election
+    /// timeout: by then the others may have elected someone else) proposes nothing new.
+    pub quorum_lost_after: Duration,
 }
 
 type Reply = oneshot::Sender<Result<Vec<CommandResult>, ProposeError>>;
@@ -137,7 +140,9 @@ impl Proposer {
         let bytes = commands.iter().map(Command::approx_size).sum();
         let proposal = Proposal { commands, bytes, deadline: Instant::now() + timeout, forwarded, reply };
         self.tx.send(proposal).await.map_err(|_| ProposeError::ShuttingDown)?;
-        rx.await.map_err(|_| ProposeError::ShuttingDown)?
+        // Pending proposals are answered ShuttingDown when the proposer stops; a reply
+        // dropped unanswered belonged to a batch in flight, which may have committed.
+        rx.await.map_err(|_| ProposeError::Unknown("the node stopped while the write was in flight".into()))?
     }
 
     pub fn stats(&self) -> &Stats {
@@ -216,6 +221,11 @@ impl Worker {
                 self.dispatch();
             }
         }
+        // Proposals never sent anywhere: certainly not applied.
+        self.rx.close();
+        while let Ok(p) = self.rx.try_recv() {
+            self.pending.push_back(p);
+        }
         for p in self.pending.drain(..) {
             let _ = p.reply.send(Err(ProposeError::ShuttingDown));
         }
@@ -239,7 +249,14 @@ impl Worker {
         let m = self.raft.metrics();
         let m = m.borrow();
         match m.current_leader {
-            Some(leader) if leader == self.id && m.state.is_leader() => Route::Local,
+            Some(leader) if leader == self.id && m.state.is_leader() => {
+                let lost = m.millis_since_quorum_ack.is_some_and(|ms| ms > self.config.quorum_lost_after.as_millis() as u64);
+                if lost {
+                    Route::Nowhere
+                } else {
+                    Route::Local
+                }
+            }
             Some(leader) if leader != self.id => match m.membership_config.membership().get_node(&leader) {
                 Some(node) => Route::Forward(leader, node.peer.clone()),
                 None => Route::Nowhere,
@@ -310,7 +327,9 @@ impl Worker {
                         let outcome = match tokio::time::timeout(timeout, raft.client_write(batch)).await {
                             Ok(Ok(resp)) => Outcome::Done(resp.data.0),
                             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Outcome::Retry,
-                            Ok(Err(e)) => Outcome::Failed(ProposeError::Fatal(e.to_string())),
+                            // Raft stopped (a storage error) with the batch handed to it:
+                            // it may have been appended and replicated, so it may commit.
+                            Ok(Err(e)) => Outcome::Failed(ProposeError::Unknown(format!("raft failed: {e}"))),
                             Err(_) => Outcome::Failed(ProposeError::Unknown("timed out waiting for commit".into())),
                         };
                         (taken, outcome)

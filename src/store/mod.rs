@@ -131,6 +131,9 @@ fn open_db(path: &Path) -> Result<DB, OpenError> {
     opts.set_bytes_per_sync(1 << 20);
     // Keep the WAL small: the log family is short-lived (purged after snapshots).
     opts.set_max_total_wal_size(256 << 20);
+    // Reuse old write-ahead-log files: an fdatasync of a file that does not grow
+    // needs no inode update, one disk write instead of two on every commit.
+    opts.set_recycle_log_file_num(4);
     // Every Raft log write is synced, so only a torn last record (a write cut by a
     // power loss, never acknowledged) may be dropped at recovery. RocksDB's default
     // (point in time) also silently drops everything after a corrupted record in the
