@@ -2,8 +2,14 @@
 //! chosen free at run time, with their data in a temporary directory, and the faults
 //! a test needs: SIGKILL, SIGSTOP/SIGCONT, restart, wipe. Everything is killed and
 //! deleted when the cluster is dropped.
+//!
+//! Started with a [`netns::NetLab`] ([`TestCluster::start_with_net`]), each node runs
+//! in a network namespace of its own with its own address, and links between nodes
+//! can be cut (network partitions).
 
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -18,6 +24,10 @@ use tempfile::TempDir;
 /// One node process and where it listens.
 pub struct NodeProc {
     pub id: u64,
+    /// The address it listens on: 127.0.0.1, or its own in a network namespace.
+    pub host: String,
+    /// The network namespace it runs in, if any.
+    pub netns: Option<String>,
     pub api_port: u16,
     pub peer_port: u16,
     pub data_dir: PathBuf,
@@ -33,11 +43,14 @@ pub struct Options {
     pub api_key: Option<String>,
     /// Extra flags for every node.
     pub flags: Vec<String>,
+    /// Where the nodes' data directories go (default: the cluster's temporary
+    /// directory, which also holds the logs).
+    pub data_root: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { nodes: 3, api_key: None, flags: vec![] }
+        Options { nodes: 3, api_key: None, flags: vec![], data_root: None }
     }
 }
 
@@ -46,11 +59,17 @@ pub struct TestCluster {
     pub nodes: Vec<NodeProc>,
     pub secret: String,
     pub options: Options,
+    /// The nodes' network namespaces, when they run in them.
+    pub net: Option<netns::NetLab>,
     members: String,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
+/// `n` distinct free ports (the listeners are held until all are chosen, so the
+/// system cannot hand out one port twice).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
 }
 
 pub fn binary() -> PathBuf {
@@ -64,15 +83,33 @@ impl TestCluster {
     }
 
     pub async fn start_with(options: Options) -> Self {
+        Self::start_with_net(options, None).await
+    }
+
+    /// Starts the cluster; with `net`, node `i` runs in the lab's namespace `i` and
+    /// listens on the lab's address for it.
+    pub async fn start_with_net(options: Options, net: Option<netns::NetLab>) -> Self {
         let dir = tempfile::Builder::new().prefix("sq-test-").tempdir().expect("temp dir");
+        let data_root = options.data_root.clone().unwrap_or_else(|| dir.path().to_path_buf());
+        if let Some(net) = &net {
+            assert!(net.len() >= options.nodes, "the network lab has too few namespaces");
+        }
         let mut nodes = Vec::new();
+        let ports = free_ports(options.nodes * 2);
         for i in 0..options.nodes {
             let id = i as u64 + 1;
+            let (host, netns, api_port, peer_port) = match &net {
+                // A namespace of its own: the usual ports are free.
+                Some(net) => (net.ip(i), Some(net.namespace(i).to_string()), 7001, 8001),
+                None => ("127.0.0.1".to_string(), None, ports[2 * i], ports[2 * i + 1]),
+            };
             nodes.push(NodeProc {
                 id,
-                api_port: free_port(),
-                peer_port: free_port(),
-                data_dir: dir.path().join(format!("node{id}")),
+                host,
+                netns,
+                api_port,
+                peer_port,
+                data_dir: data_root.join(format!("node{id}")),
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
                 paused: false,
@@ -80,11 +117,11 @@ impl TestCluster {
         }
         let members = nodes
             .iter()
-            .map(|n| format!("{}=127.0.0.1:{}/127.0.0.1:{}", n.id, n.api_port, n.peer_port))
+            .map(|n| format!("{}={}:{}/{}:{}", n.id, n.host, n.api_port, n.host, n.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster =
-            TestCluster { dir, nodes, secret: "test-cluster-secret-0123456789".into(), options, members };
+            TestCluster { dir, nodes, secret: "test-cluster-secret-0123456789".into(), options, net, members };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i, true);
         }
@@ -95,14 +132,22 @@ impl TestCluster {
     fn spawn(&mut self, i: usize, initial: bool) {
         let node = &self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
-        let mut cmd = Command::new(binary());
+        // `ip netns exec` execs the binary: the child's pid is the node's.
+        let mut cmd = match &node.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("node")
             .arg("--id")
             .arg(node.id.to_string())
             .arg("--api-addr")
-            .arg(format!("127.0.0.1:{}", node.api_port))
+            .arg(format!("{}:{}", node.host, node.api_port))
             .arg("--peer-addr")
-            .arg(format!("127.0.0.1:{}", node.peer_port))
+            .arg(format!("{}:{}", node.host, node.peer_port))
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(&self.options.flags)
@@ -125,7 +170,12 @@ impl TestCluster {
 
     /// `host:port` of node `i`'s API (0-based index).
     pub fn api(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.nodes[i].api_port)
+        format!("{}:{}", self.nodes[i].host, self.nodes[i].api_port)
+    }
+
+    /// `host:port` of node `i`'s peer channel.
+    pub fn peer(&self, i: usize) -> String {
+        format!("{}:{}", self.nodes[i].host, self.nodes[i].peer_port)
     }
 
     pub fn url(&self, i: usize) -> String {
@@ -145,6 +195,22 @@ impl TestCluster {
 
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
+    }
+
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.nodes[i].paused
+    }
+
+    /// Node `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
+    /// Node `i`'s exit status if its process has ended on its own (reaping it).
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.nodes[i].child.as_mut()?.try_wait().ok()??;
+        self.nodes[i].child = None;
+        Some(status)
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -203,12 +269,17 @@ impl TestCluster {
 
     /// Adds a brand-new node process (not yet a member); returns its index.
     pub fn spawn_new(&mut self) -> usize {
+        assert!(self.net.is_none(), "spawn_new runs nodes on loopback only");
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let data_root = self.options.data_root.clone().unwrap_or_else(|| self.dir.path().to_path_buf());
+        let ports = free_ports(2);
         self.nodes.push(NodeProc {
             id,
-            api_port: free_port(),
-            peer_port: free_port(),
-            data_dir: self.dir.path().join(format!("node{id}")),
+            host: "127.0.0.1".into(),
+            netns: None,
+            api_port: ports[0],
+            peer_port: ports[1],
+            data_dir: data_root.join(format!("node{id}")),
             log: self.dir.path().join(format!("node{id}.log")),
             child: None,
             paused: false,

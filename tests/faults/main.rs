@@ -1,0 +1,354 @@
+//! Fault injection with a no-loss checker, in the manner of Jepsen.
+//!
+//! Three real node processes (each in a network namespace of its own when the test
+//! runs as root, so links between nodes can be cut); clients submit tasks with
+//! idempotency keys, readers read them linearizably and simulated miners (honest,
+//! one liar, one tamperer) drive them to completion, every request through a random
+//! node, while the nemesis kills, pauses, restarts and partitions nodes. Every
+//! operation goes to a history file; after healing and a drain, a final scan reads
+//! every task and the checker ([`checker`]) reads the history back and fails the
+//! test on any violation. See docs/FAULTS.md.
+//!
+//! Settings (environment): `SQ_FAULT_SECS` how long faults are injected (default
+//! 45, and at least until every kind of fault has come up once), `SQ_FAULT_DRAIN_SECS` the longest wait for every acknowledged task to finish
+//! after healing (default 180), `SQ_FAULT_SEED` the nemesis's seed (random by
+//! default; printed), `SQ_FAULT_OUT` a directory for the history and report (kept;
+//! by default a temporary directory, kept only when the run fails).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod checker;
+mod history;
+mod nemesis;
+mod workload;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::netns::NetLab;
+use common::{Options, TestCluster};
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use session_queue::client::miner::infer;
+
+use history::{Event, Recorder};
+use nemesis::{settle, Nemesis};
+use workload::{Behaviour, Ctx, Nodes, Outcome};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The fault run. About a minute by default; `tests/faults.sh` runs it for longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_run_loses_nothing() {
+    let secs = env_u64("SQ_FAULT_SECS", 45);
+    let report = run(Duration::from_secs(secs)).await;
+    assert!(report.ok(), "the checker found {} violations:\n{}", report.violations(), report.summary());
+}
+
+/// Where the history and report go, and whether that directory is kept anyway.
+fn output_dir() -> (PathBuf, Option<tempfile::TempDir>) {
+    match std::env::var_os("SQ_FAULT_OUT") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).expect("create SQ_FAULT_OUT");
+            (dir, None)
+        }
+        None => {
+            let tmp = tempfile::Builder::new().prefix("sq-faults-").tempdir().expect("temp dir");
+            (tmp.path().to_path_buf(), Some(tmp))
+        }
+    }
+}
+
+async fn run(duration: Duration) -> checker::Report {
+    let started = Instant::now();
+    let seed = env_u64("SQ_FAULT_SEED", rand::random::<u32>() as u64);
+    let drain_time = Duration::from_secs(env_u64("SQ_FAULT_DRAIN_SECS", 180));
+    let net = match NetLab::create(3) {
+        Ok(lab) => {
+            eprintln!("[faults] nodes in network namespaces; partitions by {}", lab.method());
+            Some(lab)
+        }
+        Err(e) => {
+            eprintln!("[faults] cannot create network namespaces ({e}): running WITHOUT partition faults");
+            None
+        }
+    };
+    let partitions = net.is_some();
+    // Small snapshots, so log purges and snapshot installs happen during the run too.
+    let options = Options { nodes: 3, flags: vec!["--snapshot-entries=1000".into()], ..Options::default() };
+    let mut cluster = TestCluster::start_with_net(options, net).await;
+    let (out, tmp) = output_dir();
+    let history_path = out.join("history.jsonl");
+    eprintln!(
+        "[faults] {} s of faults, seed {seed}; history: {}; node logs: {}",
+        duration.as_secs(),
+        history_path.display(),
+        cluster.dir.path().display()
+    );
+    let rec = Arc::new(Recorder::create(&history_path).expect("history file"));
+    let apis: Vec<String> = (0..cluster.nodes.len()).map(|i| cluster.api(i)).collect();
+    // Longer than a node's write timeout (10 s), so its own 503s come back first.
+    let nodes = Nodes::new(&apis, Duration::from_secs(12));
+
+    // k = 3, q = 2; timeouts long enough that a fault does not expire every slot,
+    // attempts enough that expiries never fail a task.
+    let spec = json!({
+        "redundancy": 3, "quorum": 2, "max_nodes": 8, "max_attempts": 50,
+        "ack_timeout_ms": 15000, "precommit_timeout_ms": 15000, "commit_timeout_ms": 15000,
+    });
+    let session = workload::create_session(&rec, &nodes, &spec).await;
+    let ctx = Arc::new(Ctx {
+        rec: rec.clone(),
+        nodes: nodes.clone(),
+        session: session.clone(),
+        known: Mutex::new(Vec::new()),
+        stop_submitting: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        submit_pause_ms: (150, 500),
+    });
+    let mut background = tokio::task::JoinSet::new();
+    let mut behaviours = vec![Behaviour::Honest; 6];
+    behaviours.push(Behaviour::Liar);
+    behaviours.push(Behaviour::Tamper(4));
+    for (i, b) in behaviours.into_iter().enumerate() {
+        background.spawn(workload::miner(ctx.clone(), format!("sim{i}"), b));
+    }
+    for i in 0..2 {
+        background.spawn(workload::reader(ctx.clone(), i));
+    }
+    let mut submitters = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        submitters.spawn(workload::submitter(ctx.clone(), i));
+    }
+
+    // Faults.
+    let mut nemesis = Nemesis::new(seed, partitions);
+    nemesis.run(&mut cluster, &rec, Instant::now() + duration).await;
+    nemesis.heal_everything(&mut cluster);
+    let mut note = Event::new("nemesis", "healed");
+    note.error = Some("every fault healed".into());
+    rec.info(note);
+    let leader = settle(&cluster, Duration::from_secs(30)).await;
+    eprintln!("[faults] healed after {:.0} s; leader {leader:?}; faults {:?}", started.elapsed().as_secs_f64(), nemesis.injected);
+
+    // Submitters finish the key they hold (retrying it until it is answered).
+    ctx.stop_submitting.store(true, Ordering::Relaxed);
+    let finish = tokio::time::timeout(Duration::from_secs(60), async { while submitters.join_next().await.is_some() {} }).await;
+    if finish.is_err() {
+        eprintln!("[faults] a submitter was still retrying after 60 s; abandoning its key");
+        submitters.abort_all();
+    }
+
+    // Drain: miners keep working until every acknowledged task is finished.
+    let acknowledged: Vec<String> = ctx.known.lock().unwrap().clone();
+    let mut pending: BTreeSet<String> = acknowledged.iter().cloned().collect();
+    let drain_deadline = Instant::now() + drain_time;
+    while !pending.is_empty() && Instant::now() < drain_deadline {
+        let round: Vec<String> = pending.iter().cloned().collect();
+        let finished: Vec<String> = futures_util::stream::iter(round)
+            .map(|task| {
+                let ctx = ctx.clone();
+                async move {
+                    let v = workload::read_task(&ctx, "drain", "read", &task, None, true).await;
+                    let done = v.is_some_and(|v| matches!(v["state"].as_str(), Some("completed" | "failed" | "cancelled")));
+                    done.then_some(task)
+                }
+            })
+            .buffer_unordered(8)
+            .filter_map(|t| async move { t })
+            .collect()
+            .await;
+        for t in finished {
+            pending.remove(&t);
+        }
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    eprintln!(
+        "[faults] drained after {:.0} s: {} of {} acknowledged tasks still unfinished",
+        started.elapsed().as_secs_f64(),
+        pending.len(),
+        acknowledged.len()
+    );
+    ctx.stop.store(true, Ordering::Relaxed);
+    while background.join_next().await.is_some() {}
+
+    // The final scan: every task of the session, read linearizably.
+    scan(&ctx, &cluster).await;
+    nemesis.check_crashes(&mut cluster, &rec);
+    rec.flush();
+
+    let events = history::read(&history_path).expect("read the history back");
+    let report = checker::check(&events, infer);
+    let summary = report.summary();
+    eprintln!("[faults] checker report ({:.0} s in all):\n{summary}", started.elapsed().as_secs_f64());
+    std::fs::write(out.join("report.txt"), &summary).expect("write the report");
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report).unwrap()).expect("write the report");
+    if !report.ok() {
+        // Keep the evidence: the history, the report and the node logs.
+        for n in &cluster.nodes {
+            let _ = std::fs::copy(&n.log, out.join(format!("node{}.log", n.id)));
+        }
+        if let Some(tmp) = tmp {
+            eprintln!("[faults] kept {}", tmp.keep().display());
+        }
+    }
+    report
+}
+
+/// Reads every task of the run once the workload has stopped: linearizably through
+/// random nodes (`scan`), then each finished one from every node's own state once
+/// they have applied the same log (`replica`), so diverging replicas show up too.
+async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
+    let rec = &ctx.rec;
+    // How many tasks the session created (ids are assigned in order from t-1).
+    let mut total = 0u64;
+    for _ in 0..20 {
+        let node = ctx.nodes.random();
+        let mut e = Event::new("scan", "session-read");
+        e.session = Some(ctx.session.clone());
+        e.node = Some(node);
+        let e = rec.invoke(e);
+        let outcome = ctx.nodes.call(node, Method::GET, &format!("/v1/sessions/{}", ctx.session), None, None).await;
+        let mut done = e;
+        outcome.annotate(&mut done);
+        let ok = matches!(outcome, Outcome::Ok(..));
+        if let Outcome::Ok(_, v) = &outcome {
+            total = v["submitted_total"].as_u64().unwrap_or(0);
+            done.count = Some(total);
+        }
+        rec.complete(done, outcome.kind());
+        if ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let known_max = ctx
+        .known
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.strip_prefix("t-").and_then(|n| n.parse::<u64>().ok()))
+        .max()
+        .unwrap_or(0);
+    let last = total.max(known_max) + 2;
+    let finished: Vec<String> = futures_util::stream::iter(1..=last)
+        .map(|n| {
+            let ctx = ctx.clone();
+            async move {
+                let task = format!("t-{n}");
+                for _ in 0..10 {
+                    if let Some(v) = workload::read_task(&ctx, "scan", "scan", &task, None, true).await {
+                        let done = matches!(v["state"].as_str(), Some("completed" | "failed" | "cancelled"));
+                        return done.then_some(task);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                None
+            }
+        })
+        .buffer_unordered(8)
+        .filter_map(|t| async move { t })
+        .collect()
+        .await;
+
+    // Every node catches up with the leader, then serves the same finished tasks.
+    let target = cluster.local_view(0).await.and_then(|v| v["applied_index"].as_u64()).unwrap_or(0);
+    for i in 0..cluster.nodes.len() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let applied = cluster.local_view(i).await.and_then(|v| v["applied_index"].as_u64()).unwrap_or(0);
+            if applied >= target {
+                break;
+            }
+            if Instant::now() > deadline {
+                let mut e = Event::new("scan", "note");
+                e.error = Some(format!("node {} did not reach applied index {target} in 30 s", cluster.nodes[i].id));
+                rec.info(e);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = futures_util::stream::iter(finished.clone())
+            .map(|task| {
+                let ctx = ctx.clone();
+                async move { workload::read_task(&ctx, "replica", "replica", &task, Some(i), false).await }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+    }
+}
+
+/// The partition mechanism itself: a leader cut off from the majority cannot commit,
+/// the majority elects another and commits, and after healing all agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_cannot_commit_and_the_majority_moves_on() {
+    let net = match NetLab::create(3) {
+        Ok(lab) => lab,
+        Err(e) => {
+            eprintln!("cannot create network namespaces ({e}): partition test skipped");
+            return;
+        }
+    };
+    let mut cluster = TestCluster::start_with_net(Options::default(), Some(net)).await;
+    let old = cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let session = cluster.client_of(old).create_session(&common::session_spec(1, 1)).await.unwrap();
+    cluster.net.as_mut().unwrap().isolate(old);
+
+    // The majority elects a new leader and commits.
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        let mut leaders = Vec::new();
+        for &i in &others {
+            leaders.push(cluster.local_view(i).await.and_then(|v| v["leader"].as_u64()));
+        }
+        if let [Some(a), Some(b)] = leaders[..] {
+            if a == b && a != cluster.nodes[old].id {
+                break cluster.nodes.iter().position(|n| n.id == a).unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader; logs:\n{}", cluster.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let during = cluster.client_of(new).submit(&session, b"majority side", Some("m-1")).await.unwrap();
+
+    // The isolated old leader cannot commit: its answer is never a success.
+    let nodes = Nodes::new(&[cluster.api(old)], Duration::from_secs(15));
+    let body = json!({"payload": session_queue::client::b64(b"minority side"), "idempotency_key": "x-1"});
+    let outcome = nodes.call(0, Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None).await;
+    assert!(!matches!(outcome, Outcome::Ok(..)), "a write on the isolated side succeeded: {outcome:?}");
+    // Nor serve a linearizable read.
+    let outcome = nodes.call(0, Method::GET, &format!("/v1/tasks/{during}?consistency=linearizable"), None, None).await;
+    assert!(
+        matches!(&outcome, Outcome::Fail(Some(503), _) | Outcome::Unknown(..)),
+        "a linearizable read on the isolated side was answered: {outcome:?}"
+    );
+
+    // Healed, every node agrees and has the majority's write; the minority's is not there.
+    cluster.net.as_mut().unwrap().heal_all();
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let v = cluster.client_of(old).task(&during, "?consistency=linearizable").await.unwrap();
+    assert_eq!(v["idempotency_key"], "m-1");
+    let v = cluster.client_of(old).ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
+    assert_eq!(v["submitted_total"], 1, "the minority's write was not committed: {v}");
+    // Whatever the minority write became, retrying its key never makes a second task.
+    let (status, v) = cluster
+        .client_of(new)
+        .call(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let v = cluster.client_of(new).ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
+    assert_eq!(v["submitted_total"], 2, "{v}");
+}

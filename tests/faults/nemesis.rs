@@ -1,0 +1,238 @@
+//! The nemesis: injects one fault at a time into the cluster, heals it, lets the
+//! cluster settle, and records each fault's start and end in the history.
+//!
+//! Faults (each a `fault` kind in the history):
+//! - `kill-leader`, `kill-follower`: SIGKILL, down for a while, restarted on its data;
+//! - `pause-leader`, `pause-follower`: SIGSTOP for longer than the election timeout
+//!   (its sockets stay open, requests to it hang), then SIGCONT;
+//! - `restart`: SIGTERM (graceful stop) of a random node, started again at once;
+//! - `isolate`: a random node cut off from both others (clients still reach it);
+//! - `isolate-leader`: the leader cut off from the majority;
+//! - `bridge`: two nodes cannot talk, the third talks to both (non-transitive).
+//!
+//! The last three need the network namespaces of [`crate::common::netns`]; without
+//! them those kinds are skipped. The order is shuffled round by round from a seed,
+//! so every kind comes up about as often and a schedule can be replayed.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::history::{Event, Recorder};
+use crate::common::TestCluster;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    KillLeader,
+    KillFollower,
+    PauseLeader,
+    PauseFollower,
+    Restart,
+    Isolate,
+    IsolateLeader,
+    Bridge,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 8] = [
+        Fault::KillLeader,
+        Fault::KillFollower,
+        Fault::PauseLeader,
+        Fault::PauseFollower,
+        Fault::Restart,
+        Fault::Isolate,
+        Fault::IsolateLeader,
+        Fault::Bridge,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill-leader",
+            Fault::KillFollower => "kill-follower",
+            Fault::PauseLeader => "pause-leader",
+            Fault::PauseFollower => "pause-follower",
+            Fault::Restart => "restart",
+            Fault::Isolate => "isolate",
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::Bridge => "bridge",
+        }
+    }
+
+    fn needs_network(self) -> bool {
+        matches!(self, Fault::Isolate | Fault::IsolateLeader | Fault::Bridge)
+    }
+}
+
+/// Asks every running, unpaused node whom it follows (2 s per node); returns the
+/// leader's index when a majority of all nodes names it.
+pub async fn majority_leader(cluster: &TestCluster) -> Option<usize> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let mut votes = std::collections::BTreeMap::new();
+    for i in 0..cluster.nodes.len() {
+        if !cluster.is_running(i) || cluster.is_paused(i) {
+            continue;
+        }
+        let Ok(resp) = http.get(format!("{}/v1/cluster?local=true", cluster.url(i))).send().await else { continue };
+        let Ok(v) = resp.json::<serde_json::Value>().await else { continue };
+        if let Some(leader) = v["leader"].as_u64() {
+            *votes.entry(leader).or_insert(0usize) += 1;
+        }
+    }
+    let (leader, n) = votes.into_iter().max_by_key(|(_, n)| *n)?;
+    if n * 2 > cluster.nodes.len() {
+        cluster.nodes.iter().position(|node| node.id == leader)
+    } else {
+        None
+    }
+}
+
+/// Waits (at most `timeout`) until a majority agrees on a leader.
+pub async fn settle(cluster: &TestCluster, timeout: Duration) -> Option<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(leader) = majority_leader(cluster).await {
+            return Some(leader);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub struct Nemesis {
+    rng: StdRng,
+    round: Vec<Fault>,
+    kinds: Vec<Fault>,
+    /// Faults begun, by kind.
+    pub injected: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Nemesis {
+    pub fn new(seed: u64, network: bool) -> Self {
+        let kinds = Fault::ALL.iter().copied().filter(|f| network || !f.needs_network()).collect();
+        Nemesis { rng: StdRng::seed_from_u64(seed), round: Vec::new(), kinds, injected: Default::default() }
+    }
+
+    fn next_fault(&mut self) -> Fault {
+        if self.round.is_empty() {
+            self.round = self.kinds.clone();
+            self.round.shuffle(&mut self.rng);
+        }
+        self.round.pop().expect("a fault")
+    }
+
+    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.rng.random_range(lo..hi))
+    }
+
+    /// Injects faults until `until`, one at a time: fault, hold, heal, settle.
+    pub async fn run(&mut self, cluster: &mut TestCluster, rec: &Recorder, until: Instant) {
+        tokio::time::sleep(self.ms(2000, 4000)).await;
+        // Until the time is up and every kind has come up at least once.
+        let hard_stop = until + Duration::from_secs(120);
+        while (Instant::now() < until || self.injected.len() < self.kinds.len()) && Instant::now() < hard_stop {
+            self.check_crashes(cluster, rec);
+            let fault = self.next_fault();
+            let leader = settle(cluster, Duration::from_secs(20)).await;
+            let n = cluster.nodes.len();
+            let follower = |rng: &mut StdRng| {
+                let others: Vec<usize> = (0..n).filter(|&i| Some(i) != leader).collect();
+                others[rng.random_range(0..others.len())]
+            };
+            let (targets, hold): (Vec<usize>, Duration) = match fault {
+                Fault::KillLeader | Fault::PauseLeader | Fault::IsolateLeader => match leader {
+                    Some(l) => (vec![l], Duration::ZERO),
+                    None => {
+                        self.round.push(fault); // no leader to hit now: later
+                        continue;
+                    }
+                },
+                Fault::Bridge => {
+                    let mid = self.rng.random_range(0..n);
+                    let ends: Vec<usize> = (0..n).filter(|&i| i != mid).collect();
+                    (ends, Duration::ZERO)
+                }
+                Fault::Restart | Fault::Isolate => (vec![self.rng.random_range(0..n)], Duration::ZERO),
+                Fault::KillFollower | Fault::PauseFollower => (vec![follower(&mut self.rng)], Duration::ZERO),
+            };
+            let hold = match fault {
+                Fault::KillLeader | Fault::KillFollower => self.ms(1000, 4000),
+                // Longer than the longest election timeout (2 s).
+                Fault::PauseLeader | Fault::PauseFollower => self.ms(2500, 5000),
+                Fault::Isolate | Fault::IsolateLeader | Fault::Bridge => self.ms(3000, 6000),
+                Fault::Restart => hold,
+            };
+            let mut e = Event::new("nemesis", "fault");
+            e.fault = Some(fault.name().into());
+            e.phase = Some("start".into());
+            e.nodes = Some(targets.clone());
+            e.error = Some(format!("leader before: {leader:?}, hold {} ms", hold.as_millis()));
+            rec.info(e.clone());
+            *self.injected.entry(fault.name()).or_default() += 1;
+            eprintln!("[nemesis] {} nodes {targets:?} (leader {leader:?}) for {} ms", fault.name(), hold.as_millis());
+            match fault {
+                Fault::KillLeader | Fault::KillFollower => cluster.kill(targets[0]),
+                Fault::PauseLeader | Fault::PauseFollower => cluster.pause(targets[0]),
+                Fault::Restart => tokio::task::block_in_place(|| cluster.stop(targets[0])),
+                Fault::Isolate | Fault::IsolateLeader => cluster.net.as_mut().expect("network").isolate(targets[0]),
+                Fault::Bridge => cluster.net.as_mut().expect("network").cut(targets[0], targets[1]),
+            }
+            tokio::time::sleep(hold).await;
+            match fault {
+                Fault::KillLeader | Fault::KillFollower | Fault::Restart => cluster.restart(targets[0]),
+                Fault::PauseLeader | Fault::PauseFollower => cluster.resume(targets[0]),
+                Fault::Isolate | Fault::IsolateLeader | Fault::Bridge => {
+                    cluster.net.as_mut().expect("network").heal_all()
+                }
+            }
+            e.phase = Some("end".into());
+            e.error = None;
+            rec.info(e);
+            let settled = settle(cluster, Duration::from_secs(30)).await;
+            if settled.is_none() {
+                let mut e = Event::new("nemesis", "note");
+                e.error = Some(format!("no majority leader 30 s after healing {}", fault.name()));
+                rec.info(e);
+                eprintln!("[nemesis] no majority leader 30 s after healing {}", fault.name());
+            }
+            tokio::time::sleep(self.ms(1000, 2500)).await;
+        }
+        self.check_crashes(cluster, rec);
+    }
+
+    /// Records and restarts any node that exited on its own.
+    pub fn check_crashes(&mut self, cluster: &mut TestCluster, rec: &Recorder) {
+        for i in 0..cluster.nodes.len() {
+            if let Some(status) = cluster.exited(i) {
+                let mut e = Event::new("nemesis", "crash");
+                e.nodes = Some(vec![i]);
+                e.error = Some(format!("node {} exited by itself: {status}", cluster.nodes[i].id));
+                rec.info(e);
+                eprintln!(
+                    "[nemesis] node {} exited by itself ({status}); restarting it\n{}",
+                    cluster.nodes[i].id,
+                    cluster.logs()
+                );
+                cluster.restart(i);
+            }
+        }
+    }
+
+    /// Undoes everything: resumes paused nodes, restarts stopped ones, heals the network.
+    pub fn heal_everything(&mut self, cluster: &mut TestCluster) {
+        for i in 0..cluster.nodes.len() {
+            if cluster.is_paused(i) {
+                cluster.resume(i);
+            }
+            if !cluster.is_running(i) {
+                cluster.restart(i);
+            }
+        }
+        if let Some(net) = cluster.net.as_mut() {
+            net.heal_all();
+        }
+    }
+}
