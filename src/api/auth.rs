@@ -47,7 +47,7 @@ pub async fn miner(node: &Node, headers: &HeaderMap) -> Result<MinerAuth, ApiErr
     let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized("missing miner token (Authorization: Bearer)".into()))?;
     let token_hash = sha256(&[token.as_bytes()]);
     let miner = lookup(node, |s| s.miner_by_token(&token_hash))
-        .await
+        .await?
         .ok_or_else(|| ApiError::Unauthorized("unknown miner token".into()))?;
     Ok(MinerAuth { miner, token_hash })
 }

@@ -25,7 +25,7 @@ pub async fn stream(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Re
     let session = parse_session(&id)?;
     // Subscribe before checking the session exists, so nothing in between is missed.
     let rx = node.state.subscribe_events();
-    lookup(&node, |s| s.session(session).map(|_| ())).await.ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))?;
+    lookup(&node, |s| s.session(session).map(|_| ())).await?.ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))?;
     let stop = node.stop.clone();
     let events = stream::unfold((rx, stop), move |(mut rx, stop)| async move {
         loop {

@@ -78,20 +78,31 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Counts requests by route and status and times them.
 async fn record_metrics(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| intern(p.as_str()));
+    let method = intern(request.method().as_str());
     let start = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("sq_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
+    let status = intern(response.status().as_str());
+    metrics::counter!("sq_http_requests_total", "route" => route, "method" => method, "status" => status).increment(1);
     metrics::histogram!("sq_http_request_seconds", "route" => route, "method" => method)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+/// A `'static` copy of a label value, made once per distinct value. Routes, methods
+/// and statuses are few, so this bounds itself, and labels then cost no allocation
+/// per request.
+fn intern(value: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut seen = SEEN.get_or_init(Default::default).lock().expect("interner lock");
+    if let Some(found) = seen.get(value) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(value.to_owned().into_boxed_str());
+    seen.insert(leaked);
+    leaked
 }
 
 /// A JSON body whose failures are API errors: 413 over the body limit, 400 when it
@@ -136,17 +147,14 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<MachineResp
 }
 
 /// Looks something up in the applied state; on a miss, catches up with the leader's
-/// read index (this node may lag) and looks again.
-pub(crate) async fn lookup<T>(node: &Node, find: impl Fn(&State) -> Option<T>) -> Option<T> {
+/// read index (this node may lag) and looks again. `Ok(None)`: it does not exist;
+/// an error (503): this node could not catch up, so it cannot tell.
+pub(crate) async fn lookup<T>(node: &Node, find: impl Fn(&State) -> Option<T>) -> Result<Option<T>, ApiError> {
     if let Some(found) = node.state.read(&find) {
-        return Some(found);
+        return Ok(Some(found));
     }
-    let synced =
-        crate::raft::read::linearize(node.id, &node.raft, &node.peers, &node.state, Duration::from_secs(2)).await;
-    if synced.is_err() {
-        return None;
-    }
-    node.state.read(&find)
+    crate::raft::read::linearize(node.id, &node.raft, &node.peers, &node.state, Duration::from_secs(2)).await?;
+    Ok(node.state.read(&find))
 }
 
 /// Parses a duration such as `30s`, `500ms`, `2m` or a bare number of milliseconds.

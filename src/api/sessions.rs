@@ -49,7 +49,7 @@ pub async fn create(State(node): State<Arc<Node>>, JsonBody(body): JsonBody<Crea
 
 pub async fn read(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_session(&id)?;
-    let found = lookup(&node, |s| s.session(id).map(|s| session_json(s, node.state.applied_index()))).await;
+    let found = lookup(&node, |s| s.session(id).map(|s| session_json(s, node.state.applied_index()))).await?;
     found.map(Json).ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))
 }
 

@@ -115,7 +115,7 @@ pub async fn read(
     .min(Duration::from_millis(node.config.max_wait_ms));
 
     let view = |s: &crate::machine::State| s.task(task).map(|t| (t.state.is_terminal(), task_json(t, node.state.applied_index())));
-    let (mut done, mut body) = lookup(&node, &view).await.ok_or_else(|| ApiError::NotFound(format!("unknown task {task}")))?;
+    let (mut done, mut body) = lookup(&node, &view).await?.ok_or_else(|| ApiError::NotFound(format!("unknown task {task}")))?;
     if wait && !done {
         let deadline = Instant::now() + timeout;
         let mut applied = node.state.watch_applied();

@@ -56,10 +56,18 @@ pub enum OpenError {
     Foreign { path: PathBuf, found: u64, found_cluster: String, expected: u64, expected_cluster: String },
     #[error("data directory {path} is not a Session Queue data directory ({reason}); refusing to start")]
     Unrecognised { path: PathBuf, reason: String },
-    #[error("RocksDB at {path} could not be opened (corrupted?): {source}")]
+    #[error("RocksDB at {path} could not be opened{}: {source}", corruption_hint(source))]
     Rocks { path: PathBuf, source: rocksdb::Error },
     #[error("state in {path} could not be read (corrupted?): {reason}")]
     Corrupt { path: PathBuf, reason: String },
+}
+
+fn corruption_hint(e: &rocksdb::Error) -> &'static str {
+    if e.kind() == rocksdb::ErrorKind::Corruption {
+        " (its files are corrupted)"
+    } else {
+        ""
+    }
 }
 
 /// Opens (or creates) the node's storage under `dir`.
@@ -131,9 +139,6 @@ fn open_db(path: &Path) -> Result<DB, OpenError> {
     opts.set_bytes_per_sync(1 << 20);
     // Keep the WAL small: the log family is short-lived (purged after snapshots).
     opts.set_max_total_wal_size(256 << 20);
-    // Reuse old write-ahead-log files: an fdatasync of a file that does not grow
-    // needs no inode update, one disk write instead of two on every commit.
-    opts.set_recycle_log_file_num(4);
     // Every Raft log write is synced, so only a torn last record (a write cut by a
     // power loss, never acknowledged) may be dropped at recovery. RocksDB's default
     // (point in time) also silently drops everything after a corrupted record in the
