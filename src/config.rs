@@ -106,8 +106,10 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_MAX_BATCH_BYTES", default_value_t = 2 << 20)]
     pub max_batch_bytes: usize,
 
-    /// Group commit: batches in flight at once on the leader.
-    #[arg(long, env = "SQ_MAX_INFLIGHT", default_value_t = 2)]
+    /// Group commit: batches in flight at once on the leader. One is best with
+    /// openraft 0.9, which appends (and fsyncs) entries one at a time anyway: the
+    /// next batch fills while the current one commits (see docs/PERFORMANCE.md).
+    #[arg(long, env = "SQ_MAX_INFLIGHT", default_value_t = 1)]
     pub max_inflight: usize,
 
     /// How long a write waits for a leader (elections, forwarding) before 503, ms.
