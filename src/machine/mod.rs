@@ -112,6 +112,15 @@ pub enum Record {
     Task(Task),
 }
 
+/// A borrowed [`Record`], encoded to the same bytes without cloning the entity.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Header(&'a Header),
+    Session(&'a Session),
+    Miner(&'a Miner),
+    Task(&'a Task),
+}
+
 /// Indexes derived from the entities; never encoded, rebuilt on restore.
 #[derive(Clone, Debug, Default)]
 struct Indexes {
@@ -254,18 +263,24 @@ impl State {
         }
     }
 
-    /// Calls `f` with every record, in key order: header, sessions, miners, tasks.
-    pub fn for_each_record(&self, mut f: impl FnMut(Key, Record)) {
-        f(Key::Header, Record::Header(self.header.clone()));
-        for (id, s) in &self.sessions {
-            f(Key::Session(*id), Record::Session(s.clone()));
-        }
-        for (id, m) in &self.miners {
-            f(Key::Miner(*id), Record::Miner(m.clone()));
-        }
-        for (id, t) in &self.tasks {
-            f(Key::Task(*id), Record::Task(t.clone()));
-        }
+    /// The encoded record under `key` (as [`crate::codec::encode_record`] would encode
+    /// [`State::record`]), or `None` if it no longer exists.
+    pub fn record_bytes(&self, key: Key) -> Option<Vec<u8>> {
+        let record = match key {
+            Key::Header => RecordRef::Header(&self.header),
+            Key::Session(id) => RecordRef::Session(self.sessions.get(&id)?),
+            Key::Miner(id) => RecordRef::Miner(self.miners.get(&id)?),
+            Key::Task(id) => RecordRef::Task(self.tasks.get(&id)?),
+        };
+        Some(crate::codec::encode(&record))
+    }
+
+    /// Every key, in order: header, sessions, miners, tasks.
+    fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        std::iter::once(Key::Header)
+            .chain(self.sessions.keys().map(|id| Key::Session(*id)))
+            .chain(self.miners.keys().map(|id| Key::Miner(*id)))
+            .chain(self.tasks.keys().map(|id| Key::Task(*id)))
     }
 
     /// Rebuilds a state from its records (in any order), deriving the indexes.
@@ -339,11 +354,11 @@ impl State {
     /// same commands return the same bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        self.for_each_record(|_, record| {
-            let bytes = crate::codec::encode_record(&record);
+        for key in self.keys() {
+            let bytes = self.record_bytes(key).expect("listed keys exist");
             out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
             out.extend_from_slice(&bytes);
-        });
+        }
         out
     }
 

@@ -643,6 +643,10 @@ fn the_state_round_trips_through_its_encoding() {
     let t = w.submit(s, "x");
     w.submit_with(s, "y", Some(3), Some("k"));
     w.ack(t, a);
+    // A record encodes to the same bytes borrowed or owned.
+    for key in [Key::Header, Key::Session(s), Key::Miner(a), Key::Task(t)] {
+        assert_eq!(w.s.record_bytes(key), w.s.record(key).map(|r| crate::codec::encode_record(&r)));
+    }
     let restored = State::decode(&w.s.encode()).unwrap();
     assert_eq!(restored, w.s);
     assert_indexes_equal(&restored, &w.s);

@@ -221,7 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             state.take_dirty()
         };
         let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.shared.read(|state| {
-            dirty.into_iter().map(|key: Key| (keys::record(key), state.record(key).map(|r| codec::encode_record(&r)))).collect()
+            dirty.into_iter().map(|key: Key| (keys::record(key), state.record_bytes(key))).collect()
         });
         self.persist(records).await?;
         if let Some(last) = self.last_applied {
