@@ -10,7 +10,9 @@ command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v git >/dev/null 2>&1 || missing+=(git)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || have_pkg libclang-dev || missing+=(libclang-dev)
+# bindgen loads libclang itself (libclang.so or libclang-N.so.*); libclang-cpp, which
+# some images carry alone, is a different library and does not do.
+[ -n "${LIBCLANG_PATH:-}" ] || have_pkg libclang-dev || ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 have_pkg ca-certificates || missing+=(ca-certificates)
 
 if ((${#missing[@]})); then
