@@ -4,7 +4,10 @@
 //! Each event is `event: transition` with a JSON `data` line (task, session, state,
 //! what happened, miner, time, and the log index of the entry). A client that reads
 //! too slowly to keep up gets one `event: lagged` with how many events it missed and
-//! should re-read the tasks it cares about.
+//! should re-read the tasks it cares about. So does a client of a node that catches
+//! up by installing a snapshot: it gets one `event: resync` with the snapshot's log
+//! index, since the transitions the snapshot covers were never applied there one by
+//! one.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,12 +23,18 @@ use tokio::sync::broadcast::error::RecvError;
 use super::sessions::parse_session;
 use super::{lookup, ApiError};
 use crate::node::Node;
+use crate::store::Published;
 
-pub async fn stream(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn stream(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let session = parse_session(&id)?;
     // Subscribe before checking the session exists, so nothing in between is missed.
     let rx = node.state.subscribe_events();
-    lookup(&node, |s| s.session(session).map(|_| ())).await?.ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))?;
+    lookup(&node, |s| s.session(session).map(|_| ()))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))?;
     let stop = node.stop.clone();
     let events = stream::unfold((rx, stop), move |(mut rx, stop)| async move {
         loop {
@@ -37,23 +46,32 @@ pub async fn stream(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Re
                 _ = stop.wait() => return None,
             };
             match received {
-                Ok(e) if e.event.session == session => {
-                    let ev = &e.event;
-                    let data = json!({
-                        "task_id": ev.task.to_string(),
-                        "session_id": ev.session.to_string(),
-                        "state": ev.state.as_str(),
-                        "what": ev.what.as_str(),
-                        "miner_id": ev.miner.map(|m| m.to_string()),
-                        "at_ms": ev.at_ms,
-                        "index": e.index,
-                    });
-                    let event = Event::default().event("transition").data(data.to_string());
-                    return Some((Ok::<Event, Infallible>(event), (rx, stop)));
-                }
-                Ok(_) => continue,
+                Ok(published) => match &*published {
+                    Published::Transition { index, event: ev } if ev.session == session => {
+                        let data = json!({
+                            "task_id": ev.task.to_string(),
+                            "session_id": ev.session.to_string(),
+                            "state": ev.state.as_str(),
+                            "what": ev.what.as_str(),
+                            "miner_id": ev.miner.map(|m| m.to_string()),
+                            "at_ms": ev.at_ms,
+                            "index": index,
+                        });
+                        let event = Event::default().event("transition").data(data.to_string());
+                        return Some((Ok::<Event, Infallible>(event), (rx, stop)));
+                    }
+                    Published::Transition { .. } => continue,
+                    Published::SnapshotInstalled { index } => {
+                        let event = Event::default()
+                            .event("resync")
+                            .data(json!({"index": index}).to_string());
+                        return Some((Ok(event), (rx, stop)));
+                    }
+                },
                 Err(RecvError::Lagged(n)) => {
-                    let event = Event::default().event("lagged").data(json!({"missed": n}).to_string());
+                    let event = Event::default()
+                        .event("lagged")
+                        .data(json!({"missed": n}).to_string());
                     return Some((Ok(event), (rx, stop)));
                 }
                 Err(RecvError::Closed) => return None,

@@ -65,7 +65,9 @@ impl EntryCache {
 
     fn truncate_from(&mut self, index: u64) {
         let removed = self.entries.split_off(&index);
-        self.bytes = self.bytes.saturating_sub(removed.values().map(approx_size).sum());
+        self.bytes = self
+            .bytes
+            .saturating_sub(removed.values().map(approx_size).sum());
     }
 
     fn purge_upto(&mut self, index: u64) {
@@ -78,7 +80,11 @@ impl EntryCache {
 fn approx_size(entry: &Entry) -> usize {
     match &entry.payload {
         openraft::EntryPayload::Normal(batch) => {
-            64 + batch.commands.iter().map(crate::machine::Command::approx_size).sum::<usize>()
+            64 + batch
+                .commands
+                .iter()
+                .map(crate::machine::Command::approx_size)
+                .sum::<usize>()
         }
         _ => 256,
     }
@@ -95,7 +101,9 @@ pub struct LogStore {
 /// other threads meanwhile), directly otherwise.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
         _ => f(),
     }
 }
@@ -108,18 +116,32 @@ fn synced() -> WriteOptions {
 
 impl LogStore {
     pub(super) fn new(db: Arc<DB>) -> Self {
-        LogStore { db, cache: Arc::default() }
+        LogStore {
+            db,
+            cache: Arc::default(),
+        }
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let cf = self.db.cf_handle(CF_RAFT).expect("raft column family");
-        let bytes = self.db.get_cf(cf, key).map_err(|e| StorageIOError::read(&e))?;
-        bytes.map(|b| codec::decode(&b).map_err(|e| StorageIOError::read(&e).into())).transpose()
+        let bytes = self
+            .db
+            .get_cf(cf, key)
+            .map_err(|e| StorageIOError::read(&e))?;
+        bytes
+            .map(|b| codec::decode(&b).map_err(|e| StorageIOError::read(&e).into()))
+            .transpose()
     }
 
     /// Writes a batch, synced or not.
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
-        blocking(|| if sync { self.db.write_opt(batch, &synced()) } else { self.db.write(batch) })
+        blocking(|| {
+            if sync {
+                self.db.write_opt(batch, &synced())
+            } else {
+                self.db.write(batch)
+            }
+        })
     }
 
     fn put_meta<T: Serialize>(&self, batch: &mut WriteBatch, key: &[u8], value: &T) {
@@ -133,7 +155,9 @@ impl LogStore {
             None => Ok(None),
             Some(item) => {
                 let (_, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                Ok(Some(codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?))
+                Ok(Some(
+                    codec::decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?,
+                ))
             }
         }
     }
@@ -160,7 +184,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         blocking(|| {
             let cf = self.db.cf_handle(CF_LOG).expect("log column family");
             let mut out = Vec::new();
-            for item in self.db.iterator_cf(cf, IteratorMode::From(&index_key(start), Direction::Forward)) {
+            for item in self.db.iterator_cf(
+                cf,
+                IteratorMode::From(&index_key(start), Direction::Forward),
+            ) {
                 let (key, bytes) = item.map_err(|e| StorageIOError::read_logs(&e))?;
                 let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
                     StorageIOError::read_logs(openraft::AnyError::error("malformed log key"))
@@ -168,7 +195,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 if end.is_some_and(|end| index >= end) {
                     break;
                 }
-                let entry: Entry = codec::decode(&bytes).map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
+                let entry: Entry = codec::decode(&bytes)
+                    .map_err(|e| StorageIOError::read_log_at_index(index, &e))?;
                 out.push(entry);
             }
             Ok(out)
@@ -182,7 +210,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_PURGED)?;
         let last = self.last_entry()?.map(|e| e.log_id);
-        Ok(LogState { last_purged_log_id, last_log_id: last.or(last_purged_log_id) })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -192,7 +223,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         self.put_meta(&mut batch, KEY_VOTE, vote);
-        self.write(batch, true).await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.write(batch, true)
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
@@ -205,7 +238,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         self.put_meta(&mut batch, KEY_COMMITTED, &committed);
-        self.write(batch, false).await.map_err(|e| StorageIOError::write(&e))?;
+        self.write(batch, false)
+            .await
+            .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
@@ -213,7 +248,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -252,8 +291,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX));
         batch.delete_cf(cf, index_key(u64::MAX));
-        self.cache.lock().expect("cache lock").truncate_from(log_id.index);
-        self.write(batch, true).await.map_err(|e| StorageIOError::write_logs(&e))?;
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .truncate_from(log_id.index);
+        self.write(batch, true)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
@@ -262,8 +306,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         self.put_meta(&mut batch, KEY_PURGED, &log_id);
         batch.delete_range_cf(cf, index_key(0), index_key(log_id.index + 1));
-        self.write(batch, true).await.map_err(|e| StorageIOError::write_logs(&e))?;
-        self.cache.lock().expect("cache lock").purge_upto(log_id.index);
+        self.write(batch, true)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.cache
+            .lock()
+            .expect("cache lock")
+            .purge_upto(log_id.index);
         Ok(())
     }
 }

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use log_store::LogStore;
-pub use state_store::{AppliedState, PublishedEvent, StateStore};
+pub use state_store::{AppliedState, Published, StateStore};
 
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT: &str = "raft";
@@ -48,16 +48,33 @@ const IDENTITY_FILE: &str = "IDENTITY";
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("data directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "data directory {path} belongs to node {found} of cluster {found_cluster:?}, not node {expected} of cluster \
          {expected_cluster:?}; refusing to start (point --data-dir elsewhere, or wipe it if the node was removed)"
     )]
-    Foreign { path: PathBuf, found: u64, found_cluster: String, expected: u64, expected_cluster: String },
-    #[error("data directory {path} is not a Session Queue data directory ({reason}); refusing to start")]
+    Foreign {
+        path: PathBuf,
+        found: u64,
+        found_cluster: String,
+        expected: u64,
+        expected_cluster: String,
+    },
+    #[error(
+        "data directory {path} is not a Session Queue data directory ({reason}); refusing to start"
+    )]
     Unrecognised { path: PathBuf, reason: String },
-    #[error("RocksDB at {path} could not be opened{}: {source}", corruption_hint(source))]
-    Rocks { path: PathBuf, source: rocksdb::Error },
+    #[error(
+        "RocksDB at {path} could not be opened{}: {source}",
+        corruption_hint(source)
+    )]
+    Rocks {
+        path: PathBuf,
+        source: rocksdb::Error,
+    },
     #[error("state in {path} could not be read (corrupted?): {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -74,8 +91,15 @@ fn corruption_hint(e: &rocksdb::Error) -> &'static str {
 ///
 /// `node_id` and `cluster` are checked against the identity the directory was created
 /// with, so a node never starts on another node's (or another cluster's) data.
-pub async fn open(dir: &Path, node_id: u64, cluster: &str) -> Result<(LogStore, StateStore), OpenError> {
-    let io = |source| OpenError::Io { path: dir.to_path_buf(), source };
+pub async fn open(
+    dir: &Path,
+    node_id: u64,
+    cluster: &str,
+) -> Result<(LogStore, StateStore), OpenError> {
+    let io = |source| OpenError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     std::fs::create_dir_all(dir).map_err(io)?;
     check_identity(dir, node_id, cluster)?;
     let db = open_db(&dir.join("db"))?;
@@ -112,7 +136,10 @@ fn check_identity(dir: &Path, node_id: u64, cluster: &str) -> Result<(), OpenErr
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let has_other = std::fs::read_dir(dir)
-                .map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })?
+                .map_err(|source| OpenError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?
                 .next()
                 .is_some();
             if has_other {
@@ -125,9 +152,15 @@ fn check_identity(dir: &Path, node_id: u64, cluster: &str) -> Result<(), OpenErr
             std::fs::write(&tmp, expected.as_bytes())
                 .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
                 .and_then(|_| std::fs::rename(&tmp, &path))
-                .map_err(|source| OpenError::Io { path: dir.to_path_buf(), source })
+                .map_err(|source| OpenError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })
         }
-        Err(source) => Err(OpenError::Io { path: dir.to_path_buf(), source }),
+        Err(source) => Err(OpenError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -155,7 +188,10 @@ fn open_db(path: &Path) -> Result<DB, OpenError> {
         ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
         ColumnFamilyDescriptor::new(CF_STATE, state_opts),
     ];
-    DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| OpenError::Rocks { path: path.to_path_buf(), source })
+    DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| OpenError::Rocks {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Big-endian key of a log index, so RocksDB's order is the log's order.

@@ -53,8 +53,13 @@ impl SnapshotBuilder {
         let (meta, path) = tokio::task::spawn_blocking(move || files.build_blocking())
             .await
             .expect("snapshot task panicked")?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -90,18 +95,33 @@ impl SnapshotFiles {
                 std::fs::remove_file(&path)?;
             }
         }
-        Ok(SnapshotFiles { db, dir, seq: AtomicU64::new(0), receiving: Mutex::new(None) })
+        Ok(SnapshotFiles {
+            db,
+            dir,
+            seq: AtomicU64::new(0),
+            receiving: Mutex::new(None),
+        })
     }
 
     fn next_name(&self, what: &str) -> String {
-        let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        format!("{what}-{millis}-{}", self.seq.fetch_add(1, Ordering::Relaxed))
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!(
+            "{what}-{millis}-{}",
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// A fresh file to receive a snapshot into.
     pub(super) async fn incoming(&self) -> std::io::Result<tokio::fs::File> {
         let path = self.dir.join(format!("{}.tmp", self.next_name("incoming")));
-        let file = tokio::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
         if let Some(old) = self.receiving.lock().expect("receiving lock").replace(path) {
             let _ = std::fs::remove_file(old);
         }
@@ -111,13 +131,20 @@ impl SnapshotFiles {
     /// The current snapshot, if one was built or installed.
     pub(super) async fn current(&self) -> Result<Option<Snapshot>, StorageError> {
         let cf = self.db.cf_handle(CF_RAFT).expect("raft column family");
-        let Some(bytes) = self.db.get_cf(cf, KEY_CURRENT).map_err(|e| StorageIOError::read_snapshot(None, &e))? else {
+        let Some(bytes) = self
+            .db
+            .get_cf(cf, KEY_CURRENT)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        else {
             return Ok(None);
         };
         let (meta, name): (SnapshotMeta, String) =
             codec::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         match tokio::fs::File::open(self.dir.join(&name)).await {
-            Ok(file) => Ok(Some(Snapshot { meta, snapshot: Box::new(file) })),
+            Ok(file) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(file),
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into()),
         }
@@ -128,10 +155,15 @@ impl SnapshotFiles {
         let cf = self.db.cf_handle(CF_RAFT).expect("raft column family");
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db.put_cf_opt(cf, KEY_CURRENT, codec::encode(&(meta, name)), &opts).map_err(io_err)?;
+        self.db
+            .put_cf_opt(cf, KEY_CURRENT, codec::encode(&(meta, name)), &opts)
+            .map_err(io_err)?;
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let file_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if file_name.ends_with(".snap") && file_name != name {
                 std::fs::remove_file(&path)?;
             }
@@ -162,7 +194,10 @@ impl SnapshotFiles {
         let name = format!("{}.snap", id.replace(['/', ' ', ':'], "_"));
         let tmp = self.dir.join(format!("{name}.tmp"));
         let file = File::create(&tmp).map_err(err)?;
-        let mut out = Hashing { inner: BufWriter::with_capacity(1 << 20, file), hash: Sha256::new() };
+        let mut out = Hashing {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hash: Sha256::new(),
+        };
         out.put(MAGIC).map_err(err)?;
         let mut count = 0u64;
         for item in view.iterator_cf(cf, IteratorMode::Start) {
@@ -179,7 +214,11 @@ impl SnapshotFiles {
         file.sync_all().map_err(err)?;
         let path = self.dir.join(&name);
         std::fs::rename(&tmp, &path).map_err(err)?;
-        let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id: id };
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id: id,
+        };
         self.set_current(&meta, &name).map_err(err)?;
         tracing::info!(snapshot = %meta.snapshot_id, records = count, "built snapshot");
         Ok((meta, path))
@@ -192,7 +231,9 @@ impl SnapshotFiles {
         meta: &SnapshotMeta,
         file: tokio::fs::File,
     ) -> Result<(State, Option<LogId>, StoredMembership), StorageError> {
-        let err = |e: std::io::Error| StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e));
+        let err = |e: std::io::Error| {
+            StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        };
         let mut received = file.into_std().await;
         let db = self.db.clone();
         let expected = meta.last_log_id;
@@ -202,7 +243,12 @@ impl SnapshotFiles {
             // Keep a copy as this node's current snapshot, so it can serve it in turn.
             use std::io::Seek;
             received.seek(std::io::SeekFrom::Start(0))?;
-            let mut copy = File::options().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+            let mut copy = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             std::io::copy(&mut received, &mut copy)?;
             copy.sync_all()?;
             let installed = replace_state(&db, copy, expected)?;
@@ -244,7 +290,9 @@ fn replace_state(
         batch.put_cf(cf, k, v);
     }
     if last_applied != expected {
-        return Err(io_err(format!("snapshot holds state applied up to {last_applied:?}, its meta says {expected:?}")));
+        return Err(io_err(format!(
+            "snapshot holds state applied up to {last_applied:?}, its meta says {expected:?}"
+        )));
     }
     drop(frames);
     let mut opts = WriteOptions::default();

@@ -19,7 +19,9 @@ use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::{OpenError, CF_STATE};
 use crate::codec;
 use crate::machine::{Event, Key, State};
-use crate::raft::types::{BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::raft::types::{
+    BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 
 /// Keys of the `state` family. Records sort as header, sessions, miners, tasks.
 pub(super) mod keys {
@@ -49,24 +51,31 @@ pub(super) mod keys {
     }
 }
 
-/// A transition of a task, with the log index of the entry that caused it.
+/// What event streams are told, in the order it was applied.
 #[derive(Clone, Debug)]
-pub struct PublishedEvent {
-    pub index: u64,
-    pub event: Event,
+pub enum Published {
+    /// A transition of a task, with the log index of the entry that caused it.
+    Transition { index: u64, event: Event },
+    /// The whole state was replaced by a snapshot up to `index` (a node far behind
+    /// catching up): the transitions in between were not applied here one by one.
+    SnapshotInstalled { index: u64 },
 }
 
 /// The applied state, shared by the state-machine store (the only writer) and readers.
 pub struct AppliedState {
     state: RwLock<State>,
     applied: watch::Sender<u64>,
-    events: broadcast::Sender<Arc<PublishedEvent>>,
+    events: broadcast::Sender<Arc<Published>>,
 }
 
 impl AppliedState {
     fn new(state: State, applied: u64) -> Self {
         let (events, _) = broadcast::channel(16 * 1024);
-        AppliedState { state: RwLock::new(state), applied: watch::Sender::new(applied), events }
+        AppliedState {
+            state: RwLock::new(state),
+            applied: watch::Sender::new(applied),
+            events,
+        }
     }
 
     /// Runs `f` on the applied state under a read lock; keep `f` short.
@@ -84,15 +93,17 @@ impl AppliedState {
         self.applied.subscribe()
     }
 
-    /// Every task transition applied from now on.
-    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<PublishedEvent>> {
+    /// Every task transition applied from now on, and every snapshot installed.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<Published>> {
         self.events.subscribe()
     }
 
     /// Waits until the applied index reaches `index`; false on timeout.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut rx = self.applied.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|&applied| applied >= index)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|&applied| applied >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -128,13 +139,20 @@ pub(super) fn load(db: &DB) -> Result<Loaded, String> {
 
 impl StateStore {
     pub(super) async fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, OpenError> {
-        let files = SnapshotFiles::open(db.clone(), snapshot_dir.clone())
-            .map_err(|source| OpenError::Io { path: snapshot_dir.clone(), source })?;
+        let files = SnapshotFiles::open(db.clone(), snapshot_dir.clone()).map_err(|source| {
+            OpenError::Io {
+                path: snapshot_dir.clone(),
+                source,
+            }
+        })?;
         let loader = db.clone();
         let (state, last_applied, membership) = tokio::task::spawn_blocking(move || load(&loader))
             .await
             .expect("load task panicked")
-            .map_err(|reason| OpenError::Corrupt { path: db.path().to_path_buf(), reason })?;
+            .map_err(|reason| OpenError::Corrupt {
+                path: db.path().to_path_buf(),
+                reason,
+            })?;
         let applied = last_applied.map_or(0, |l| l.index);
         Ok(StateStore {
             db,
@@ -169,7 +187,9 @@ impl StateStore {
         // only up to a snapshot, and building one first flushes this family to disk.
         let mut opts = rocksdb::WriteOptions::default();
         opts.disable_wal(true);
-        self.db.write_opt(batch, &opts).map_err(|e| StorageIOError::write_state_machine(&e))?;
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(())
     }
 }
@@ -203,9 +223,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                         for outcome in outcomes {
                             out.push(outcome.map(|applied| {
                                 if publish {
-                                    events.extend(
-                                        applied.events.into_iter().map(|event| Arc::new(PublishedEvent { index, event })),
-                                    );
+                                    events.extend(applied.events.into_iter().map(|event| {
+                                        Arc::new(Published::Transition { index, event })
+                                    }));
                                 }
                                 applied.response
                             }));
@@ -221,7 +241,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             state.take_dirty()
         };
         let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.shared.read(|state| {
-            dirty.into_iter().map(|key: Key| (keys::record(key), state.record_bytes(key))).collect()
+            dirty
+                .into_iter()
+                .map(|key: Key| (keys::record(key), state.record_bytes(key)))
+                .collect()
         });
         self.persist(records).await?;
         if let Some(last) = self.last_applied {
@@ -238,16 +261,29 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = self.files.incoming().await.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let file = self
+            .files
+            .incoming()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         let (state, last_applied, membership) = self.files.install(meta, *snapshot).await?;
         *self.shared.state.write().expect("state lock") = state;
         self.last_applied = last_applied;
         self.membership = membership;
-        self.shared.applied.send_replace(last_applied.map_or(0, |l| l.index));
+        let index = last_applied.map_or(0, |l| l.index);
+        self.shared.applied.send_replace(index);
+        let _ = self
+            .shared
+            .events
+            .send(Arc::new(Published::SnapshotInstalled { index }));
         tracing::info!(snapshot = %meta.snapshot_id, last = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }

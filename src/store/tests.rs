@@ -50,13 +50,25 @@ fn spec() -> SessionSpec {
 }
 
 fn entry(index: u64, commands: Vec<Command>) -> Entry {
-    Entry { log_id: log_id(1, index), payload: EntryPayload::Normal(Batch { now_ms: 1000 + index, commands }) }
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(Batch {
+            now_ms: 1000 + index,
+            commands,
+        }),
+    }
 }
 
 fn submit(n: usize) -> Command {
     Command::SubmitTasks {
         session: crate::machine::SessionId(1),
-        tasks: (0..n).map(|i| NewTask { payload: vec![i as u8; 256], priority: None, idempotency_key: None }).collect(),
+        tasks: (0..n)
+            .map(|i| NewTask {
+                payload: vec![i as u8; 256],
+                priority: None,
+                idempotency_key: None,
+            })
+            .collect(),
     }
 }
 
@@ -81,7 +93,10 @@ async fn a_restarted_store_resumes_where_it_stopped_without_applying_twice() {
         let (_log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
         let results = sm.apply(entries[..12].to_vec()).await.unwrap();
         assert_eq!(results.len(), 12);
-        assert!(matches!(results[1].0[0], Ok(Response::SessionCreated { .. })));
+        assert!(matches!(
+            results[1].0[0],
+            Ok(Response::SessionCreated { .. })
+        ));
         sm.state_bytes()
     };
     // Reopen: the applied id and every record are back, nothing replays.
@@ -106,7 +121,12 @@ async fn a_snapshot_carries_the_whole_state_to_another_node() {
     let (_log, mut leader) = open(leader_dir.path(), 1, "test").await.unwrap();
     let entries = workload(50);
     leader.apply(entries[..30].to_vec()).await.unwrap();
-    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let at_snapshot = leader.state_bytes();
     // Applying more after the build does not change what the snapshot holds.
     leader.apply(entries[30..].to_vec()).await.unwrap();
@@ -117,17 +137,37 @@ async fn a_snapshot_carries_the_whole_state_to_another_node() {
     let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
     let mut source = snapshot.snapshot;
     tokio::io::copy(&mut source, &mut *incoming).await.unwrap();
-    follower.install_snapshot(&snapshot.meta, incoming).await.unwrap();
+    let mut events = follower.reader().subscribe_events();
+    follower
+        .install_snapshot(&snapshot.meta, incoming)
+        .await
+        .unwrap();
     assert_eq!(follower.state_bytes(), at_snapshot);
-    assert_eq!(follower.applied_state().await.unwrap().0, Some(log_id(1, 30)));
+    assert_eq!(
+        follower.applied_state().await.unwrap().0,
+        Some(log_id(1, 30))
+    );
+    // Event streams learn that they skipped what the snapshot covers.
+    assert!(matches!(
+        *events.recv().await.unwrap(),
+        Published::SnapshotInstalled { index: 30 }
+    ));
     // The follower catches up from the log after the snapshot and matches the leader.
     follower.apply(entries[30..].to_vec()).await.unwrap();
     assert_eq!(follower.state_bytes(), leader.state_bytes());
+    assert!(matches!(
+        *events.recv().await.unwrap(),
+        Published::Transition { index: 31, .. }
+    ));
     // It kept the snapshot to serve it in turn, and keeps it across a restart.
     drop(follower);
     drop(_flog);
     let (_flog, mut follower) = open(follower_dir.path(), 2, "test").await.unwrap();
-    let current = follower.get_current_snapshot().await.unwrap().expect("a current snapshot");
+    let current = follower
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("a current snapshot");
     assert_eq!(current.meta, snapshot.meta);
     assert_eq!(follower.state_bytes(), leader.state_bytes());
 }
@@ -137,10 +177,17 @@ async fn a_corrupted_snapshot_is_refused_and_changes_nothing() {
     let dir = TempDir::new().unwrap();
     let (_log, mut leader) = open(dir.path(), 1, "test").await.unwrap();
     leader.apply(workload(5)).await.unwrap();
-    let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let mut bytes = Vec::new();
     let mut source = snapshot.snapshot;
-    tokio::io::AsyncReadExt::read_to_end(&mut source, &mut bytes).await.unwrap();
+    tokio::io::AsyncReadExt::read_to_end(&mut source, &mut bytes)
+        .await
+        .unwrap();
 
     let fdir = TempDir::new().unwrap();
     let (_flog, mut follower) = open(fdir.path(), 2, "test").await.unwrap();
@@ -150,15 +197,32 @@ async fn a_corrupted_snapshot_is_refused_and_changes_nothing() {
         let mut bad = bytes.clone();
         bad[damage] ^= 0x55;
         let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bad).await.unwrap();
-        tokio::io::AsyncWriteExt::flush(&mut *incoming).await.unwrap();
-        assert!(follower.install_snapshot(&snapshot.meta, incoming).await.is_err());
+        tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bad)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::flush(&mut *incoming)
+            .await
+            .unwrap();
+        assert!(follower
+            .install_snapshot(&snapshot.meta, incoming)
+            .await
+            .is_err());
         assert_eq!(follower.state_bytes(), before);
     }
     let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes[..bytes.len() - 10]).await.unwrap();
-    tokio::io::AsyncWriteExt::flush(&mut *incoming).await.unwrap();
-    assert!(follower.install_snapshot(&snapshot.meta, incoming).await.is_err(), "a truncated snapshot");
+    tokio::io::AsyncWriteExt::write_all(&mut *incoming, &bytes[..bytes.len() - 10])
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::flush(&mut *incoming)
+        .await
+        .unwrap();
+    assert!(
+        follower
+            .install_snapshot(&snapshot.meta, incoming)
+            .await
+            .is_err(),
+        "a truncated snapshot"
+    );
     assert_eq!(follower.state_bytes(), before);
 }
 
@@ -174,21 +238,33 @@ async fn appended_entries_read_back_and_survive_reopen() {
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id, Some(log_id(1, 5)));
     let entries = log.try_get_log_entries(2..4).await.unwrap();
-    assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(
+        entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
 }
 
 #[tokio::test]
 async fn a_foreign_or_unknown_data_directory_is_refused() {
     let dir = TempDir::new().unwrap();
     drop(open(dir.path(), 1, "alpha").await.unwrap());
-    let err = open(dir.path(), 2, "alpha").await.err().expect("another node's data");
+    let err = open(dir.path(), 2, "alpha")
+        .await
+        .err()
+        .expect("another node's data");
     assert!(matches!(err, OpenError::Foreign { found: 1, .. }), "{err}");
-    let err = open(dir.path(), 1, "beta").await.err().expect("another cluster's data");
+    let err = open(dir.path(), 1, "beta")
+        .await
+        .err()
+        .expect("another cluster's data");
     assert!(err.to_string().contains("cluster"), "{err}");
 
     let stranger = TempDir::new().unwrap();
     std::fs::write(stranger.path().join("something"), b"x").unwrap();
-    let err = open(stranger.path(), 1, "alpha").await.err().expect("not ours");
+    let err = open(stranger.path(), 1, "alpha")
+        .await
+        .err()
+        .expect("not ours");
     assert!(matches!(err, OpenError::Unrecognised { .. }), "{err}");
 
     // A corrupted state record is reported, not panicked on.
@@ -200,8 +276,12 @@ async fn a_foreign_or_unknown_data_directory_is_refused() {
     {
         let db = open_db(&dir2.path().join("db")).unwrap();
         let cf = db.cf_handle(CF_STATE).unwrap();
-        db.put_cf(cf, [4u8, 0, 0, 0, 0, 0, 0, 0, 1], b"\x01garbage").unwrap();
+        db.put_cf(cf, [4u8, 0, 0, 0, 0, 0, 0, 0, 1], b"\x01garbage")
+            .unwrap();
     }
-    let err = open(dir2.path(), 1, "alpha").await.err().expect("corrupt state");
+    let err = open(dir2.path(), 1, "alpha")
+        .await
+        .err()
+        .expect("corrupt state");
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
 }
