@@ -5,7 +5,8 @@
 # wrk (etcd-put.lua: a fresh key, 256-byte value per request) at 1, 16, 64 and 256
 # connections; stops it; starts a three-node Session Queue cluster and drives its
 # leader with the same wrk load (submit.lua: one task, 256-byte payload per request);
-# then runs the project's own benchmarks (batch submits, a full lifecycle with k=1).
+# then runs the project's own benchmarks (batch submits of 1,000 and 5,000 tasks a
+# call; full lifecycles with k=1, all calls to the leader, then spread over the nodes).
 # Writes results.json, results.md (a table with the ratio ours/etcd) and
 # throughput.svg / latency.svg into the output directory.
 #
@@ -111,13 +112,26 @@ fresh_cluster() {
   leader_id=$(curl -fsS "http://127.0.0.1:27001/v1/cluster?local=true" | python3 -c 'import sys,json; print(json.load(sys.stdin)["leader"])')
   api="127.0.0.1:$((27000 + leader_id))"
 }
-echo "== Session Queue: batch submits (1,000 tasks a call, 4 connections)"
-fresh_cluster
-"$bin" bench batch --nodes "$api" -c 4 --batch-size 1000 -d "$secs" --json "$work/batch.json" | tail -n 1
-echo "== Session Queue: full lifecycles, k=1, 8 simulated miners on all three nodes"
-fresh_cluster
+# own NAME "DESCRIPTION" MODE ARGS...: one run of the project's load generator on a
+# fresh cluster; --nodes is the leader unless ARGS name other nodes.
 all="127.0.0.1:27001,127.0.0.1:27002,127.0.0.1:27003"
-"$bin" bench lifecycle --nodes "$all" -c 256 --miners 8 --miner-capacity 64 -d "$secs" --json "$work/lifecycle.json" | tail -n 2
+: >"$work/own.jsonl"
+own() {
+  local name=$1 description=$2 mode=$3
+  shift 3
+  echo "== Session Queue: $description"
+  fresh_cluster
+  local nodes=$api
+  if [ "${1:-}" = "--all-nodes" ]; then nodes=$all; shift; fi
+  "$bin" bench "$mode" --nodes "$nodes" -d "$secs" --json "$work/$name.json" "$@" | tail -n 2
+  echo "{\"name\":\"$name\",\"description\":\"$description\",\"mode\":\"$mode\"}" >>"$work/own.jsonl"
+}
+own batch "batch submits, 4 connections, 1,000 tasks a call" batch -c 4 --batch-size 1000
+own batch-5000 "batch submits, 4 connections, 5,000 tasks a call" batch -c 4 --batch-size 5000
+own lifecycle "full lifecycles, k=1, 256 in flight, 8 miners, all calls to the leader" \
+  lifecycle -c 256 --miners 8 --miner-capacity 64
+own lifecycle-spread "full lifecycles, k=1, 256 in flight, 8 miners, calls spread over the three nodes" \
+  lifecycle --all-nodes -c 256 --miners 8 --miner-capacity 64
 "$root/cluster/down.sh" --wipe >/dev/null
 
 python3 "$root/benches/report.py" "$work" "$out" "$machine" "$etcd_version" "$secs"

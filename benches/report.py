@@ -22,12 +22,15 @@ def load_jsonl(path):
 
 etcd = {r["connections"]: r["wrk"] for r in load_jsonl(os.path.join(work, "etcd.jsonl"))}
 ours = {r["connections"]: r["wrk"] for r in load_jsonl(os.path.join(work, "sq.jsonl"))}
-extra = {}
-for name in ("batch", "lifecycle"):
-    path = os.path.join(work, f"{name}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            extra[name] = json.load(f)
+own = []  # the project's own benchmark runs, in the order they ran
+own_path = os.path.join(work, "own.jsonl")
+if os.path.exists(own_path):
+    for run in load_jsonl(own_path):
+        path = os.path.join(work, f"{run['name']}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                run["report"] = json.load(f)
+            own.append(run)
 
 conns = sorted(set(etcd) | set(ours))
 rows = []
@@ -46,8 +49,7 @@ results = {
     "etcd_version": etcd_version,
     "seconds_per_row": float(secs),
     "rows": rows,
-    "batch": extra.get("batch"),
-    "lifecycle": extra.get("lifecycle"),
+    "own": own,
 }
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
@@ -70,18 +72,24 @@ for r in rows:
         f"| {r['connections']} | {fmt(e.get('rps'), 0)} | {fmt(e.get('p50_ms'))} | {fmt(e.get('p99_ms'))} "
         f"| {fmt(o.get('rps'), 0)} | {fmt(o.get('p50_ms'))} | {fmt(o.get('p99_ms'))} | {fmt(r['throughput_ratio'])}× |"
     )
-for name, label in (("batch", "batch submits (tasks/s)"), ("lifecycle", "lifecycle k=1 (completed tasks/s)")):
-    rep = extra.get(name)
-    if not rep:
-        continue
-    for op in rep["operations"]:
-        if (name == "batch" and op["operation"] == "batch") or (name == "lifecycle" and op["operation"] == "completed"):
+if own:
+    lines += [
+        "",
+        "The project's own load generator (`session-queue bench`), each run on a fresh cluster:",
+        "",
+        "| run | rate | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+for run in own:
+    counted = "batch" if run["mode"] == "batch" else "completed"
+    unit = "tasks/s" if run["mode"] == "batch" else "completed tasks/s"
+    per = "per call" if run["mode"] == "batch" else "submit to completed"
+    for op in run["report"]["operations"]:
+        if op["operation"] == counted:
             lat = op["latency_ms"]
-            lines.append("")
             lines.append(
-                f"{label}: {op['items_per_sec']:.0f}/s over {rep['duration_s']:.1f} s "
-                f"(p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms per "
-                f"{'call' if name == 'batch' else 'task, submit to completed'}; {op['errors']} errors)"
+                f"| {run['description']} | {op['items_per_sec']:,.0f} {unit} | {lat['p50']:.2f} ({per}) "
+                f"| {lat['p99']:.2f} | {op['errors']} |"
             )
 with open(os.path.join(out, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
