@@ -40,9 +40,19 @@ fn spec() -> SessionSpec {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let levels: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let levels = if levels.is_empty() { vec![1, 64] } else { levels };
-    let secs: f64 = std::env::var("SQ_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let levels: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let levels = if levels.is_empty() {
+        vec![1, 64]
+    } else {
+        levels
+    };
+    let secs: f64 = std::env::var("SQ_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
     let dir = tempfile::tempdir()?;
     let mut listeners = Vec::new();
     for _ in 0..3 {
@@ -53,7 +63,14 @@ async fn main() -> anyhow::Result<()> {
     let members = listeners
         .iter()
         .enumerate()
-        .map(|(i, (a, p))| format!("{}={}/{}", i + 1, a.local_addr().unwrap(), p.local_addr().unwrap()))
+        .map(|(i, (a, p))| {
+            format!(
+                "{}={}/{}",
+                i + 1,
+                a.local_addr().unwrap(),
+                p.local_addr().unwrap()
+            )
+        })
         .collect::<Vec<_>>()
         .join(",");
     let mut nodes = Vec::new();
@@ -81,16 +98,32 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let leader = nodes.iter().find(|n| n.node.id == leader).unwrap().node.clone();
+    let leader = nodes
+        .iter()
+        .find(|n| n.node.id == leader)
+        .unwrap()
+        .node
+        .clone();
     let timeout = Duration::from_secs(10);
-    let session = match leader.proposer.propose(vec![Command::CreateSession(spec())], timeout).await?.remove(0) {
+    let session = match leader
+        .proposer
+        .propose(vec![Command::CreateSession(spec())], timeout)
+        .await?
+        .remove(0)
+    {
         Ok(Response::SessionCreated { session }) => session,
         other => anyhow::bail!("{other:?}"),
     };
-    println!("{:>6} {:>10} {:>10} {:>9} {:>9} {:>12}", "procs", "commits", "commits/s", "p50 ms", "p99 ms", "cmds/batch");
+    println!(
+        "{:>6} {:>10} {:>10} {:>9} {:>9} {:>12}",
+        "procs", "commits", "commits/s", "p50 ms", "p99 ms", "cmds/batch"
+    );
     for c in levels {
         let stats = leader.proposer.stats();
-        let (b0, c0) = (stats.batches.load(Ordering::Relaxed), stats.commands.load(Ordering::Relaxed));
+        let (b0, c0) = (
+            stats.batches.load(Ordering::Relaxed),
+            stats.commands.load(Ordering::Relaxed),
+        );
         let done = Arc::new(AtomicU64::new(0));
         let until = Instant::now() + Duration::from_secs_f64(secs);
         let started = Instant::now();
@@ -102,7 +135,11 @@ async fn main() -> anyhow::Result<()> {
                 while Instant::now() < until {
                     let cmd = Command::SubmitTasks {
                         session,
-                        tasks: vec![NewTask { payload: vec![b'x'; 256], priority: None, idempotency_key: None }],
+                        tasks: vec![NewTask {
+                            payload: vec![b'x'; 256],
+                            priority: None,
+                            idempotency_key: None,
+                        }],
                     };
                     let t0 = Instant::now();
                     let r = leader.proposer.propose(vec![cmd], timeout).await;

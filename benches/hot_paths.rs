@@ -10,7 +10,10 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use session_queue::codec;
-use session_queue::machine::{sha256, Batch, Command, MinerAuth, MinerId, NewTask, Response, SessionId, SessionSpec, State, TaskId};
+use session_queue::machine::{
+    sha256, Batch, Command, MinerAuth, MinerId, NewTask, Response, SessionId, SessionSpec, State,
+    TaskId,
+};
 use session_queue::raft::types::Entry;
 
 fn spec(k: u8) -> SessionSpec {
@@ -33,15 +36,25 @@ fn spec(k: u8) -> SessionSpec {
 fn submit(session: SessionId, n: usize) -> Command {
     Command::SubmitTasks {
         session,
-        tasks: (0..n).map(|_| NewTask { payload: vec![b'x'; 256], priority: None, idempotency_key: None }).collect(),
+        tasks: (0..n)
+            .map(|_| NewTask {
+                payload: vec![b'x'; 256],
+                priority: None,
+                idempotency_key: None,
+            })
+            .collect(),
     }
 }
 
 /// A state with one session and `queued` tasks waiting (no miners).
 fn state_with(queued: usize) -> (State, SessionId) {
     let mut s = State::new();
-    let Ok(applied) = s.apply(&Command::CreateSession(spec(1)), 1) else { panic!() };
-    let Response::SessionCreated { session } = applied.response else { panic!() };
+    let Ok(applied) = s.apply(&Command::CreateSession(spec(1)), 1) else {
+        panic!()
+    };
+    let Response::SessionCreated { session } = applied.response else {
+        panic!()
+    };
     for _ in 0..queued / 1000 {
         s.apply(&submit(session, 1000), 2).unwrap();
     }
@@ -53,10 +66,14 @@ fn apply(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let (mut s, session) = state_with(100_000);
     let cmd = submit(session, 1);
-    g.bench_function("submit one task (100k queued)", |b| b.iter(|| s.apply(black_box(&cmd), 3).unwrap()));
+    g.bench_function("submit one task (100k queued)", |b| {
+        b.iter(|| s.apply(black_box(&cmd), 3).unwrap())
+    });
     g.throughput(Throughput::Elements(1000));
     let cmd = submit(session, 1000);
-    g.bench_function("submit a batch of 1000", |b| b.iter(|| s.apply(black_box(&cmd), 3).unwrap()));
+    g.bench_function("submit a batch of 1000", |b| {
+        b.iter(|| s.apply(black_box(&cmd), 3).unwrap())
+    });
 
     // One task's whole life with k = 1: submit, ack, precommit, reveal.
     g.throughput(Throughput::Elements(1));
@@ -64,7 +81,13 @@ fn apply(c: &mut Criterion) {
     let token = sha256(&[b"t"]);
     let Response::MinerRegistered { miner } = s
         .apply(
-            &Command::RegisterMiner { name: "m".into(), capacity: 4096, tags: vec![], token_hash: token, heartbeat_timeout_ms: 3_600_000 },
+            &Command::RegisterMiner {
+                name: "m".into(),
+                capacity: 4096,
+                tags: vec![],
+                token_hash: token,
+                heartbeat_timeout_ms: 3_600_000,
+            },
             1,
         )
         .unwrap()
@@ -72,17 +95,34 @@ fn apply(c: &mut Criterion) {
     else {
         panic!()
     };
-    let auth = MinerAuth { miner, token_hash: token };
+    let auth = MinerAuth {
+        miner,
+        token_hash: token,
+    };
     let output = b"result".to_vec();
     let nonce = b"nonce".to_vec();
     let hash = sha256(&[&output, &nonce]);
     g.bench_function("lifecycle of one task (k=1)", |b| {
         b.iter(|| {
-            let Response::TasksSubmitted { tasks } = s.apply(&submit(session, 1), 5).unwrap().response else { panic!() };
+            let Response::TasksSubmitted { tasks } =
+                s.apply(&submit(session, 1), 5).unwrap().response
+            else {
+                panic!()
+            };
             let task: TaskId = tasks[0].0;
             s.apply(&Command::Ack { task, auth }, 5).unwrap();
-            s.apply(&Command::Precommit { task, auth, hash }, 5).unwrap();
-            s.apply(&Command::Reveal { task, auth, output: output.clone(), nonce: nonce.clone() }, 5).unwrap();
+            s.apply(&Command::Precommit { task, auth, hash }, 5)
+                .unwrap();
+            s.apply(
+                &Command::Reveal {
+                    task,
+                    auth,
+                    output: output.clone(),
+                    nonce: nonce.clone(),
+                },
+                5,
+            )
+            .unwrap();
         })
     });
     let _ = MinerId(0);
@@ -92,7 +132,10 @@ fn apply(c: &mut Criterion) {
 fn entry(commands: usize) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), 7),
-        payload: EntryPayload::Normal(Batch { now_ms: 1, commands: (0..commands).map(|_| submit(SessionId(1), 1)).collect() }),
+        payload: EntryPayload::Normal(Batch {
+            now_ms: 1,
+            commands: (0..commands).map(|_| submit(SessionId(1), 1)).collect(),
+        }),
     }
 }
 
@@ -102,8 +145,12 @@ fn codec_paths(c: &mut Criterion) {
         let e = entry(n);
         let bytes = codec::encode(&e);
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(format!("encode entry of {n} submits"), |b| b.iter(|| codec::encode(black_box(&e))));
-        g.bench_function(format!("decode entry of {n} submits"), |b| b.iter(|| codec::decode::<Entry>(black_box(&bytes)).unwrap()));
+        g.bench_function(format!("encode entry of {n} submits"), |b| {
+            b.iter(|| codec::encode(black_box(&e)))
+        });
+        g.bench_function(format!("decode entry of {n} submits"), |b| {
+            b.iter(|| codec::decode::<Entry>(black_box(&bytes)).unwrap())
+        });
     }
     g.finish();
 }
@@ -111,7 +158,9 @@ fn codec_paths(c: &mut Criterion) {
 fn log_append(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _sm) = rt.block_on(session_queue::store::open(dir.path(), 1, "bench")).unwrap();
+    let (mut log, _sm) = rt
+        .block_on(session_queue::store::open(dir.path(), 1, "bench"))
+        .unwrap();
     let mut g = c.benchmark_group("log");
     g.sample_size(30);
     let mut index = 1;

@@ -19,7 +19,10 @@ fn rss_mib() -> f64 {
 }
 
 fn main() {
-    let total: usize = std::env::var("SQ_SCALE_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let total: usize = std::env::var("SQ_SCALE_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let step = total / 10;
     let mut s = State::new();
     let spec = SessionSpec {
@@ -36,38 +39,68 @@ fn main() {
         retention_ms: 24 * 3_600_000,
         idle_release_ms: 3_600_000,
     };
-    let Response::SessionCreated { session } = s.apply(&Command::CreateSession(spec), 1).unwrap().response else {
+    let Response::SessionCreated { session } =
+        s.apply(&Command::CreateSession(spec), 1).unwrap().response
+    else {
         panic!()
     };
     let rss0 = rss_mib();
-    println!("{:<10} {:>12} {:>14} {:>10}", "phase", "tasks done", "commands/s", "RSS MiB");
+    println!(
+        "{:<10} {:>12} {:>14} {:>10}",
+        "phase", "tasks done", "commands/s", "RSS MiB"
+    );
     let mut done = 0;
     let mut t = Instant::now();
     while done < total {
         let batch = Command::SubmitTasks {
             session,
-            tasks: (0..1000).map(|_| NewTask { payload: vec![b'p'; 256], priority: None, idempotency_key: None }).collect(),
+            tasks: (0..1000)
+                .map(|_| NewTask {
+                    payload: vec![b'p'; 256],
+                    priority: None,
+                    idempotency_key: None,
+                })
+                .collect(),
         };
         s.apply(&batch, 2).unwrap();
         s.take_dirty();
         done += 1000;
         if done % step == 0 {
-            println!("{:<10} {:>12} {:>14.0} {:>10.0}", "submit", done, step as f64 / t.elapsed().as_secs_f64(), rss_mib());
+            println!(
+                "{:<10} {:>12} {:>14.0} {:>10.0}",
+                "submit",
+                done,
+                step as f64 / t.elapsed().as_secs_f64(),
+                rss_mib()
+            );
             t = Instant::now();
         }
     }
     let queued_mib = rss_mib() - rss0;
-    println!("{} queued tasks of 256-byte payload: {:.0} MiB resident ({:.0} bytes per task)", total, queued_mib, queued_mib * 1048576.0 / total as f64);
+    println!(
+        "{} queued tasks of 256-byte payload: {:.0} MiB resident ({:.0} bytes per task)",
+        total,
+        queued_mib,
+        queued_mib * 1048576.0 / total as f64
+    );
 
     // 256 miners with room for 4,096 tasks each take every task.
     let mut miners = Vec::new();
     for i in 0..256 {
         let token_hash = sha256(&[format!("token-{i}").as_bytes()]);
         let r = s.apply(
-            &Command::RegisterMiner { name: format!("m{i}"), capacity: 4096, tags: vec![], token_hash, heartbeat_timeout_ms: 3_600_000 },
+            &Command::RegisterMiner {
+                name: format!("m{i}"),
+                capacity: 4096,
+                tags: vec![],
+                token_hash,
+                heartbeat_timeout_ms: 3_600_000,
+            },
             3,
         );
-        let Response::MinerRegistered { miner } = r.unwrap().response else { panic!() };
+        let Response::MinerRegistered { miner } = r.unwrap().response else {
+            panic!()
+        };
         miners.push(MinerAuth { miner, token_hash });
     }
     let (output, nonce) = (b"answer".to_vec(), b"nonce".to_vec());
@@ -78,23 +111,54 @@ fn main() {
     while completed < total {
         let mut progressed = false;
         for auth in &miners {
-            let work: Vec<_> = s.assignments_of(auth.miner).into_iter().map(|(task, _)| task.id).take(512).collect();
+            let work: Vec<_> = s
+                .assignments_of(auth.miner)
+                .into_iter()
+                .map(|(task, _)| task.id)
+                .take(512)
+                .collect();
             for task in work {
                 s.apply(&Command::Ack { task, auth: *auth }, 4).unwrap();
-                s.apply(&Command::Precommit { task, auth: *auth, hash }, 4).unwrap();
-                s.apply(&Command::Reveal { task, auth: *auth, output: output.clone(), nonce: nonce.clone() }, 4).unwrap();
+                s.apply(
+                    &Command::Precommit {
+                        task,
+                        auth: *auth,
+                        hash,
+                    },
+                    4,
+                )
+                .unwrap();
+                s.apply(
+                    &Command::Reveal {
+                        task,
+                        auth: *auth,
+                        output: output.clone(),
+                        nonce: nonce.clone(),
+                    },
+                    4,
+                )
+                .unwrap();
                 commands += 3;
                 completed += 1;
                 progressed = true;
                 if completed % step == 0 {
-                    println!("{:<10} {:>12} {:>14.0} {:>10.0}", "complete", completed, commands as f64 / t.elapsed().as_secs_f64(), rss_mib());
+                    println!(
+                        "{:<10} {:>12} {:>14.0} {:>10.0}",
+                        "complete",
+                        completed,
+                        commands as f64 / t.elapsed().as_secs_f64(),
+                        rss_mib()
+                    );
                     t = Instant::now();
                     commands = 0;
                 }
             }
             s.take_dirty();
         }
-        assert!(progressed, "no miner had work with {completed} of {total} completed");
+        assert!(
+            progressed,
+            "no miner had work with {completed} of {total} completed"
+        );
     }
     assert_eq!(s.depth().completed, total as u64);
 }

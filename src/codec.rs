@@ -40,7 +40,8 @@ pub enum CodecError {
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.push(FORMAT_VERSION);
-    bincode::serde::encode_into_std_write(value, &mut out, config()).expect("encoding into a Vec cannot fail");
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .expect("encoding into a Vec cannot fail");
     out
 }
 
@@ -53,11 +54,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if body.len() > DECODE_LIMIT {
         return Err(CodecError::Malformed("value over the decode limit".into()));
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config().with_limit::<DECODE_LIMIT>())
-        .map_err(|e| match e {
-            bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
-            other => CodecError::Malformed(other.to_string()),
-        })?;
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(body, config().with_limit::<DECODE_LIMIT>())
+            .map_err(|e| match e {
+                bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
+                other => CodecError::Malformed(other.to_string()),
+            })?;
     if used != body.len() {
         return Err(CodecError::Trailing);
     }
@@ -84,7 +86,11 @@ mod tests {
             now_ms: 7,
             commands: vec![Command::SubmitTasks {
                 session: SessionId(1),
-                tasks: vec![NewTask { payload: vec![1, 2, 3], priority: Some(-4), idempotency_key: Some("k".into()) }],
+                tasks: vec![NewTask {
+                    payload: vec![1, 2, 3],
+                    priority: Some(-4),
+                    idempotency_key: Some("k".into()),
+                }],
             }],
         };
         let bytes = encode(&batch);
@@ -92,11 +98,26 @@ mod tests {
         assert_eq!(decode::<Batch>(&bytes), Ok(batch));
         assert_eq!(decode::<Batch>(&[]), Err(CodecError::Empty));
         assert_eq!(decode::<Batch>(&[9, 0]), Err(CodecError::Version(9)));
-        assert_eq!(decode::<Batch>(&bytes[..bytes.len() - 1]), Err(CodecError::Truncated));
+        assert_eq!(
+            decode::<Batch>(&bytes[..bytes.len() - 1]),
+            Err(CodecError::Truncated)
+        );
         let mut longer = bytes.clone();
         longer.push(0);
         assert_eq!(decode::<Batch>(&longer), Err(CodecError::Trailing));
         // A length prefix claiming far more than the input must not allocate it.
-        assert!(decode::<Vec<u8>>(&[FORMAT_VERSION, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        assert!(decode::<Vec<u8>>(&[
+            FORMAT_VERSION,
+            0xfd,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+            0x0f
+        ])
+        .is_err());
     }
 }

@@ -162,14 +162,19 @@ impl NodeConfig {
         if self.api_key.as_deref().is_some_and(str::is_empty) {
             bail!("--api-key must not be empty when given");
         }
-        if self.election_min_ms <= self.heartbeat_ms * 2 || self.election_max_ms <= self.election_min_ms {
+        if self.election_min_ms <= self.heartbeat_ms * 2
+            || self.election_max_ms <= self.election_min_ms
+        {
             bail!("need heartbeat × 2 < election-min < election-max");
         }
         if self.max_batch_commands == 0 || self.max_inflight == 0 || self.max_batch_bytes < 1024 {
             bail!("group-commit limits must be positive (max-batch-bytes at least 1024)");
         }
         if self.max_payload_bytes > crate::machine::limits::MAX_BLOB_BYTES {
-            bail!("--max-payload-bytes is above the hard limit of {}", crate::machine::limits::MAX_BLOB_BYTES);
+            bail!(
+                "--max-payload-bytes is above the hard limit of {}",
+                crate::machine::limits::MAX_BLOB_BYTES
+            );
         }
         if let Some(spec) = &self.initial_cluster {
             parse_members(spec)?;
@@ -180,8 +185,14 @@ impl NodeConfig {
     /// This node's advertised addresses.
     pub fn advertised(&self) -> NodeAddr {
         NodeAddr {
-            api: self.advertise_api.clone().unwrap_or_else(|| self.api_addr.to_string()),
-            peer: self.advertise_peer.clone().unwrap_or_else(|| self.peer_addr.to_string()),
+            api: self
+                .advertise_api
+                .clone()
+                .unwrap_or_else(|| self.api_addr.to_string()),
+            peer: self
+                .advertise_peer
+                .clone()
+                .unwrap_or_else(|| self.peer_addr.to_string()),
         }
     }
 
@@ -215,13 +226,29 @@ impl NodeConfig {
 pub fn parse_members(spec: &str) -> anyhow::Result<std::collections::BTreeMap<NodeId, NodeAddr>> {
     let mut out = std::collections::BTreeMap::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addrs) = part.split_once('=').with_context(|| format!("member {part:?}: expected ID=API/PEER"))?;
-        let id: NodeId = id.trim().parse().with_context(|| format!("member {part:?}: bad id"))?;
-        let (api, peer) = addrs.split_once('/').with_context(|| format!("member {part:?}: expected API/PEER"))?;
+        let (id, addrs) = part
+            .split_once('=')
+            .with_context(|| format!("member {part:?}: expected ID=API/PEER"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("member {part:?}: bad id"))?;
+        let (api, peer) = addrs
+            .split_once('/')
+            .with_context(|| format!("member {part:?}: expected API/PEER"))?;
         if id == 0 || api.is_empty() || peer.is_empty() {
             bail!("member {part:?}: id must be positive and both addresses given");
         }
-        if out.insert(id, NodeAddr { api: api.to_string(), peer: peer.to_string() }).is_some() {
+        if out
+            .insert(
+                id,
+                NodeAddr {
+                    api: api.to_string(),
+                    peer: peer.to_string(),
+                },
+            )
+            .is_some()
+        {
             bail!("member {id} is listed twice");
         }
     }
@@ -239,16 +266,24 @@ pub fn args_with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
         .iter()
         .position(|a| a == "--config")
         .and_then(|i| args.get(i + 1).cloned())
-        .or_else(|| args.iter().find_map(|a| a.strip_prefix("--config=").map(str::to_string)))
+        .or_else(|| {
+            args.iter()
+                .find_map(|a| a.strip_prefix("--config=").map(str::to_string))
+        })
         .or_else(|| std::env::var("SQ_CONFIG").ok());
     let Some(path) = path else { return Ok(args) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
-    let table: toml::Table = text.parse().with_context(|| format!("parsing config file {path}"))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing config file {path}"))?;
     let mut extra = Vec::new();
     for (key, value) in table {
         let flag = key.replace('_', "-");
         let env = format!("SQ_{}", key.replace('-', "_").to_uppercase());
-        let on_cli = args.iter().any(|a| a == &format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
+        let on_cli = args
+            .iter()
+            .any(|a| a == &format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
         if on_cli || std::env::var_os(&env).is_some() {
             continue;
         }

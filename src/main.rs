@@ -17,7 +17,11 @@ use session_queue::{bench, node, shutdown};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "session-queue", version, about = "A Raft-replicated task queue for AI inference tasks")]
+#[command(
+    name = "session-queue",
+    version,
+    about = "A Raft-replicated task queue for AI inference tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -27,7 +31,12 @@ struct Cli {
 #[derive(Args, Clone, Debug)]
 struct Target {
     /// Nodes to talk to (host:port of their API), tried in order on failure.
-    #[arg(long, env = "SQ_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003")]
+    #[arg(
+        long,
+        env = "SQ_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
     nodes: Vec<String>,
     /// API key, when the nodes require one.
     #[arg(long, env = "SQ_API_KEY", hide_env_values = true)]
@@ -195,7 +204,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Session { target, command } => {
             let c = target.client();
             let v = match command {
-                SessionCmd::Create { redundancy, quorum, tag, max_nodes, priority, owner } => {
+                SessionCmd::Create {
+                    redundancy,
+                    quorum,
+                    tag,
+                    max_nodes,
+                    priority,
+                    owner,
+                } => {
                     let mut spec = json!({});
                     for (k, v) in [
                         ("redundancy", redundancy.map(Value::from)),
@@ -209,18 +225,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             spec[k] = v;
                         }
                     }
-                    c.ok(Method::POST, "/v1/sessions", Some(&spec), None).await?
+                    c.ok(Method::POST, "/v1/sessions", Some(&spec), None)
+                        .await?
                 }
-                SessionCmd::Get { id } => c.ok(Method::GET, &format!("/v1/sessions/{id}"), None, None).await?,
-                SessionCmd::Close { id } => c.ok(Method::POST, &format!("/v1/sessions/{id}/close"), None, None).await?,
+                SessionCmd::Get { id } => {
+                    c.ok(Method::GET, &format!("/v1/sessions/{id}"), None, None)
+                        .await?
+                }
+                SessionCmd::Close { id } => {
+                    c.ok(
+                        Method::POST,
+                        &format!("/v1/sessions/{id}/close"),
+                        None,
+                        None,
+                    )
+                    .await?
+                }
             };
             print(&v);
             Ok(())
         }
-        Cmd::Submit { target, session, payload, file, priority, key } => {
+        Cmd::Submit {
+            target,
+            session,
+            payload,
+            file,
+            priority,
+            key,
+        } => {
             let bytes = match (payload, file) {
                 (Some(p), _) => p.into_bytes(),
-                (None, Some(f)) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                (None, Some(f)) => {
+                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?
+                }
                 (None, None) => {
                     let mut buf = Vec::new();
                     std::io::stdin().read_to_end(&mut buf)?;
@@ -234,11 +271,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(k) = key {
                 body["idempotency_key"] = json!(k);
             }
-            let v = target.client().ok(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None).await?;
+            let v = target
+                .client()
+                .ok(
+                    Method::POST,
+                    &format!("/v1/sessions/{session}/tasks"),
+                    Some(&body),
+                    None,
+                )
+                .await?;
             print(&v);
             Ok(())
         }
-        Cmd::Get { target, task, wait, linearizable } => {
+        Cmd::Get {
+            target,
+            task,
+            wait,
+            linearizable,
+        } => {
             let mut query = Vec::new();
             if wait {
                 query.push("wait=completed&timeout=60s");
@@ -246,10 +296,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if linearizable {
                 query.push("consistency=linearizable");
             }
-            let q = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+            let q = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
             let mut v = target.client().task(&task, &q).await?;
             // Show a text result as text too.
-            if let Some(text) = v["result"].as_str().and_then(session_queue::client::unb64).and_then(|b| String::from_utf8(b).ok()) {
+            if let Some(text) = v["result"]
+                .as_str()
+                .and_then(session_queue::client::unb64)
+                .and_then(|b| String::from_utf8(b).ok())
+            {
                 v["result_text"] = json!(text);
             }
             print(&v);
@@ -262,14 +320,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ClusterCmd::Status => c.ok(Method::GET, "/v1/cluster", None, None).await?,
                 ClusterCmd::Add { id, api, peer } => {
                     let body = json!({"id": id, "api": api, "peer": peer});
-                    c.ok(Method::POST, "/v1/cluster/members", Some(&body), None).await?
+                    c.ok(Method::POST, "/v1/cluster/members", Some(&body), None)
+                        .await?
                 }
-                ClusterCmd::Remove { id } => c.ok(Method::DELETE, &format!("/v1/cluster/members/{id}"), None, None).await?,
+                ClusterCmd::Remove { id } => {
+                    c.ok(
+                        Method::DELETE,
+                        &format!("/v1/cluster/members/{id}"),
+                        None,
+                        None,
+                    )
+                    .await?
+                }
             };
             print(&v);
             Ok(())
         }
-        Cmd::Miner { target, command: MinerCmd::Simulate { count, capacity, tags, wrong_every, work_ms } } => {
+        Cmd::Miner {
+            target,
+            command:
+                MinerCmd::Simulate {
+                    count,
+                    capacity,
+                    tags,
+                    wrong_every,
+                    work_ms,
+                },
+        } => {
             init_logging(LogFormat::Plain);
             let client = target.client();
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -283,7 +360,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     wrong_every,
                     work: std::time::Duration::from_millis(work_ms),
                 };
-                miners.spawn(miner::run(client.pinned(i), spec, stats.clone(), stop_rx.clone()));
+                miners.spawn(miner::run(
+                    client.pinned(i),
+                    spec,
+                    stats.clone(),
+                    stop_rx.clone(),
+                ));
             }
             eprintln!("{count} simulated miners running; Ctrl-C to stop");
             shutdown::signals().await;
@@ -307,14 +389,22 @@ async fn watch(target: Target, session: &str) -> anyhow::Result<()> {
     use futures_util::StreamExt;
     let client = reqwest::Client::new();
     let node = &target.nodes[0];
-    let base = if node.starts_with("http") { node.clone() } else { format!("http://{node}") };
+    let base = if node.starts_with("http") {
+        node.clone()
+    } else {
+        format!("http://{node}")
+    };
     let mut req = client.get(format!("{base}/v1/sessions/{session}/events"));
     if let Some(key) = &target.api_key {
         req = req.bearer_auth(key);
     }
     let resp = req.send().await?;
     if !resp.status().is_success() {
-        anyhow::bail!("{}: {}", resp.status(), resp.text().await.unwrap_or_default());
+        anyhow::bail!(
+            "{}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
     }
     let mut body = resp.bytes_stream();
     let mut buf = String::new();

@@ -42,7 +42,8 @@ fn prometheus() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+                    5.0, 10.0,
                 ])
                 .expect("buckets")
                 .build_recorder();
@@ -55,9 +56,16 @@ fn prometheus() -> PrometheusHandle {
 }
 
 /// Starts a node and runs it until `shutdown` resolves.
-pub async fn run(config: NodeConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let api = TcpListener::bind(config.api_addr).await.with_context(|| format!("binding API {}", config.api_addr))?;
-    let peer = TcpListener::bind(config.peer_addr).await.with_context(|| format!("binding peer {}", config.peer_addr))?;
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let api = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("binding API {}", config.api_addr))?;
+    let peer = TcpListener::bind(config.peer_addr)
+        .await
+        .with_context(|| format!("binding peer {}", config.peer_addr))?;
     serve(config, api, peer, shutdown).await
 }
 
@@ -124,17 +132,28 @@ impl Running {
 }
 
 /// Opens storage, starts Raft, the proposer, the peer channel and the API.
-pub async fn start(config: NodeConfig, api_listener: TcpListener, peer_listener: TcpListener) -> anyhow::Result<Running> {
+pub async fn start(
+    config: NodeConfig,
+    api_listener: TcpListener,
+    peer_listener: TcpListener,
+) -> anyhow::Result<Running> {
     config.validate()?;
     let id = config.id;
-    let (log_store, state_store) =
-        store::open(&config.data_dir, id, &config.cluster_name).await.context("opening storage")?;
+    let (log_store, state_store) = store::open(&config.data_dir, id, &config.cluster_name)
+        .await
+        .context("opening storage")?;
     let state = state_store.reader();
     let peers = PeerClient::new(config.cluster_secret.clone());
     let raft_config = Arc::new(config.raft_config()?);
-    let raft = Raft::new(id, raft_config, Network::new(peers.clone()), log_store, state_store)
-        .await
-        .context("starting raft")?;
+    let raft = Raft::new(
+        id,
+        raft_config,
+        Network::new(peers.clone()),
+        log_store,
+        state_store,
+    )
+    .await
+    .context("starting raft")?;
 
     if let Some(spec) = &config.initial_cluster {
         let members = parse_members(spec)?;
@@ -166,7 +185,10 @@ pub async fn start(config: NodeConfig, api_listener: TcpListener, peer_listener:
         state,
         proposer: proposer.clone(),
         peers,
-        http: reqwest::Client::builder().tcp_nodelay(true).build().context("HTTP client")?,
+        http: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .context("HTTP client")?,
         metrics: prometheus(),
         started: Instant::now(),
         stop: stop.clone(),
@@ -189,11 +211,21 @@ pub async fn start(config: NodeConfig, api_listener: TcpListener, peer_listener:
     let mut servers = JoinSet::new();
     let wait = stop.clone();
     servers.spawn(async move {
-        axum::serve(peer_listener, peer_app).with_graceful_shutdown(wait.wait()).await.context("peer server")
+        axum::serve(peer_listener, peer_app)
+            .with_graceful_shutdown(wait.wait())
+            .await
+            .context("peer server")
     });
     let wait = stop.clone();
     servers.spawn(async move {
-        axum::serve(api_listener, api_app).with_graceful_shutdown(wait.wait()).await.context("API server")
+        axum::serve(api_listener, api_app)
+            .with_graceful_shutdown(wait.wait())
+            .await
+            .context("API server")
     });
-    Ok(Running { node, servers, tasks })
+    Ok(Running {
+        node,
+        servers,
+        tasks,
+    })
 }

@@ -54,22 +54,37 @@ pub fn router(ctx: Arc<PeerContext>) -> Router {
         .with_state(ctx)
 }
 
-async fn authenticate(State(ctx): State<Arc<PeerContext>>, request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(ctx): State<Arc<PeerContext>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
-    let secret = headers.get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    let secret = headers
+        .get(SECRET_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
     if !bool::from(secret.ct_eq(ctx.secret.as_bytes())) {
         tracing::warn!(path = %request.uri().path(), "peer request without the cluster secret refused");
         return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
     }
-    let target = headers.get(TARGET_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<NodeId>().ok());
+    let target = headers
+        .get(TARGET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<NodeId>().ok());
     if target != Some(ctx.id) {
-        return (StatusCode::MISDIRECTED_REQUEST, format!("this is node {}, not {target:?}", ctx.id)).into_response();
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this is node {}, not {target:?}", ctx.id),
+        )
+            .into_response();
     }
     next.run(request).await
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable body: {e}")).into_response())
+    codec::decode(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable body: {e}")).into_response())
 }
 
 fn encoded<T: Serialize>(value: &T) -> Response {

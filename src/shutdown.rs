@@ -19,7 +19,9 @@ impl Default for Shutdown {
 
 impl Shutdown {
     pub fn new() -> Self {
-        Shutdown { tx: Arc::new(watch::Sender::new(false)) }
+        Shutdown {
+            tx: Arc::new(watch::Sender::new(false)),
+        }
     }
 
     pub fn trigger(&self) {

@@ -25,7 +25,9 @@ async fn register(c: &Client, name: &str) -> TestMiner {
 }
 
 async fn miner_call(c: &Client, m: &TestMiner, path: &str, body: Value) -> (StatusCode, Value) {
-    c.call(Method::POST, path, Some(&body), Some(&m.token)).await.expect("call")
+    c.call(Method::POST, path, Some(&body), Some(&m.token))
+        .await
+        .expect("call")
 }
 
 fn precommit_hash(output: &[u8], nonce: &[u8]) -> String {
@@ -38,10 +40,19 @@ async fn a_task_lives_its_whole_life_with_each_write_on_a_different_node() {
     let node = |i: usize| cluster.client_of(i % 3);
 
     let session = node(0).create_session(&session_spec(3, 2)).await.unwrap();
-    let miners = [register(&node(0), "m1").await, register(&node(1), "m2").await, register(&node(2), "m3").await];
+    let miners = [
+        register(&node(0), "m1").await,
+        register(&node(1), "m2").await,
+        register(&node(2), "m3").await,
+    ];
     let payload = b"What is the capital of France?";
     let (status, v) = node(1)
-        .call(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&json!({"payload": b64(payload)})), None)
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{session}/tasks"),
+            Some(&json!({"payload": b64(payload)})),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::CREATED, "{v}");
@@ -50,7 +61,12 @@ async fn a_task_lives_its_whole_life_with_each_write_on_a_different_node() {
     // Every miner sees its assignment, from a node other than the one that created it.
     for (i, m) in miners.iter().enumerate() {
         let v = node(i + 1)
-            .ok(Method::GET, &format!("/v1/miners/{}/assignments?wait_ms=5000", m.id), None, Some(&m.token))
+            .ok(
+                Method::GET,
+                &format!("/v1/miners/{}/assignments?wait_ms=5000", m.id),
+                None,
+                Some(&m.token),
+            )
             .await
             .unwrap();
         let list = v["assignments"].as_array().unwrap();
@@ -77,40 +93,90 @@ async fn a_task_lives_its_whole_life_with_each_write_on_a_different_node() {
     let nonces: Vec<Vec<u8>> = (0..3).map(|i| format!("nonce-{i}").into_bytes()).collect();
     for (i, m) in miners.iter().enumerate().take(2) {
         let hash = precommit_hash(output, &nonces[i]);
-        let (s, v) = miner_call(&node(i + 1), m, &format!("/v1/tasks/{task}/precommit"), json!({"hash": hash})).await;
+        let (s, v) = miner_call(
+            &node(i + 1),
+            m,
+            &format!("/v1/tasks/{task}/precommit"),
+            json!({"hash": hash}),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
     // No reveal before the precommit phase closes.
     let early = json!({"output": b64(output), "nonce": b64(&nonces[0])});
-    let (s, v) = miner_call(&node(2), &miners[0], &format!("/v1/tasks/{task}/commit"), early.clone()).await;
+    let (s, v) = miner_call(
+        &node(2),
+        &miners[0],
+        &format!("/v1/tasks/{task}/commit"),
+        early.clone(),
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     let hash = precommit_hash(output, &nonces[2]);
-    let (s, _) = miner_call(&node(0), &miners[2], &format!("/v1/tasks/{task}/precommit"), json!({"hash": hash})).await;
+    let (s, _) = miner_call(
+        &node(0),
+        &miners[2],
+        &format!("/v1/tasks/{task}/precommit"),
+        json!({"hash": hash}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(state(&read(2).await), "precommitted");
 
-    let (s, v) = miner_call(&node(2), &miners[0], &format!("/v1/tasks/{task}/commit"), early).await;
+    let (s, v) = miner_call(
+        &node(2),
+        &miners[0],
+        &format!("/v1/tasks/{task}/commit"),
+        early,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(state(&read(0).await), "committed");
     let reveal = json!({"output": b64(output), "nonce": b64(&nonces[1])});
-    let (s, v) = miner_call(&node(0), &miners[1], &format!("/v1/tasks/{task}/commit"), reveal).await;
+    let (s, v) = miner_call(
+        &node(0),
+        &miners[1],
+        &format!("/v1/tasks/{task}/commit"),
+        reveal,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "completed");
 
     // The result, from every node's own applied state.
     for i in 0..3 {
-        let v = node(i).task(&task, "?wait=completed&timeout=10s").await.unwrap();
+        let v = node(i)
+            .task(&task, "?wait=completed&timeout=10s")
+            .await
+            .unwrap();
         assert_eq!(v["state"], "completed", "node {i}: {v}");
         assert_eq!(v["result"], b64(output));
         assert!(v["applied_index"].as_u64().unwrap() > 0);
-        let states: Vec<&str> = v["history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
-        assert_eq!(states, ["queued", "acked", "precommitted", "committed", "completed"]);
+        let states: Vec<&str> = v["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            states,
+            ["queued", "acked", "precommitted", "committed", "completed"]
+        );
     }
     // Writes to a completed task are refused.
     let late = json!({"output": b64(output), "nonce": b64(&nonces[2])});
-    let (s, _) = miner_call(&node(1), &miners[2], &format!("/v1/tasks/{task}/commit"), late).await;
+    let (s, _) = miner_call(
+        &node(1),
+        &miners[2],
+        &format!("/v1/tasks/{task}/commit"),
+        late,
+    )
+    .await;
     assert_eq!(s, StatusCode::CONFLICT);
-    let v = node(2).ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
+    let v = node(2)
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
     assert_eq!(v["counts"]["completed"], 1);
 }
 
@@ -118,14 +184,23 @@ async fn a_task_lives_its_whole_life_with_each_write_on_a_different_node() {
 fn expect_error(status: StatusCode, v: &Value, want: StatusCode, code: &str) {
     assert_eq!(status, want, "{v}");
     assert_eq!(v["error"]["code"], code, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_answers_its_status_and_changes_nothing() {
     let cluster = TestCluster::start_with(Options {
         nodes: 3,
-        flags: vec!["--max-payload-bytes=1024".into(), "--max-batch-tasks=5".into(), "--max-body-bytes=65536".into()],
+        flags: vec![
+            "--max-payload-bytes=1024".into(),
+            "--max-batch-tasks=5".into(),
+            "--max-body-bytes=65536".into(),
+        ],
         ..Options::default()
     })
     .await;
@@ -136,9 +211,19 @@ async fn every_error_answers_its_status_and_changes_nothing() {
     let submit = format!("/v1/sessions/{session}/tasks");
 
     // 400: malformed JSON, bad base64, unknown field, bad values.
-    let r = http.post(format!("{url}{submit}")).body("{not json").send().await.unwrap();
+    let r = http
+        .post(format!("{url}{submit}"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     let s = r.status();
-    expect_error(s, &r.json().await.unwrap(), StatusCode::BAD_REQUEST, "invalid");
+    expect_error(
+        s,
+        &r.json().await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid",
+    );
     for body in [
         json!({"payload": "***"}),
         json!({"payload": "aGk=", "colour": "blue"}),
@@ -146,51 +231,134 @@ async fn every_error_answers_its_status_and_changes_nothing() {
         json!({"payload": "aGk=", "idempotency_key": ""}),
         json!({"payload": "aGk=", "priority": 1e10}),
     ] {
-        let (s, v) = c.call(Method::POST, &submit, Some(&body), None).await.unwrap();
+        let (s, v) = c
+            .call(Method::POST, &submit, Some(&body), None)
+            .await
+            .unwrap();
         expect_error(s, &v, StatusCode::BAD_REQUEST, "invalid");
     }
-    for spec in [json!({"redundancy": 0}), json!({"redundancy": 3, "quorum": 4}), json!({"redundancy": 9})] {
-        let (s, v) = c.call(Method::POST, "/v1/sessions", Some(&spec), None).await.unwrap();
+    for spec in [
+        json!({"redundancy": 0}),
+        json!({"redundancy": 3, "quorum": 4}),
+        json!({"redundancy": 9}),
+    ] {
+        let (s, v) = c
+            .call(Method::POST, "/v1/sessions", Some(&spec), None)
+            .await
+            .unwrap();
         expect_error(s, &v, StatusCode::BAD_REQUEST, "invalid");
     }
-    let (s, v) = c.call(Method::GET, "/v1/tasks/t-1?wait=forever", None, None).await.unwrap();
+    let (s, v) = c
+        .call(Method::GET, "/v1/tasks/t-1?wait=forever", None, None)
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::BAD_REQUEST, "invalid");
 
     // 413: payload, batch and body over their limits.
-    let (s, v) = c.call(Method::POST, &submit, Some(&json!({"payload": b64(&[0u8; 1025])})), None).await.unwrap();
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &submit,
+            Some(&json!({"payload": b64(&[0u8; 1025])})),
+            None,
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
     let six: Vec<Value> = (0..6).map(|_| json!({"payload": "aGk="})).collect();
-    let (s, v) = c.call(Method::POST, &format!("{submit}:batch"), Some(&json!({"tasks": six})), None).await.unwrap();
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &format!("{submit}:batch"),
+            Some(&json!({"tasks": six})),
+            None,
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::PAYLOAD_TOO_LARGE, "too_large");
-    let r = http.post(format!("{url}{submit}")).body(vec![b' '; 70_000]).send().await.unwrap();
+    let r = http
+        .post(format!("{url}{submit}"))
+        .body(vec![b' '; 70_000])
+        .send()
+        .await
+        .unwrap();
     let s = r.status();
-    expect_error(s, &r.json().await.unwrap(), StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    expect_error(
+        s,
+        &r.json().await.unwrap(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
 
     // 404: unknown ids and paths.
-    for path in ["/v1/tasks/t-999999", "/v1/tasks/nonsense", "/v1/sessions/s-999", "/v1/nothing-here"] {
+    for path in [
+        "/v1/tasks/t-999999",
+        "/v1/tasks/nonsense",
+        "/v1/sessions/s-999",
+        "/v1/nothing-here",
+    ] {
         let (s, v) = c.call(Method::GET, path, None, None).await.unwrap();
         expect_error(s, &v, StatusCode::NOT_FOUND, "not_found");
     }
-    let (s, v) = c.call(Method::POST, "/v1/sessions/s-999/tasks", Some(&json!({"payload": "aGk="})), None).await.unwrap();
+    let (s, v) = c
+        .call(
+            Method::POST,
+            "/v1/sessions/s-999/tasks",
+            Some(&json!({"payload": "aGk="})),
+            None,
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::NOT_FOUND, "not_found");
 
     // 401 and 403: miner calls without a token, with a bad one, on another miner.
     let a = register(&c, "a").await;
     let b = register(&c, "b").await;
     let task = c.submit(&session, b"x", None).await.unwrap();
-    let (s, v) = c.call(Method::POST, &format!("/v1/tasks/{task}/ack"), Some(&json!({})), None).await.unwrap();
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &format!("/v1/tasks/{task}/ack"),
+            Some(&json!({})),
+            None,
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
-    let (s, v) = c.call(Method::POST, &format!("/v1/tasks/{task}/ack"), Some(&json!({})), Some("sqm_forged")).await.unwrap();
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &format!("/v1/tasks/{task}/ack"),
+            Some(&json!({})),
+            Some("sqm_forged"),
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
-    let (s, v) =
-        c.call(Method::GET, &format!("/v1/miners/{}/assignments", b.id), None, Some(&a.token)).await.unwrap();
+    let (s, v) = c
+        .call(
+            Method::GET,
+            &format!("/v1/miners/{}/assignments", b.id),
+            None,
+            Some(&a.token),
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::FORBIDDEN, "forbidden");
-    let (s, v) =
-        c.call(Method::POST, &format!("/v1/miners/{}/heartbeat", a.id), Some(&json!({})), Some(&b.token)).await.unwrap();
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &format!("/v1/miners/{}/heartbeat", a.id),
+            Some(&json!({})),
+            Some(&b.token),
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::FORBIDDEN, "forbidden");
 
     // 409: illegal transitions, each leaving the task as it was.
-    let holder = c.task(&task, "?consistency=linearizable").await.unwrap()["assignments"][0]["miner_id"]
+    let holder = c.task(&task, "?consistency=linearizable").await.unwrap()["assignments"][0]
+        ["miner_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -200,7 +368,11 @@ async fn every_error_answers_its_status_and_changes_nothing() {
     for (m, path, body) in [
         (other, "ack", json!({})),
         (owner, "precommit", json!({"hash": hash})),
-        (owner, "commit", json!({"output": b64(b"out"), "nonce": b64(b"n")})),
+        (
+            owner,
+            "commit",
+            json!({"output": b64(b"out"), "nonce": b64(b"n")}),
+        ),
     ] {
         let (s, v) = miner_call(&c, m, &format!("/v1/tasks/{task}/{path}"), body).await;
         expect_error(s, &v, StatusCode::CONFLICT, "conflict");
@@ -209,30 +381,83 @@ async fn every_error_answers_its_status_and_changes_nothing() {
     assert_eq!(before["state"], after["state"]);
     assert_eq!(before["assignments"], after["assignments"]);
     // A malformed precommit hash is a 400.
-    let (s, v) = miner_call(&c, owner, &format!("/v1/tasks/{task}/precommit"), json!({"hash": "abc"})).await;
+    let (s, v) = miner_call(
+        &c,
+        owner,
+        &format!("/v1/tasks/{task}/precommit"),
+        json!({"hash": "abc"}),
+    )
+    .await;
     expect_error(s, &v, StatusCode::BAD_REQUEST, "invalid");
 
     // 422: a reveal that does not match its precommit, recorded as rejected.
-    assert_eq!(miner_call(&c, owner, &format!("/v1/tasks/{task}/ack"), json!({})).await.0, StatusCode::OK);
-    assert_eq!(miner_call(&c, owner, &format!("/v1/tasks/{task}/precommit"), json!({"hash": hash})).await.0, StatusCode::OK);
-    let (s, v) =
-        miner_call(&c, owner, &format!("/v1/tasks/{task}/commit"), json!({"output": b64(b"forged"), "nonce": b64(b"n")}))
-            .await;
+    assert_eq!(
+        miner_call(&c, owner, &format!("/v1/tasks/{task}/ack"), json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        miner_call(
+            &c,
+            owner,
+            &format!("/v1/tasks/{task}/precommit"),
+            json!({"hash": hash})
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (s, v) = miner_call(
+        &c,
+        owner,
+        &format!("/v1/tasks/{task}/commit"),
+        json!({"output": b64(b"forged"), "nonce": b64(b"n")}),
+    )
+    .await;
     expect_error(s, &v, StatusCode::UNPROCESSABLE_ENTITY, "reveal_mismatch");
     let v = c.task(&task, "?consistency=linearizable").await.unwrap();
-    let slot = v["assignments"].as_array().unwrap().iter().find(|a| a["miner_id"] == owner.id.as_str()).unwrap().clone();
+    let slot = v["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["miner_id"] == owner.id.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(slot["state"], "rejected", "{v}");
 
     // 409 on a second cancel, after a first one succeeds.
-    assert_eq!(c.call(Method::POST, &format!("/v1/tasks/{task}/cancel"), None, None).await.unwrap().0, StatusCode::OK);
-    let (s, v) = c.call(Method::POST, &format!("/v1/tasks/{task}/cancel"), None, None).await.unwrap();
+    assert_eq!(
+        c.call(
+            Method::POST,
+            &format!("/v1/tasks/{task}/cancel"),
+            None,
+            None
+        )
+        .await
+        .unwrap()
+        .0,
+        StatusCode::OK
+    );
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &format!("/v1/tasks/{task}/cancel"),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::CONFLICT, "conflict");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_guards_user_calls_and_miner_registration() {
-    let cluster =
-        TestCluster::start_with(Options { api_key: Some("k3y-for-tests".into()), ..Options::default() }).await;
+    let cluster = TestCluster::start_with(Options {
+        api_key: Some("k3y-for-tests".into()),
+        ..Options::default()
+    })
+    .await;
     let anonymous = Client::new(&[cluster.api(0)], None);
     for (method, path, body) in [
         (Method::POST, "/v1/sessions", Some(json!({}))),
@@ -240,16 +465,34 @@ async fn an_api_key_guards_user_calls_and_miner_registration() {
         (Method::POST, "/v1/miners", Some(json!({"name": "m"}))),
         (Method::GET, "/metrics", None),
     ] {
-        let (s, v) = anonymous.call(method, path, body.as_ref(), None).await.unwrap();
+        let (s, v) = anonymous
+            .call(method, path, body.as_ref(), None)
+            .await
+            .unwrap();
         expect_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
     }
-    let (s, v) = anonymous.call(Method::POST, "/v1/sessions", Some(&json!({})), Some("wrong")).await.unwrap();
+    let (s, v) = anonymous
+        .call(
+            Method::POST,
+            "/v1/sessions",
+            Some(&json!({})),
+            Some("wrong"),
+        )
+        .await
+        .unwrap();
     expect_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
     // With the key everything works; health needs none.
     let c = cluster.client();
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
     c.submit(&session, b"x", None).await.unwrap();
-    assert_eq!(anonymous.call(Method::GET, "/health", None, None).await.unwrap().0, StatusCode::OK);
+    assert_eq!(
+        anonymous
+            .call(Method::GET, "/health", None, None)
+            .await
+            .unwrap()
+            .0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,11 +500,18 @@ async fn reads_wait_for_completion_and_events_stream_every_transition() {
     let cluster = TestCluster::start(3).await;
     let c = cluster.client_of(2);
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
-    let events = reqwest::Client::new().get(format!("{}/v1/sessions/{session}/events", cluster.url(0))).send().await.unwrap();
+    let events = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/events", cluster.url(0)))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(events.status(), StatusCode::OK);
     let task = c.submit(&session, b"2+2", Some("once")).await.unwrap();
     // The same key again: the same task, nothing new.
-    assert_eq!(c.submit(&session, b"other", Some("once")).await.unwrap(), task);
+    assert_eq!(
+        c.submit(&session, b"other", Some("once")).await.unwrap(),
+        task
+    );
 
     // A router long-polls the result on node 1 while a miner works through node 2.
     let router = cluster.client_of(0);
@@ -271,11 +521,31 @@ async fn reads_wait_for_completion_and_events_stream_every_transition() {
     };
     let m = register(&cluster.client_of(1), "worker").await;
     let m1 = cluster.client_of(1);
-    let v = m1.ok(Method::GET, &format!("/v1/miners/{}/assignments?wait_ms=5000", m.id), None, Some(&m.token)).await.unwrap();
+    let v = m1
+        .ok(
+            Method::GET,
+            &format!("/v1/miners/{}/assignments?wait_ms=5000", m.id),
+            None,
+            Some(&m.token),
+        )
+        .await
+        .unwrap();
     assert_eq!(v["assignments"][0]["task_id"], task.as_str());
     miner_call(&m1, &m, &format!("/v1/tasks/{task}/ack"), json!({})).await;
-    miner_call(&m1, &m, &format!("/v1/tasks/{task}/precommit"), json!({"hash": precommit_hash(b"4", b"n")})).await;
-    let (s, _) = miner_call(&m1, &m, &format!("/v1/tasks/{task}/commit"), json!({"output": b64(b"4"), "nonce": b64(b"n")})).await;
+    miner_call(
+        &m1,
+        &m,
+        &format!("/v1/tasks/{task}/precommit"),
+        json!({"hash": precommit_hash(b"4", b"n")}),
+    )
+    .await;
+    let (s, _) = miner_call(
+        &m1,
+        &m,
+        &format!("/v1/tasks/{task}/commit"),
+        json!({"output": b64(b"4"), "nonce": b64(b"n")}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let v = waiting.await.unwrap().unwrap();
     assert_eq!(v["state"], "completed");
@@ -288,7 +558,11 @@ async fn reads_wait_for_completion_and_events_stream_every_transition() {
     use futures_util::StreamExt;
     let mut buf = String::new();
     while !seen.contains(&"completed".to_string()) && Instant::now() < deadline {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
@@ -299,8 +573,18 @@ async fn reads_wait_for_completion_and_events_stream_every_transition() {
             }
         }
     }
-    for what in ["submitted", "assigned", "acked", "precommitted", "revealed", "completed"] {
-        assert!(seen.contains(&what.to_string()), "{what} missing from {seen:?}");
+    for what in [
+        "submitted",
+        "assigned",
+        "acked",
+        "precommitted",
+        "revealed",
+        "completed",
+    ] {
+        assert!(
+            seen.contains(&what.to_string()),
+            "{what} missing from {seen:?}"
+        );
     }
 }
 
@@ -312,7 +596,11 @@ async fn without_a_quorum_writes_answer_503_with_retry_after() {
         ..Options::default()
     })
     .await;
-    let session = cluster.client().create_session(&session_spec(1, 1)).await.unwrap();
+    let session = cluster
+        .client()
+        .create_session(&session_spec(1, 1))
+        .await
+        .unwrap();
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let survivor = (leader + 1) % 3;
     for i in 0..3 {
@@ -322,7 +610,10 @@ async fn without_a_quorum_writes_answer_503_with_retry_after() {
     }
     let started = Instant::now();
     let r = reqwest::Client::new()
-        .post(format!("{}/v1/sessions/{session}/tasks", cluster.url(survivor)))
+        .post(format!(
+            "{}/v1/sessions/{session}/tasks",
+            cluster.url(survivor)
+        ))
         .json(&json!({"payload": "aGk="}))
         .send()
         .await
@@ -330,17 +621,28 @@ async fn without_a_quorum_writes_answer_503_with_retry_after() {
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.headers().get("retry-after").is_some());
     let v: Value = r.json().await.unwrap();
-    assert!(v["error"]["code"] == "unavailable" || v["error"]["code"] == "outcome_unknown", "{v}");
+    assert!(
+        v["error"]["code"] == "unavailable" || v["error"]["code"] == "outcome_unknown",
+        "{v}"
+    );
     assert!(started.elapsed() < Duration::from_secs(10), "bounded wait");
     // Reads of the survivor's applied state still work.
-    let (s, _) = cluster.client_of(survivor).call(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
+    let (s, _) = cluster
+        .client_of(survivor)
+        .call(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
     assert_eq!(s, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_mid_stream_loses_no_acknowledged_task() {
     let mut cluster = TestCluster::start(3).await;
-    let session = cluster.client().create_session(&session_spec(1, 1)).await.unwrap();
+    let session = cluster
+        .client()
+        .create_session(&session_spec(1, 1))
+        .await
+        .unwrap();
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
 
     // Eight writers, one per node in turn, each retrying with its idempotency key.
@@ -379,7 +681,11 @@ async fn the_leader_killed_mid_stream_loses_no_acknowledged_task() {
     while let Some(done) = writers.join_next().await {
         acknowledged.extend(done.unwrap());
     }
-    assert!(acknowledged.len() > 50, "only {} writes", acknowledged.len());
+    assert!(
+        acknowledged.len() > 50,
+        "only {} writes",
+        acknowledged.len()
+    );
     let ids: BTreeSet<&String> = acknowledged.iter().map(|(_, id)| id).collect();
     assert_eq!(ids.len(), acknowledged.len(), "a key created two tasks");
 
@@ -388,20 +694,35 @@ async fn the_leader_killed_mid_stream_loses_no_acknowledged_task() {
     for &i in &survivors {
         let c = cluster.client_of(i);
         for (key, id) in &acknowledged {
-            let v = c.task(id, "?consistency=linearizable").await.unwrap_or_else(|e| panic!("{id} on node {i}: {e}"));
+            let v = c
+                .task(id, "?consistency=linearizable")
+                .await
+                .unwrap_or_else(|e| panic!("{id} on node {i}: {e}"));
             assert_eq!(v["idempotency_key"], key.as_str());
         }
     }
     // ...and on the killed node once it is back and caught up.
     cluster.restart(leader);
-    let v = cluster.client_of(new_leader).ok(Method::GET, "/v1/cluster?local=true", None, None).await.unwrap();
+    let v = cluster
+        .client_of(new_leader)
+        .ok(Method::GET, "/v1/cluster?local=true", None, None)
+        .await
+        .unwrap();
     let target = v["applied_index"].as_u64().unwrap();
-    cluster.wait_applied(leader, target, Duration::from_secs(30)).await;
+    cluster
+        .wait_applied(leader, target, Duration::from_secs(30))
+        .await;
     let c = cluster.client_of(leader);
     for (_, id) in &acknowledged {
         let v = c.task(id, "").await.unwrap();
         assert_eq!(v["state"], "queued");
     }
-    let v = c.ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
-    assert_eq!(v["submitted_total"].as_u64().unwrap(), acknowledged.len() as u64);
+    let v = c
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        v["submitted_total"].as_u64().unwrap(),
+        acknowledged.len() as u64
+    );
 }

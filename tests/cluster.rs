@@ -12,7 +12,12 @@ use serde_json::{json, Value};
 
 /// A metric's value from a node's Prometheus text.
 async fn metric(cluster: &TestCluster, i: usize, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", cluster.url(i))).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", cluster.url(i)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next())
@@ -33,7 +38,9 @@ async fn concurrent_writes_share_raft_entries() {
         let (c, session) = (c.clone(), session.clone());
         writers.spawn(async move {
             for n in 0..20 {
-                c.submit(&session, format!("{w}-{n}").as_bytes(), None).await.unwrap();
+                c.submit(&session, format!("{w}-{n}").as_bytes(), None)
+                    .await
+                    .unwrap();
             }
         });
     }
@@ -47,7 +54,10 @@ async fn concurrent_writes_share_raft_entries() {
         commands / batches >= 4.0,
         "64 concurrent writers should share entries: {commands} commands in {batches} batches"
     );
-    let v = c.ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
+    let v = c
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
     assert_eq!(v["submitted_total"], 1280);
 }
 
@@ -62,17 +72,31 @@ async fn a_restarted_node_catches_up_from_the_log() {
     cluster.stop(follower);
     let mut ids = Vec::new();
     for n in 0..300 {
-        ids.push(c.submit(&session, format!("while down {n}").as_bytes(), None).await.unwrap());
+        ids.push(
+            c.submit(&session, format!("while down {n}").as_bytes(), None)
+                .await
+                .unwrap(),
+        );
     }
     cluster.restart(follower);
-    let target = c.ok(Method::GET, "/v1/cluster?local=true", None, None).await.unwrap()["applied_index"].as_u64().unwrap();
-    cluster.wait_applied(follower, target, Duration::from_secs(30)).await;
+    let target = c
+        .ok(Method::GET, "/v1/cluster?local=true", None, None)
+        .await
+        .unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    cluster
+        .wait_applied(follower, target, Duration::from_secs(30))
+        .await;
     let f = cluster.client_of(follower);
     for id in ids.iter().chain([&early]) {
         let v = f.task(id, "").await.unwrap();
         assert_eq!(v["session_id"], session.as_str());
     }
-    let v = f.ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
+    let v = f
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
     assert_eq!(v["submitted_total"], 301);
 }
 
@@ -88,21 +112,40 @@ async fn a_wiped_node_readded_is_brought_up_by_snapshot() {
     let victim = (leader + 2) % 3;
     let c = cluster.client_of(leader);
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
-    let first = c.submit(&session, b"the very first", Some("first")).await.unwrap();
+    let first = c
+        .submit(&session, b"the very first", Some("first"))
+        .await
+        .unwrap();
 
     // The victim dies and loses its disk; it is removed from the cluster.
     cluster.kill(victim);
     cluster.wipe(victim);
     let victim_id = cluster.nodes[victim].id;
-    let v = c.ok(Method::DELETE, &format!("/v1/cluster/members/{victim_id}"), None, None).await.unwrap();
+    let v = c
+        .ok(
+            Method::DELETE,
+            &format!("/v1/cluster/members/{victim_id}"),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(v["members"].as_array().unwrap().len(), 2, "{v}");
     // Enough writes, one entry each, for snapshots and purged logs.
     for n in 0..300 {
-        c.submit(&session, format!("n{n}").as_bytes(), None).await.unwrap();
+        c.submit(&session, format!("n{n}").as_bytes(), None)
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let leader_view = c.ok(Method::GET, "/v1/cluster?local=true", None, None).await.unwrap();
-    assert!(leader_view["snapshot_index"].as_u64().unwrap_or(0) > 100, "{leader_view}");
+    let leader_view = c
+        .ok(Method::GET, "/v1/cluster?local=true", None, None)
+        .await
+        .unwrap();
+    assert!(
+        leader_view["snapshot_index"].as_u64().unwrap_or(0) > 100,
+        "{leader_view}"
+    );
 
     // A fresh node joins, through a follower's API (relayed to the leader).
     let fresh = cluster.spawn_new();
@@ -112,22 +155,43 @@ async fn a_wiped_node_readded_is_brought_up_by_snapshot() {
         "peer": format!("127.0.0.1:{}", cluster.nodes[fresh].peer_port),
     });
     let other = (0..3).find(|&i| i != leader && i != victim).unwrap();
-    let v = cluster.client_of(other).ok(Method::POST, "/v1/cluster/members", Some(&body), None).await.unwrap();
+    let v = cluster
+        .client_of(other)
+        .ok(Method::POST, "/v1/cluster/members", Some(&body), None)
+        .await
+        .unwrap();
     assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
-    let target = c.ok(Method::GET, "/v1/cluster?local=true", None, None).await.unwrap()["applied_index"].as_u64().unwrap();
-    cluster.wait_applied(fresh, target, Duration::from_secs(30)).await;
+    let target = c
+        .ok(Method::GET, "/v1/cluster?local=true", None, None)
+        .await
+        .unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    cluster
+        .wait_applied(fresh, target, Duration::from_secs(30))
+        .await;
     let view = cluster.local_view(fresh).await.unwrap();
-    assert!(view["snapshot_index"].as_u64().unwrap_or(0) > 0, "the fresh node got a snapshot: {view}");
+    assert!(
+        view["snapshot_index"].as_u64().unwrap_or(0) > 0,
+        "the fresh node got a snapshot: {view}"
+    );
     let f = cluster.client_of(fresh);
     let v = f.task(&first, "").await.unwrap();
     assert_eq!(v["idempotency_key"], "first");
-    let v = f.ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
+    let v = f
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
     assert_eq!(v["submitted_total"], 301);
     // And it takes part: the cluster still commits with the old leader gone.
     cluster.kill(leader);
     let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
     assert!(new_leader == fresh || new_leader == other);
-    cluster.client_of(fresh).submit(&session, b"after", None).await.unwrap();
+    cluster
+        .client_of(fresh)
+        .submit(&session, b"after", None)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +203,13 @@ async fn the_peer_channel_refuses_requests_without_the_secret() {
     let body = session_queue::codec::encode(&());
     let r = http.post(&url).body(body.clone()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = http.post(&url).header("x-sq-cluster-secret", "guess").body(body.clone()).send().await.unwrap();
+    let r = http
+        .post(&url)
+        .header("x-sq-cluster-secret", "guess")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // The right secret but the wrong node.
     let r = http
@@ -164,13 +234,21 @@ async fn the_peer_channel_refuses_requests_without_the_secret() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "authenticated, then refused as undecodable");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "authenticated, then refused as undecodable"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_status_shows_every_member() {
     let cluster = TestCluster::start(3).await;
-    let v: Value = cluster.client_of(1).ok(Method::GET, "/v1/cluster", None, None).await.unwrap();
+    let v: Value = cluster
+        .client_of(1)
+        .ok(Method::GET, "/v1/cluster", None, None)
+        .await
+        .unwrap();
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 3, "{v}");
     assert!(v["leader"].as_u64().is_some());
@@ -179,6 +257,8 @@ async fn cluster_status_shows_every_member() {
         assert_eq!(m["voter"], true);
         assert!(m["applied_index"].as_u64().is_some());
     }
-    let ready = reqwest::get(format!("{}/ready", cluster.url(2))).await.unwrap();
+    let ready = reqwest::get(format!("{}/ready", cluster.url(2)))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 }

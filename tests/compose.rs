@@ -34,8 +34,13 @@ struct Compose {
 }
 
 fn env_list(name: &str) -> Vec<String> {
-    let v = std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run tests/compose.sh"));
-    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    let v =
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run tests/compose.sh"));
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl Compose {
@@ -44,7 +49,8 @@ impl Compose {
             apis: env_list("SQ_COMPOSE_APIS"),
             containers: env_list("SQ_COMPOSE_CONTAINERS"),
             services: env_list("SQ_COMPOSE_SERVICES"),
-            network: std::env::var("SQ_COMPOSE_NETWORK").expect("SQ_COMPOSE_NETWORK is not set: run tests/compose.sh"),
+            network: std::env::var("SQ_COMPOSE_NETWORK")
+                .expect("SQ_COMPOSE_NETWORK is not set: run tests/compose.sh"),
             api_key: std::env::var("SQ_API_KEY").ok().filter(|k| !k.is_empty()),
             started: Instant::now(),
         };
@@ -55,7 +61,10 @@ impl Compose {
     }
 
     fn log(&self, what: &str) {
-        println!("[compose {:6.1}s] {what}", self.started.elapsed().as_secs_f64());
+        println!(
+            "[compose {:6.1}s] {what}",
+            self.started.elapsed().as_secs_f64()
+        );
     }
 
     /// A client of container `i` only: no failover, so the container itself answers.
@@ -72,8 +81,16 @@ impl Compose {
     /// `docker ARGS`, which must succeed.
     fn docker(&self, args: &[&str]) -> String {
         self.log(&format!("docker {}", args.join(" ")));
-        let out = Command::new("docker").args(args).output().expect("run docker");
-        assert!(out.status.success(), "docker {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("docker")
+            .args(args)
+            .output()
+            .expect("run docker");
+        assert!(
+            out.status.success(),
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -103,7 +120,10 @@ impl Compose {
                     return i;
                 }
             }
-            assert!(Instant::now() < deadline, "no leader agreed by containers {up:?} within {timeout:?}: {last:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no leader agreed by containers {up:?} within {timeout:?}: {last:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -124,10 +144,18 @@ impl Compose {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.local_view(i).await;
-            if v.as_ref().and_then(|v| v["applied_index"].as_u64()).unwrap_or(0) >= index {
+            if v.as_ref()
+                .and_then(|v| v["applied_index"].as_u64())
+                .unwrap_or(0)
+                >= index
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "container {} did not apply {index} within {timeout:?}: {v:?}", i + 1);
+            assert!(
+                Instant::now() < deadline,
+                "container {} did not apply {index} within {timeout:?}: {v:?}",
+                i + 1
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -163,20 +191,46 @@ async fn task_life(cluster: &Compose, i: usize) {
         "redundancy": 3, "quorum": 2, "max_nodes": 3,
         "ack_timeout_ms": 30000, "precommit_timeout_ms": 30000, "commit_timeout_ms": 30000,
     });
-    let session = expect(&c, Method::POST, "/v1/sessions", Some(spec), None, StatusCode::CREATED).await["id"]
+    let session = expect(
+        &c,
+        Method::POST,
+        "/v1/sessions",
+        Some(spec),
+        None,
+        StatusCode::CREATED,
+    )
+    .await["id"]
         .as_str()
         .expect("session id")
         .to_string();
     let mut miners = Vec::new();
     for n in 0..3 {
         let body = json!({"name": format!("c{}-m{n}", i + 1), "capacity": 1});
-        let v = expect(&c, Method::POST, "/v1/miners", Some(body), None, StatusCode::CREATED).await;
-        miners.push((v["miner_id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string()));
+        let v = expect(
+            &c,
+            Method::POST,
+            "/v1/miners",
+            Some(body),
+            None,
+            StatusCode::CREATED,
+        )
+        .await;
+        miners.push((
+            v["miner_id"].as_str().unwrap().to_string(),
+            v["token"].as_str().unwrap().to_string(),
+        ));
     }
     let payload = format!("container {}: what is 6 x 7?", i + 1);
     let body = json!({"payload": b64(payload.as_bytes())});
-    let v =
-        expect(&c, Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(body), None, StatusCode::CREATED).await;
+    let v = expect(
+        &c,
+        Method::POST,
+        &format!("/v1/sessions/{session}/tasks"),
+        Some(body),
+        None,
+        StatusCode::CREATED,
+    )
+    .await;
     let task = v["task_id"].as_str().unwrap().to_string();
 
     // Each miner finds the task in its assignments, and acknowledges it.
@@ -189,7 +243,15 @@ async fn task_life(cluster: &Compose, i: usize) {
         assert_eq!(list[0]["payload"], b64(payload.as_bytes()), "{v}");
     }
     for (_, token) in &miners {
-        expect(&c, Method::POST, &format!("/v1/tasks/{task}/ack"), Some(json!({})), Some(token), StatusCode::OK).await;
+        expect(
+            &c,
+            Method::POST,
+            &format!("/v1/tasks/{task}/ack"),
+            Some(json!({})),
+            Some(token),
+            StatusCode::OK,
+        )
+        .await;
     }
     let read = |q: &'static str| {
         let (c, task) = (c.clone(), task.clone());
@@ -203,28 +265,70 @@ async fn task_life(cluster: &Compose, i: usize) {
     for (n, (_, token)) in miners.iter().enumerate() {
         let hash = precommit_hash(output.as_bytes(), format!("nonce-{n}").as_bytes());
         let path = format!("/v1/tasks/{task}/precommit");
-        expect(&c, Method::POST, &path, Some(json!({"hash": hash})), Some(token), StatusCode::OK).await;
+        expect(
+            &c,
+            Method::POST,
+            &path,
+            Some(json!({"hash": hash})),
+            Some(token),
+            StatusCode::OK,
+        )
+        .await;
     }
-    assert_eq!(read("?consistency=linearizable").await["state"], "precommitted");
+    assert_eq!(
+        read("?consistency=linearizable").await["state"],
+        "precommitted"
+    );
     for (n, (_, token)) in miners.iter().enumerate().take(2) {
         let body = json!({"output": b64(output.as_bytes()), "nonce": b64(format!("nonce-{n}").as_bytes())});
-        expect(&c, Method::POST, &format!("/v1/tasks/{task}/commit"), Some(body), Some(token), StatusCode::OK).await;
+        expect(
+            &c,
+            Method::POST,
+            &format!("/v1/tasks/{task}/commit"),
+            Some(body),
+            Some(token),
+            StatusCode::OK,
+        )
+        .await;
     }
-    assert_eq!(read("?consistency=linearizable").await["state"], "completed");
+    assert_eq!(
+        read("?consistency=linearizable").await["state"],
+        "completed"
+    );
 
     // The result, from every container.
     for j in 0..3 {
-        let v = cluster.client_of(j).task(&task, "?wait=completed&timeout=20s").await.expect("read result");
+        let v = cluster
+            .client_of(j)
+            .task(&task, "?wait=completed&timeout=20s")
+            .await
+            .expect("read result");
         assert_eq!(v["state"], "completed", "container {}: {v}", j + 1);
-        assert_eq!(v["result"], b64(output.as_bytes()), "container {}: {v}", j + 1);
+        assert_eq!(
+            v["result"],
+            b64(output.as_bytes()),
+            "container {}: {v}",
+            j + 1
+        );
     }
 
     // Tidy up: the miners leave, the session closes.
     for (id, token) in &miners {
-        expect(&c, Method::DELETE, &format!("/v1/miners/{id}"), None, Some(token), StatusCode::OK).await;
+        expect(
+            &c,
+            Method::DELETE,
+            &format!("/v1/miners/{id}"),
+            None,
+            Some(token),
+            StatusCode::OK,
+        )
+        .await;
     }
     close(&c, &session).await;
-    cluster.log(&format!("container {}: task {task} went queued → completed; result read from all three", i + 1));
+    cluster.log(&format!(
+        "container {}: task {task} went queued → completed; result read from all three",
+        i + 1
+    ));
 }
 
 /// Acknowledged submits: (idempotency key, task id).
@@ -241,11 +345,16 @@ async fn submit(c: &Client, session: &str, key: &str, budget: Duration) -> Resul
         let call = c.call(Method::POST, &path, Some(&body), None);
         match tokio::time::timeout(Duration::from_secs(30), call).await {
             Ok(Ok((status, v))) if status.is_success() => {
-                return v["task_id"].as_str().map(str::to_string).ok_or_else(|| format!("no task_id: {v}"));
+                return v["task_id"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("no task_id: {v}"));
             }
             // 503: unavailable (nothing written) or outcome unknown; the same key
             // makes the retry safe either way.
-            Ok(Ok((status, v))) if status == StatusCode::SERVICE_UNAVAILABLE => last = format!("503 {v}"),
+            Ok(Ok((status, v))) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                last = format!("503 {v}")
+            }
             Ok(Ok((status, v))) => return Err(format!("{status}: {v}")),
             Ok(Err(ClientError::Unreachable(e))) => last = e,
             Ok(Err(e)) => return Err(e.to_string()),
@@ -289,7 +398,12 @@ fn start_writer(c: Client, session: String, prefix: String, acked: Acked) -> Wri
         }
         failures
     });
-    Writer { stop, count, longest_ms, handle }
+    Writer {
+        stop,
+        count,
+        longest_ms,
+        handle,
+    }
 }
 
 impl Writer {
@@ -298,7 +412,10 @@ impl Writer {
         let target = self.count.load(Ordering::Relaxed) + more;
         let deadline = Instant::now() + timeout;
         while self.count.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "{what}: fewer than {more} submits acknowledged within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: fewer than {more} submits acknowledged within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         cluster.log(&format!("{what}: {more} more submits acknowledged"));
@@ -306,8 +423,10 @@ impl Writer {
 
     async fn finish(self, cluster: &Compose, what: &str) -> Vec<String> {
         self.stop.store(true, Ordering::Relaxed);
-        let failures =
-            tokio::time::timeout(Duration::from_secs(60), self.handle).await.expect("writer stops").expect("writer");
+        let failures = tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("writer stops")
+            .expect("writer");
         cluster.log(&format!(
             "{what}: the writer had {} submits acknowledged; the longest took {} ms",
             self.count.load(Ordering::Relaxed),
@@ -324,25 +443,44 @@ async fn check_acked(cluster: &Compose, i: usize, session: &str, acked: &Acked, 
     // A follower may lag what the leader acknowledged: wait until it applied as much
     // as any node that answers (a node cut off cannot have applied more).
     let target = cluster.applied(&[0, 1, 2]).await;
-    cluster.wait_applied(i, target, Duration::from_secs(30)).await;
+    cluster
+        .wait_applied(i, target, Duration::from_secs(30))
+        .await;
     let c = cluster.client_of(i);
     for (key, id) in &acked {
-        let v =
-            c.task(id, "").await.unwrap_or_else(|e| panic!("container {}: acknowledged task {id} ({key}): {e}", i + 1));
-        assert_eq!(v["idempotency_key"], key.as_str(), "container {}: {v}", i + 1);
+        let v = c
+            .task(id, "")
+            .await
+            .unwrap_or_else(|e| panic!("container {}: acknowledged task {id} ({key}): {e}", i + 1));
+        assert_eq!(
+            v["idempotency_key"],
+            key.as_str(),
+            "container {}: {v}",
+            i + 1
+        );
         assert_eq!(v["session_id"], session, "container {}: {v}", i + 1);
     }
     if resubmit {
         for (key, id) in &acked {
             let body = json!({"payload": b64(key.as_bytes()), "idempotency_key": key});
-            let v =
-                expect(&c, Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(body), None, StatusCode::OK)
-                    .await;
+            let v = expect(
+                &c,
+                Method::POST,
+                &format!("/v1/sessions/{session}/tasks"),
+                Some(body),
+                None,
+                StatusCode::OK,
+            )
+            .await;
             assert_eq!(v["task_id"], id.as_str(), "resubmitted {key}: {v}");
             assert_eq!(v["created"], false, "resubmitted {key}: {v}");
         }
     }
-    cluster.log(&format!("container {}: all {} acknowledged tasks present", i + 1, acked.len()));
+    cluster.log(&format!(
+        "container {}: all {} acknowledged tasks present",
+        i + 1,
+        acked.len()
+    ));
 }
 
 fn session_for_writes() -> Value {
@@ -358,34 +496,67 @@ async fn leader_down(cluster: &Compose, how: &str) {
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
     cluster.log(&format!("{how}: the leader is container {}", leader + 1));
     let c = cluster.client_of_all(&survivors);
-    let session = c.create_session(&session_for_writes()).await.expect("session");
+    let session = c
+        .create_session(&session_for_writes())
+        .await
+        .expect("session");
     let acked: Acked = Arc::default();
 
     // Before: submits through every container, the leader included.
     for n in 0..30 {
         let key = format!("{how}-before-{n}");
-        let id =
-            submit(&cluster.client_of(n % 3), &session, &key, Duration::from_secs(20)).await.expect("submit before");
+        let id = submit(
+            &cluster.client_of(n % 3),
+            &session,
+            &key,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("submit before");
         acked.lock().unwrap().push((key, id));
     }
     // During: a writer through the survivors only.
-    let writer = start_writer(c.clone(), session.clone(), format!("{how}-during"), acked.clone());
-    writer.wait_for(cluster, 10, Duration::from_secs(30), &format!("{how}: before the fault")).await;
+    let writer = start_writer(
+        c.clone(),
+        session.clone(),
+        format!("{how}-during"),
+        acked.clone(),
+    );
+    writer
+        .wait_for(
+            cluster,
+            10,
+            Duration::from_secs(30),
+            &format!("{how}: before the fault"),
+        )
+        .await;
     let down = Instant::now();
     match how {
         "stop" => cluster.docker(&["stop", "-t", "20", &cluster.containers[leader]]),
         "kill" => cluster.docker(&["kill", &cluster.containers[leader]]),
         _ => unreachable!(),
     };
-    let new_leader = cluster.wait_leader(&survivors, Duration::from_secs(30)).await;
+    let new_leader = cluster
+        .wait_leader(&survivors, Duration::from_secs(30))
+        .await;
     cluster.log(&format!(
         "{how}: container {} leads {:.1}s after the fault",
         new_leader + 1,
         down.elapsed().as_secs_f64()
     ));
-    writer.wait_for(cluster, 30, Duration::from_secs(45), &format!("{how}: with the leader down")).await;
+    writer
+        .wait_for(
+            cluster,
+            30,
+            Duration::from_secs(45),
+            &format!("{how}: with the leader down"),
+        )
+        .await;
     let failures = writer.finish(cluster, how).await;
-    assert!(failures.is_empty(), "{how}: submits never acknowledged: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "{how}: submits never acknowledged: {failures:?}"
+    );
 
     for &i in &survivors {
         check_acked(cluster, i, &session, &acked, i == new_leader).await;
@@ -394,20 +565,38 @@ async fn leader_down(cluster: &Compose, how: &str) {
     // Back: the container restarts on its volume and catches up.
     let target = cluster.applied(&survivors).await;
     cluster.docker(&["start", &cluster.containers[leader]]);
-    cluster.wait_applied(leader, target, Duration::from_secs(60)).await;
+    cluster
+        .wait_applied(leader, target, Duration::from_secs(60))
+        .await;
     cluster.wait_leader(&all, Duration::from_secs(30)).await;
-    cluster.log(&format!("{how}: container {} is back and applied index {target}", leader + 1));
+    cluster.log(&format!(
+        "{how}: container {} is back and applied index {target}",
+        leader + 1
+    ));
     check_acked(cluster, leader, &session, &acked, false).await;
     // And it serves writes again (forwarded if it no longer leads).
-    submit(&cluster.client_of(leader), &session, &format!("{how}-after"), Duration::from_secs(20))
-        .await
-        .expect("a write through the restarted container");
+    submit(
+        &cluster.client_of(leader),
+        &session,
+        &format!("{how}-after"),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("a write through the restarted container");
     close(&cluster.client_of(leader), &session).await;
 }
 
 /// Closes a session of queued tasks, so later sessions get the miners.
 async fn close(c: &Client, session: &str) {
-    expect(c, Method::POST, &format!("/v1/sessions/{session}/close"), Some(json!({})), None, StatusCode::OK).await;
+    expect(
+        c,
+        Method::POST,
+        &format!("/v1/sessions/{session}/close"),
+        Some(json!({})),
+        None,
+        StatusCode::OK,
+    )
+    .await;
 }
 
 /// Container `cut` loses its network while a writer submits through the other two,
@@ -417,32 +606,78 @@ async fn network_cut(cluster: &Compose, cut: usize) {
     let all = [0, 1, 2];
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != cut).collect();
     let c = cluster.client_of_all(&rest);
-    let session = c.create_session(&session_for_writes()).await.expect("session");
+    let session = c
+        .create_session(&session_for_writes())
+        .await
+        .expect("session");
     let acked: Acked = Arc::default();
     for n in 0..30 {
         let key = format!("cut-before-{n}");
-        let id =
-            submit(&cluster.client_of(n % 3), &session, &key, Duration::from_secs(20)).await.expect("submit before");
+        let id = submit(
+            &cluster.client_of(n % 3),
+            &session,
+            &key,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("submit before");
         acked.lock().unwrap().push((key, id));
     }
-    let writer = start_writer(c.clone(), session.clone(), "cut-during".into(), acked.clone());
-    writer.wait_for(cluster, 10, Duration::from_secs(30), "cut: before the fault").await;
+    let writer = start_writer(
+        c.clone(),
+        session.clone(),
+        "cut-during".into(),
+        acked.clone(),
+    );
+    writer
+        .wait_for(
+            cluster,
+            10,
+            Duration::from_secs(30),
+            "cut: before the fault",
+        )
+        .await;
 
     let cut_at = Instant::now();
-    cluster.docker(&["network", "disconnect", &cluster.network, &cluster.containers[cut]]);
+    cluster.docker(&[
+        "network",
+        "disconnect",
+        &cluster.network,
+        &cluster.containers[cut],
+    ]);
     let leader = cluster.wait_leader(&rest, Duration::from_secs(30)).await;
     cluster.log(&format!(
         "cut: container {} leads the other two {:.1}s after the cut",
         leader + 1,
         cut_at.elapsed().as_secs_f64()
     ));
-    writer.wait_for(cluster, 30, Duration::from_secs(45), "cut: with one container off the network").await;
+    writer
+        .wait_for(
+            cluster,
+            30,
+            Duration::from_secs(45),
+            "cut: with one container off the network",
+        )
+        .await;
     // The rest see the cut one as unreachable.
-    let v = cluster.client_of(leader).ok(Method::GET, "/v1/cluster", None, None).await.expect("cluster status");
-    let member = v["members"].as_array().unwrap().iter().find(|m| m["id"] == cut as u64 + 1).cloned().unwrap();
+    let v = cluster
+        .client_of(leader)
+        .ok(Method::GET, "/v1/cluster", None, None)
+        .await
+        .expect("cluster status");
+    let member = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == cut as u64 + 1)
+        .cloned()
+        .unwrap();
     assert_eq!(member["reachable"], false, "the cut container answers: {v}");
     let failures = writer.finish(cluster, "cut").await;
-    assert!(failures.is_empty(), "cut: submits never acknowledged: {failures:?}");
+    assert!(
+        failures.is_empty(),
+        "cut: submits never acknowledged: {failures:?}"
+    );
     for &i in &rest {
         check_acked(cluster, i, &session, &acked, i == leader).await;
     }
@@ -456,13 +691,23 @@ async fn network_cut(cluster: &Compose, cut: usize) {
         &cluster.network,
         &cluster.containers[cut],
     ]);
-    cluster.wait_applied(cut, target, Duration::from_secs(60)).await;
+    cluster
+        .wait_applied(cut, target, Duration::from_secs(60))
+        .await;
     cluster.wait_leader(&all, Duration::from_secs(30)).await;
-    cluster.log(&format!("cut: container {} reconnected and applied index {target}", cut + 1));
+    cluster.log(&format!(
+        "cut: container {} reconnected and applied index {target}",
+        cut + 1
+    ));
     check_acked(cluster, cut, &session, &acked, false).await;
-    submit(&cluster.client_of(cut), &session, "cut-after", Duration::from_secs(20))
-        .await
-        .expect("a write through the reconnected container");
+    submit(
+        &cluster.client_of(cut),
+        &session,
+        "cut-after",
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("a write through the reconnected container");
     close(&cluster.client_of(cut), &session).await;
 }
 
@@ -472,13 +717,24 @@ async fn converged(cluster: &Compose) {
     loop {
         let mut views = Vec::new();
         for i in 0..3 {
-            views.push(cluster.local_view(i).await.map(|v| v["applied_index"].clone()));
+            views.push(
+                cluster
+                    .local_view(i)
+                    .await
+                    .map(|v| v["applied_index"].clone()),
+            );
         }
         if views.iter().all(|v| v.is_some() && *v == views[0]) {
-            cluster.log(&format!("all three applied index {}", views[0].as_ref().unwrap()));
+            cluster.log(&format!(
+                "all three applied index {}",
+                views[0].as_ref().unwrap()
+            ));
             return;
         }
-        assert!(Instant::now() < deadline, "the containers did not converge: {views:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the containers did not converge: {views:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -487,11 +743,17 @@ async fn converged(cluster: &Compose) {
 #[ignore = "needs the compose cluster that tests/compose.sh starts"]
 async fn the_compose_cluster_serves_and_survives_container_faults() {
     let cluster = Compose::from_env();
-    cluster.wait_leader(&[0, 1, 2], Duration::from_secs(60)).await;
+    cluster
+        .wait_leader(&[0, 1, 2], Duration::from_secs(60))
+        .await;
     // Each published port reaches the container it should.
     for i in 0..3 {
-        let v =
-            reqwest::get(format!("http://{}/health", cluster.apis[i])).await.unwrap().json::<Value>().await.unwrap();
+        let v = reqwest::get(format!("http://{}/health", cluster.apis[i]))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
         assert_eq!(v["id"], i as u64 + 1, "{} answers as {v}", cluster.apis[i]);
     }
     for i in 0..3 {
@@ -499,10 +761,14 @@ async fn the_compose_cluster_serves_and_survives_container_faults() {
     }
     leader_down(&cluster, "stop").await;
     leader_down(&cluster, "kill").await;
-    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(30)).await;
+    let leader = cluster
+        .wait_leader(&[0, 1, 2], Duration::from_secs(30))
+        .await;
     network_cut(&cluster, leader).await;
     // A follower cut off too.
-    let leader = cluster.wait_leader(&[0, 1, 2], Duration::from_secs(30)).await;
+    let leader = cluster
+        .wait_leader(&[0, 1, 2], Duration::from_secs(30))
+        .await;
     network_cut(&cluster, (leader + 1) % 3).await;
     converged(&cluster).await;
     // A task's whole life again, on the cluster after every fault.

@@ -37,10 +37,18 @@ struct Run {
 /// the output is what an operator sees.
 fn start_on(cluster: &TestCluster, id: u64, data_dir: &Path, extra: &[&str]) -> Run {
     // Two ports free at once (held together, so they differ).
-    let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    let listeners: Vec<_> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
     drop(listeners);
-    let log = cluster.dir.path().join(format!("start-on-{}.log", rand::random::<u32>()));
+    let log = cluster
+        .dir
+        .path()
+        .join(format!("start-on-{}.log", rand::random::<u32>()));
     let file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(binary())
         .args(["node", "--id", &id.to_string()])
@@ -79,12 +87,24 @@ fn start_on(cluster: &TestCluster, id: u64, data_dir: &Path, extra: &[&str]) -> 
 /// Asserts the node refused to start, saying `expected` (case-insensitive), without
 /// a panic.
 fn assert_refused(run: &Run, case: &str, expected: &[&str]) {
-    assert!(run.code.is_some(), "{case}: the node started anyway:\n{}", run.output);
+    assert!(
+        run.code.is_some(),
+        "{case}: the node started anyway:\n{}",
+        run.output
+    );
     assert_ne!(run.code, Some(0), "{case}: exit status 0:\n{}", run.output);
-    assert!(!run.output.contains("panicked"), "{case}: a panic, not a clear refusal:\n{}", run.output);
+    assert!(
+        !run.output.contains("panicked"),
+        "{case}: a panic, not a clear refusal:\n{}",
+        run.output
+    );
     let lower = run.output.to_lowercase();
     for e in expected {
-        assert!(lower.contains(&e.to_lowercase()), "{case}: the message does not say {e:?}:\n{}", run.output);
+        assert!(
+            lower.contains(&e.to_lowercase()),
+            "{case}: the message does not say {e:?}:\n{}",
+            run.output
+        );
     }
 }
 
@@ -121,7 +141,12 @@ fn garble(path: &Path, offset: u64, len: usize) {
 }
 
 fn truncate(path: &Path, len: u64) {
-    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 }
 
 /// A few tasks, so the stores have something in them.
@@ -130,7 +155,15 @@ async fn write_some(cluster: &TestCluster, n: usize) -> (String, Vec<String>) {
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(c.submit(&session, format!("task {i}").as_bytes(), Some(&format!("k-{i}"))).await.unwrap());
+        ids.push(
+            c.submit(
+                &session,
+                format!("task {i}").as_bytes(),
+                Some(&format!("k-{i}")),
+            )
+            .await
+            .unwrap(),
+        );
     }
     (session, ids)
 }
@@ -145,16 +178,28 @@ async fn a_node_refuses_a_data_directory_that_is_not_its_own() {
     let dir = |i: usize| cluster.nodes[i].data_dir.clone();
 
     let run = start_on(&cluster, 1, &dir(1), &[]);
-    assert_refused(&run, "node 1 on node 2's directory", &["belongs to node 2", "refusing to start"]);
+    assert_refused(
+        &run,
+        "node 1 on node 2's directory",
+        &["belongs to node 2", "refusing to start"],
+    );
 
     let run = start_on(&cluster, 1, &dir(0), &["--cluster-name", "another-cluster"]);
-    assert_refused(&run, "another cluster's directory", &["another-cluster", "refusing to start"]);
+    assert_refused(
+        &run,
+        "another cluster's directory",
+        &["another-cluster", "refusing to start"],
+    );
 
     let stranger = cluster.dir.path().join("stranger");
     std::fs::create_dir_all(&stranger).unwrap();
     std::fs::write(stranger.join("notes.txt"), "not a node's").unwrap();
     let run = start_on(&cluster, 1, &stranger, &[]);
-    assert_refused(&run, "a directory that is not a node's", &["not a Session Queue data directory"]);
+    assert_refused(
+        &run,
+        "a directory that is not a node's",
+        &["not a Session Queue data directory"],
+    );
 
     let garbled = cluster.dir.path().join("garbled-identity");
     copy_dir(&dir(0), &garbled);
@@ -169,7 +214,10 @@ async fn a_node_refuses_a_data_directory_that_is_not_its_own() {
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     let c = cluster.client();
     for id in &ids {
-        assert_eq!(c.task(id, "?consistency=linearizable").await.unwrap()["session_id"], session.as_str());
+        assert_eq!(
+            c.task(id, "?consistency=linearizable").await.unwrap()["session_id"],
+            session.as_str()
+        );
     }
 }
 
@@ -197,54 +245,95 @@ async fn a_node_refuses_a_corrupted_store() {
     copy_dir(&cluster.nodes[1].data_dir, &clean);
     let n = std::sync::atomic::AtomicUsize::new(0);
     let fresh = |template: &Path| {
-        let dir = cluster.dir.path().join(format!("case-{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let dir = cluster.dir.path().join(format!(
+            "case-{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         copy_dir(template, &dir);
         dir
     };
 
     let dir = fresh(&clean);
-    let manifest = files_with(&dir.join("db"), |n| n.starts_with("MANIFEST-")).pop().unwrap();
+    let manifest = files_with(&dir.join("db"), |n| n.starts_with("MANIFEST-"))
+        .pop()
+        .unwrap();
     truncate(&manifest, 40);
-    assert_refused(&start_on(&cluster, 2, &dir, &[]), "a truncated MANIFEST", &["corrupt", "MANIFEST"]);
+    assert_refused(
+        &start_on(&cluster, 2, &dir, &[]),
+        "a truncated MANIFEST",
+        &["corrupt", "MANIFEST"],
+    );
 
     let dir = fresh(&clean);
     std::fs::write(dir.join("db").join("CURRENT"), "MANIFEST-424242\n").unwrap();
-    assert_refused(&start_on(&cluster, 2, &dir, &[]), "CURRENT naming a missing MANIFEST", &["MANIFEST-424242"]);
+    assert_refused(
+        &start_on(&cluster, 2, &dir, &[]),
+        "CURRENT naming a missing MANIFEST",
+        &["MANIFEST-424242"],
+    );
 
     let tables = files_with(&clean.join("db"), |n| n.ends_with(".sst"));
-    assert!(tables.len() >= 3, "expected a table file per column family: {tables:?}");
+    assert!(
+        tables.len() >= 3,
+        "expected a table file per column family: {tables:?}"
+    );
     for table in &tables {
         let name = table.file_name().unwrap().to_owned();
         let dir = fresh(&clean);
         let len = std::fs::metadata(dir.join("db").join(&name)).unwrap().len();
         truncate(&dir.join("db").join(&name), len / 2);
-        assert_refused(&start_on(&cluster, 2, &dir, &[]), &format!("truncated {name:?}"), &["corrupt"]);
+        assert_refused(
+            &start_on(&cluster, 2, &dir, &[]),
+            &format!("truncated {name:?}"),
+            &["corrupt"],
+        );
 
         // Garbage in the first data block: caught by its checksum when read at start.
         let dir = fresh(&clean);
         garble(&dir.join("db").join(&name), 16, 32);
-        assert_refused(&start_on(&cluster, 2, &dir, &[]), &format!("garbled {name:?}"), &["corrupt"]);
+        assert_refused(
+            &start_on(&cluster, 2, &dir, &[]),
+            &format!("garbled {name:?}"),
+            &["corrupt"],
+        );
     }
 
     // The crashed node's write-ahead log, damaged in the middle: RocksDB's default
     // recovery would drop everything after the damage and start; the node refuses.
     let dir = fresh(&crashed);
-    let wal = files_with(&dir.join("db"), |n| n.ends_with(".log")).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let wal = files_with(&dir.join("db"), |n| n.ends_with(".log"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
     let len = std::fs::metadata(&wal).unwrap().len();
-    assert!(len > 4096, "the crashed node's WAL should hold its newest entries ({len} bytes)");
+    assert!(
+        len > 4096,
+        "the crashed node's WAL should hold its newest entries ({len} bytes)"
+    );
     garble(&wal, len / 2, 64);
-    assert_refused(&start_on(&cluster, 3, &dir, &[]), "a garbled write-ahead log", &["corrupt"]);
+    assert_refused(
+        &start_on(&cluster, 3, &dir, &[]),
+        "a garbled write-ahead log",
+        &["corrupt"],
+    );
 
     // The real nodes, on the stores the damaged copies were made from, start and
     // catch up.
     cluster.restart(1);
     cluster.restart(2);
     let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let target = cluster.local_view(leader).await.unwrap()["applied_index"].as_u64().unwrap();
-    cluster.wait_applied(2, target, Duration::from_secs(30)).await;
+    let target = cluster.local_view(leader).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    cluster
+        .wait_applied(2, target, Duration::from_secs(30))
+        .await;
     let c = cluster.client_of(2);
     for id in &ids {
-        assert_eq!(c.task(id, "").await.unwrap()["session_id"], session.as_str());
+        assert_eq!(
+            c.task(id, "").await.unwrap()["session_id"],
+            session.as_str()
+        );
     }
 }
 
@@ -268,7 +357,9 @@ impl Tmpfs {
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
         }
-        Ok(Tmpfs { dir: dir.to_path_buf() })
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Fills the file system; returns the filler file.
@@ -300,7 +391,12 @@ fn big_payload(i: usize) -> serde_json::Value {
 }
 
 /// Sends `body` to node `i` with a deadline; the status, or `None` when no answer.
-async fn submit_to(cluster: &TestCluster, i: usize, session: &str, body: &serde_json::Value) -> Option<(StatusCode, serde_json::Value)> {
+async fn submit_to(
+    cluster: &TestCluster,
+    i: usize,
+    session: &str,
+    body: &serde_json::Value,
+) -> Option<(StatusCode, serde_json::Value)> {
     let c = cluster.client_of(i);
     let path = format!("/v1/sessions/{session}/tasks");
     let call = c.call(Method::POST, &path, Some(body), None);
@@ -312,7 +408,10 @@ async fn submit_to(cluster: &TestCluster, i: usize, session: &str, body: &serde_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
-    let root = tempfile::Builder::new().prefix("sq-disk-").tempdir().unwrap();
+    let root = tempfile::Builder::new()
+        .prefix("sq-disk-")
+        .tempdir()
+        .unwrap();
     let fs = match Tmpfs::mount(&root.path().join("fs"), 400) {
         Ok(fs) => fs,
         Err(e) => {
@@ -320,14 +419,23 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
             return;
         }
     };
-    let mut cluster = TestCluster::start_with(Options { data_root: Some(fs.dir.clone()), ..Options::default() }).await;
+    let mut cluster = TestCluster::start_with(Options {
+        data_root: Some(fs.dir.clone()),
+        ..Options::default()
+    })
+    .await;
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     let c = cluster.client();
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
     let mut acknowledged: Vec<(String, String)> = Vec::new();
     for i in 0..20 {
         let key = format!("before-{i}");
-        acknowledged.push((key.clone(), c.submit(&session, key.as_bytes(), Some(&key)).await.unwrap()));
+        acknowledged.push((
+            key.clone(),
+            c.submit(&session, key.as_bytes(), Some(&key))
+                .await
+                .unwrap(),
+        ));
     }
 
     // The disk fills up. RocksDB has preallocated some write-ahead log, so writes go
@@ -340,16 +448,27 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
     let mut i = 0;
     let deadline = Instant::now() + Duration::from_secs(240);
     while (0..3).filter(|&n| cluster.is_running(n)).count() >= 2 {
-        assert!(Instant::now() < deadline && i < 1000, "the nodes never stopped on the full disk; logs:\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline && i < 1000,
+            "the nodes never stopped on the full disk; logs:\n{}",
+            cluster.logs()
+        );
         let node = i % 3;
         if cluster.is_running(node) {
             match submit_to(&cluster, node, &session, &big_payload(i)).await {
-                Some((status, v)) if status.is_success() => {
-                    acknowledged.push((format!("big-{i}"), v["task_id"].as_str().unwrap().to_string()))
-                }
+                Some((status, v)) if status.is_success() => acknowledged.push((
+                    format!("big-{i}"),
+                    v["task_id"].as_str().unwrap().to_string(),
+                )),
                 Some((status, v)) => {
-                    assert!(status.is_server_error(), "a write on a full disk answered {status}: {v}");
-                    refused.push((format!("big-{i}"), v["error"]["code"].as_str().unwrap_or_default().to_string()));
+                    assert!(
+                        status.is_server_error(),
+                        "a write on a full disk answered {status}: {v}"
+                    );
+                    refused.push((
+                        format!("big-{i}"),
+                        v["error"]["code"].as_str().unwrap_or_default().to_string(),
+                    ));
                 }
                 None => refused.push((format!("big-{i}"), String::new())),
             }
@@ -360,11 +479,18 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
         i += 1;
     }
     assert!(!refused.is_empty(), "no write was refused on the full disk");
-    eprintln!("{} writes acknowledged, refused: {refused:?}", acknowledged.len());
+    eprintln!(
+        "{} writes acknowledged, refused: {refused:?}",
+        acknowledged.len()
+    );
     let exited: Vec<usize> = (0..3).filter(|&n| !cluster.is_running(n)).collect();
     for &n in &exited {
         let log = std::fs::read_to_string(&cluster.nodes[n].log).unwrap();
-        assert!(log.contains("No space left on device"), "node {} exited without saying why:\n{log}", n + 1);
+        assert!(
+            log.contains("No space left on device"),
+            "node {} exited without saying why:\n{log}",
+            n + 1
+        );
         assert!(!log.contains("panicked"), "node {} panicked:\n{log}", n + 1);
     }
 
@@ -383,23 +509,46 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
     // `unavailable` ("nothing was written") must not have been; new writes succeed.
     for (key, code) in &refused {
         let body = json!({"payload": b64(b"again"), "idempotency_key": key});
-        let v = c.ok(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None).await.unwrap();
+        let v = c
+            .ok(
+                Method::POST,
+                &format!("/v1/sessions/{session}/tasks"),
+                Some(&body),
+                None,
+            )
+            .await
+            .unwrap();
         if code == "unavailable" {
-            assert_eq!(v["created"], true, "{key} was answered unavailable, yet it had been written: {v}");
+            assert_eq!(
+                v["created"], true,
+                "{key} was answered unavailable, yet it had been written: {v}"
+            );
         }
         let again = c.submit(&session, b"again", Some(key)).await.unwrap();
         assert_eq!(v["task_id"], again.as_str());
     }
-    c.submit(&session, b"after the disk was freed", Some("after")).await.unwrap();
-    let v = c.ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
-    assert_eq!(v["submitted_total"].as_u64().unwrap() as usize, acknowledged.len() + refused.len() + 1, "{v}");
+    c.submit(&session, b"after the disk was freed", Some("after"))
+        .await
+        .unwrap();
+    let v = c
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        v["submitted_total"].as_u64().unwrap() as usize,
+        acknowledged.len() + refused.len() + 1,
+        "{v}"
+    );
     drop(cluster);
     drop(fs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_on_one_node_stops_only_that_node() {
-    let root = tempfile::Builder::new().prefix("sq-disk-").tempdir().unwrap();
+    let root = tempfile::Builder::new()
+        .prefix("sq-disk-")
+        .tempdir()
+        .unwrap();
     // Node 3's data directory is a small file system of its own.
     let fs = match Tmpfs::mount(&root.path().join("node3"), 200) {
         Ok(fs) => fs,
@@ -408,8 +557,11 @@ async fn a_full_disk_on_one_node_stops_only_that_node() {
             return;
         }
     };
-    let mut cluster =
-        TestCluster::start_with(Options { data_root: Some(root.path().to_path_buf()), ..Options::default() }).await;
+    let mut cluster = TestCluster::start_with(Options {
+        data_root: Some(root.path().to_path_buf()),
+        ..Options::default()
+    })
+    .await;
     assert_eq!(cluster.nodes[2].data_dir, fs.dir);
     let c = Client::new(&[cluster.api(0), cluster.api(1)], None);
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
@@ -420,7 +572,11 @@ async fn a_full_disk_on_one_node_stops_only_that_node() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut i = 0;
     while cluster.is_running(2) {
-        assert!(Instant::now() < deadline, "node 3 never stopped on its full disk; logs:\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "node 3 never stopped on its full disk; logs:\n{}",
+            cluster.logs()
+        );
         if let Some((status, v)) = submit_to(&cluster, i % 2, &session, &big_payload(i)).await {
             if status.is_success() {
                 ids.push(v["task_id"].as_str().unwrap().to_string());
@@ -430,18 +586,33 @@ async fn a_full_disk_on_one_node_stops_only_that_node() {
         let _ = cluster.exited(2);
     }
     let log = std::fs::read_to_string(&cluster.nodes[2].log).unwrap();
-    assert!(log.contains("No space left on device") && !log.contains("panicked"), "node 3's log:\n{log}");
+    assert!(
+        log.contains("No space left on device") && !log.contains("panicked"),
+        "node 3's log:\n{log}"
+    );
     // The other two keep serving (a write may meet an election: retried by key).
     for n in 0..5 {
-        let body = json!({"payload": b64(b"still writable"), "idempotency_key": format!("more-{n}")});
+        let body =
+            json!({"payload": b64(b"still writable"), "idempotency_key": format!("more-{n}")});
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match c.ok(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None).await {
+            match c
+                .ok(
+                    Method::POST,
+                    &format!("/v1/sessions/{session}/tasks"),
+                    Some(&body),
+                    None,
+                )
+                .await
+            {
                 Ok(v) => {
                     ids.push(v["task_id"].as_str().unwrap().to_string());
                     break;
                 }
-                Err(e) => assert!(Instant::now() < deadline, "nodes 1 and 2 stopped serving: {e}"),
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "nodes 1 and 2 stopped serving: {e}"
+                ),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -451,11 +622,18 @@ async fn a_full_disk_on_one_node_stops_only_that_node() {
     std::fs::remove_file(&filler).unwrap();
     cluster.restart(2);
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
-    let target = cluster.local_view(leader).await.unwrap()["applied_index"].as_u64().unwrap();
-    cluster.wait_applied(2, target, Duration::from_secs(60)).await;
+    let target = cluster.local_view(leader).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    cluster
+        .wait_applied(2, target, Duration::from_secs(60))
+        .await;
     let c3 = cluster.client_of(2);
     for id in &ids {
-        assert_eq!(c3.task(id, "").await.unwrap()["session_id"], session.as_str());
+        assert_eq!(
+            c3.task(id, "").await.unwrap()["session_id"],
+            session.as_str()
+        );
     }
     drop(cluster);
     drop(fs);

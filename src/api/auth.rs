@@ -18,16 +18,27 @@ use crate::machine::{sha256, Digest, MinerAuth, MinerId};
 use crate::node::Node;
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 /// Refuses the call (401) unless it carries the node's API key, when it has one.
-pub async fn require_api_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+pub async fn require_api_key(
+    State(node): State<Arc<Node>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(key) = &node.config.api_key {
         let given = bearer(request.headers()).unwrap_or_default();
         if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
-            return ApiError::Unauthorized("missing or wrong API key (Authorization: Bearer <key>)".into())
-                .into_response();
+            return ApiError::Unauthorized(
+                "missing or wrong API key (Authorization: Bearer <key>)".into(),
+            )
+            .into_response();
         }
     }
     next.run(request).await
@@ -44,7 +55,9 @@ pub fn new_miner_token() -> (String, Digest) {
 
 /// The calling miner, from its bearer token (401 if absent or unknown).
 pub async fn miner(node: &Node, headers: &HeaderMap) -> Result<MinerAuth, ApiError> {
-    let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized("missing miner token (Authorization: Bearer)".into()))?;
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::Unauthorized("missing miner token (Authorization: Bearer)".into())
+    })?;
     let token_hash = sha256(&[token.as_bytes()]);
     let miner = lookup(node, |s| s.miner_by_token(&token_hash))
         .await?
@@ -53,11 +66,20 @@ pub async fn miner(node: &Node, headers: &HeaderMap) -> Result<MinerAuth, ApiErr
 }
 
 /// The calling miner, who must be the one named in the path (403 otherwise).
-pub async fn miner_itself(node: &Node, headers: &HeaderMap, path_id: &str) -> Result<MinerAuth, ApiError> {
+pub async fn miner_itself(
+    node: &Node,
+    headers: &HeaderMap,
+    path_id: &str,
+) -> Result<MinerAuth, ApiError> {
     let auth = miner(node, headers).await?;
-    let named: MinerId = path_id.parse().map_err(|_| ApiError::NotFound(format!("unknown miner {path_id}")))?;
+    let named: MinerId = path_id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("unknown miner {path_id}")))?;
     if named != auth.miner {
-        return Err(ApiError::Forbidden(format!("this token belongs to {}, not {named}", auth.miner)));
+        return Err(ApiError::Forbidden(format!(
+            "this token belongs to {}, not {named}",
+            auth.miner
+        )));
     }
     Ok(auth)
 }

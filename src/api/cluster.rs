@@ -40,7 +40,11 @@ pub struct StatusQuery {
 }
 
 /// Members, leader, term, and each member's applied index (asked over its API).
-pub async fn status(State(node): State<Arc<Node>>, headers: HeaderMap, QueryParams(q): QueryParams<StatusQuery>) -> Json<Value> {
+pub async fn status(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    QueryParams(q): QueryParams<StatusQuery>,
+) -> Json<Value> {
     let me = local_view(&node);
     if q.local == Some(true) {
         return Json(me);
@@ -106,8 +110,15 @@ async fn on_leader(
                 .membership()
                 .get_node(&leader)
                 .map(|n| n.api.clone())
-                .ok_or_else(|| ApiError::Unavailable { code: "unavailable", message: "leader unknown".into(), retry_after: 1 })?;
-            let mut req = node.http.request(method, format!("http://{addr}{path}")).timeout(Duration::from_secs(120));
+                .ok_or_else(|| ApiError::Unavailable {
+                    code: "unavailable",
+                    message: "leader unknown".into(),
+                    retry_after: 1,
+                })?;
+            let mut req = node
+                .http
+                .request(method, format!("http://{addr}{path}"))
+                .timeout(Duration::from_secs(120));
             if let Some(auth) = headers.get(header::AUTHORIZATION) {
                 req = req.header(header::AUTHORIZATION, auth);
             }
@@ -124,18 +135,27 @@ async fn on_leader(
             if status.is_success() {
                 Ok(Json(value))
             } else {
-                let message = value["error"]["message"].as_str().unwrap_or("the leader refused").to_string();
+                let message = value["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the leader refused")
+                    .to_string();
                 Err(match status.as_u16() {
                     400 => ApiError::BadRequest(message),
                     404 => ApiError::NotFound(message),
                     409 => ApiError::Conflict(message),
-                    _ => ApiError::Unavailable { code: "unavailable", message, retry_after: 1 },
+                    _ => ApiError::Unavailable {
+                        code: "unavailable",
+                        message,
+                        retry_after: 1,
+                    },
                 })
             }
         }
-        Err(MembershipError::NotLeader(_)) => {
-            Err(ApiError::Unavailable { code: "unavailable", message: "no leader".into(), retry_after: 1 })
-        }
+        Err(MembershipError::NotLeader(_)) => Err(ApiError::Unavailable {
+            code: "unavailable",
+            message: "no leader".into(),
+            retry_after: 1,
+        }),
         Err(MembershipError::Refused(m)) => Err(ApiError::Conflict(m)),
     }
 }
@@ -146,7 +166,9 @@ fn members(node: &Node) -> Value {
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
     membership
         .nodes()
-        .map(|(id, a)| json!({"id": id, "api": a.api, "peer": a.peer, "voter": voters.contains(id)}))
+        .map(
+            |(id, a)| json!({"id": id, "api": a.api, "peer": a.peer, "voter": voters.contains(id)}),
+        )
         .collect()
 }
 
@@ -156,12 +178,25 @@ pub async fn add_member(
     JsonBody(body): JsonBody<AddMember>,
 ) -> Result<impl IntoResponse, ApiError> {
     if body.id == 0 || body.api.is_empty() || body.peer.is_empty() {
-        return Err(ApiError::bad("id must be positive and api and peer addresses given"));
+        return Err(ApiError::bad(
+            "id must be positive and api and peer addresses given",
+        ));
     }
-    let addr = NodeAddr { api: body.api.clone(), peer: body.peer.clone() };
+    let addr = NodeAddr {
+        api: body.api.clone(),
+        peer: body.peer.clone(),
+    };
     let value = serde_json::to_value(&body).expect("serialisable");
     let change = raft::add_member(&node.raft, body.id, addr);
-    on_leader(&node, &headers, Method::POST, "/v1/cluster/members", Some(value), change).await
+    on_leader(
+        &node,
+        &headers,
+        Method::POST,
+        "/v1/cluster/members",
+        Some(value),
+        change,
+    )
+    .await
 }
 
 pub async fn remove_member(
@@ -169,7 +204,9 @@ pub async fn remove_member(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id: u64 = id.parse().map_err(|_| ApiError::NotFound(format!("unknown member {id}")))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("unknown member {id}")))?;
     let path = format!("/v1/cluster/members/{id}");
     let change = raft::remove_member(&node.raft, id);
     on_leader(&node, &headers, Method::DELETE, &path, None, change).await
@@ -188,9 +225,14 @@ pub async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let applied = node.state.applied_index();
     let behind = m.last_log_index.unwrap_or(0).saturating_sub(applied);
     let quorum_lost = m.state.is_leader()
-        && m.millis_since_quorum_ack.is_some_and(|ms| ms > node.config.election_max_ms);
+        && m.millis_since_quorum_ack
+            .is_some_and(|ms| ms > node.config.election_max_ms);
     let ready = m.current_leader.is_some() && behind <= 1000 && !quorum_lost;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "ready": ready,
         "leader": m.current_leader,
@@ -221,7 +263,8 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
             TaskState::Failed => depth.failed,
             TaskState::Cancelled => depth.cancelled,
         };
-        metrics::gauge!("sq_tasks", "node" => node.id.to_string(), "state" => state.as_str()).set(n as f64);
+        metrics::gauge!("sq_tasks", "node" => node.id.to_string(), "state" => state.as_str())
+            .set(n as f64);
     }
     metrics::gauge!("sq_miners_reserved", &labels).set(pool.reserved as f64);
     metrics::gauge!("sq_miners_pooled", &labels).set(pool.pooled as f64);
@@ -231,7 +274,11 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     use std::sync::atomic::Ordering::Relaxed;
     metrics::gauge!("sq_proposer_batches_total", &labels).set(stats.batches.load(Relaxed) as f64);
     metrics::gauge!("sq_proposer_commands_total", &labels).set(stats.commands.load(Relaxed) as f64);
-    metrics::gauge!("sq_proposer_forwarded_batches_total", &labels).set(stats.forwarded_batches.load(Relaxed) as f64);
+    metrics::gauge!("sq_proposer_forwarded_batches_total", &labels)
+        .set(stats.forwarded_batches.load(Relaxed) as f64);
     metrics::gauge!("sq_proposer_ticks_total", &labels).set(stats.ticks.load(Relaxed) as f64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
 }

@@ -30,7 +30,11 @@ pub enum ApiError {
     RevealMismatch(String),
     /// No leader in time, or the outcome is unknown; retry after the given seconds.
     #[error("{message}")]
-    Unavailable { code: &'static str, message: String, retry_after: u64 },
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after: u64,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -75,7 +79,9 @@ impl IntoResponse for ApiError {
         let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
         let mut response = (status, body).into_response();
         if let ApiError::Unavailable { retry_after, .. } = &self {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         response
     }
@@ -98,11 +104,17 @@ impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::NoLeader | ProposeError::NotLeader | ProposeError::ShuttingDown => {
-                ApiError::Unavailable { code: "unavailable", message: e.to_string(), retry_after: 1 }
+                ApiError::Unavailable {
+                    code: "unavailable",
+                    message: e.to_string(),
+                    retry_after: 1,
+                }
             }
-            ProposeError::Unknown(_) => {
-                ApiError::Unavailable { code: "outcome_unknown", message: e.to_string(), retry_after: 1 }
-            }
+            ProposeError::Unknown(_) => ApiError::Unavailable {
+                code: "outcome_unknown",
+                message: e.to_string(),
+                retry_after: 1,
+            },
             ProposeError::Fatal(m) => ApiError::Internal(m),
         }
     }
@@ -110,6 +122,10 @@ impl From<ProposeError> for ApiError {
 
 impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
-        ApiError::Unavailable { code: "unavailable", message: e.to_string(), retry_after: 1 }
+        ApiError::Unavailable {
+            code: "unavailable",
+            message: e.to_string(),
+            retry_after: 1,
+        }
     }
 }

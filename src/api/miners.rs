@@ -16,27 +16,42 @@ use super::{auth, propose, ApiError, JsonBody, QueryParams};
 use crate::machine::{Command, MinerAuth, Response};
 use crate::node::Node;
 
-pub async fn register(State(node): State<Arc<Node>>, JsonBody(body): JsonBody<RegisterMiner>) -> Result<impl IntoResponse, ApiError> {
+pub async fn register(
+    State(node): State<Arc<Node>>,
+    JsonBody(body): JsonBody<RegisterMiner>,
+) -> Result<impl IntoResponse, ApiError> {
     let (token, token_hash) = auth::new_miner_token();
     let command = Command::RegisterMiner {
         name: body.name,
         capacity: body.capacity.unwrap_or(1),
         tags: body.tags,
         token_hash,
-        heartbeat_timeout_ms: body.heartbeat_timeout_ms.unwrap_or(node.config.miner_heartbeat_timeout_ms),
+        heartbeat_timeout_ms: body
+            .heartbeat_timeout_ms
+            .unwrap_or(node.config.miner_heartbeat_timeout_ms),
     };
     match propose(&node, command).await? {
-        Response::MinerRegistered { miner } => {
-            Ok((StatusCode::CREATED, Json(json!({"miner_id": miner.to_string(), "token": token}))))
-        }
+        Response::MinerRegistered { miner } => Ok((
+            StatusCode::CREATED,
+            Json(json!({"miner_id": miner.to_string(), "token": token})),
+        )),
         _ => Err(ApiError::Internal("unexpected response".into())),
     }
 }
 
-async fn miner_update(node: &Node, command: Command, auth: MinerAuth) -> Result<Json<serde_json::Value>, ApiError> {
+async fn miner_update(
+    node: &Node,
+    command: Command,
+    auth: MinerAuth,
+) -> Result<Json<serde_json::Value>, ApiError> {
     propose(node, command).await?;
-    let body = node.state.read(|s| s.miner(auth.miner).map(|m| miner_json(m, node.state.applied_index())));
-    Ok(Json(body.unwrap_or_else(|| json!({"id": auth.miner.to_string()}))))
+    let body = node.state.read(|s| {
+        s.miner(auth.miner)
+            .map(|m| miner_json(m, node.state.applied_index()))
+    });
+    Ok(Json(
+        body.unwrap_or_else(|| json!({"id": auth.miner.to_string()})),
+    ))
 }
 
 pub async fn heartbeat(
@@ -68,10 +83,18 @@ pub async fn deregister(
     miner_update(&node, Command::DeregisterMiner { auth }, auth).await
 }
 
-pub async fn read(State(node): State<Arc<Node>>, Path(id): Path<String>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+pub async fn read(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
     let auth = auth::miner_itself(&node, &headers, &id).await?;
-    let body = node.state.read(|s| s.miner(auth.miner).map(|m| miner_json(m, node.state.applied_index())));
-    body.map(Json).ok_or_else(|| ApiError::NotFound(format!("unknown miner {id}")))
+    let body = node.state.read(|s| {
+        s.miner(auth.miner)
+            .map(|m| miner_json(m, node.state.applied_index()))
+    });
+    body.map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown miner {id}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,8 +122,11 @@ pub async fn assignments(
     tokio::pin!(stop);
     loop {
         let (list, index) = node.state.read(|s| {
-            let list: Vec<serde_json::Value> =
-                s.assignments_of(auth.miner).into_iter().map(|(t, slot)| assignment_json(t, slot)).collect();
+            let list: Vec<serde_json::Value> = s
+                .assignments_of(auth.miner)
+                .into_iter()
+                .map(|(t, slot)| assignment_json(t, slot))
+                .collect();
             (list, node.state.applied_index())
         });
         let moved = q.after.is_none_or(|after| index > after);

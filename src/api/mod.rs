@@ -57,12 +57,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(cluster::metrics));
     // Without an API key there is nothing to check: no layer, no cost per request.
     let keyed = match node.config.api_key {
-        Some(_) => keyed.layer(middleware::from_fn_with_state(node.clone(), auth::require_api_key)),
+        Some(_) => keyed.layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::require_api_key,
+        )),
         None => keyed,
     };
     // Miner calls: the miner's own token.
     let miner = Router::new()
-        .route("/v1/miners/{id}", get(miners::read).delete(miners::deregister))
+        .route(
+            "/v1/miners/{id}",
+            get(miners::read).delete(miners::deregister),
+        )
         .route("/v1/miners/{id}/heartbeat", post(miners::heartbeat))
         .route("/v1/miners/{id}/drain", post(miners::drain))
         .route("/v1/miners/{id}/assignments", get(miners::assignments))
@@ -82,7 +88,10 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Counts requests by route and status and times them.
 async fn record_metrics(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| intern(p.as_str()));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| intern(p.as_str()));
     let method = intern(request.method().as_str());
     let start = Instant::now();
     let response = next.run(request).await;
@@ -100,7 +109,10 @@ fn intern(value: &str) -> &'static str {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
     static SEEN: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut seen = SEEN.get_or_init(Default::default).lock().expect("interner lock");
+    let mut seen = SEEN
+        .get_or_init(Default::default)
+        .lock()
+        .expect("interner lock");
     if let Some(found) = seen.get(value) {
         return found;
     }
@@ -124,8 +136,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 ApiError::bad(e.body_text())
             }
         })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-        serde_json::from_slice(bytes).map(JsonBody).map_err(|e| ApiError::bad(format!("malformed JSON body: {e}")))
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad(format!("malformed JSON body: {e}")))
     }
 }
 
@@ -135,15 +153,23 @@ pub struct QueryParams<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(query).map(QueryParams).map_err(|e| ApiError::bad(format!("bad query: {e}")))
+        serde_urlencoded::from_str(query)
+            .map(QueryParams)
+            .map_err(|e| ApiError::bad(format!("bad query: {e}")))
     }
 }
 
 /// Proposes one command and waits for its outcome.
 pub(crate) async fn propose(node: &Node, command: Command) -> Result<MachineResponse, ApiError> {
-    let mut results = node.proposer.propose(vec![command], node.config.write_timeout()).await?;
+    let mut results = node
+        .proposer
+        .propose(vec![command], node.config.write_timeout())
+        .await?;
     match results.pop() {
         Some(result) => Ok(result?),
         None => Err(ApiError::Internal("no result for the command".into())),
@@ -153,11 +179,21 @@ pub(crate) async fn propose(node: &Node, command: Command) -> Result<MachineResp
 /// Looks something up in the applied state; on a miss, catches up with the leader's
 /// read index (this node may lag) and looks again. `Ok(None)`: it does not exist;
 /// an error (503): this node could not catch up, so it cannot tell.
-pub(crate) async fn lookup<T>(node: &Node, find: impl Fn(&State) -> Option<T>) -> Result<Option<T>, ApiError> {
+pub(crate) async fn lookup<T>(
+    node: &Node,
+    find: impl Fn(&State) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
     if let Some(found) = node.state.read(&find) {
         return Ok(Some(found));
     }
-    crate::raft::read::linearize(node.id, &node.raft, &node.peers, &node.state, Duration::from_secs(2)).await?;
+    crate::raft::read::linearize(
+        node.id,
+        &node.raft,
+        &node.peers,
+        &node.state,
+        Duration::from_secs(2),
+    )
+    .await?;
     Ok(node.state.read(&find))
 }
 
@@ -168,12 +204,18 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, ApiError> {
         Some(i) => text.split_at(i),
         None => (text, "ms"),
     };
-    let n: u64 = number.parse().map_err(|_| ApiError::bad(format!("bad duration {text:?}")))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| ApiError::bad(format!("bad duration {text:?}")))?;
     let ms = match unit {
         "ms" => n,
         "s" => n.saturating_mul(1000),
         "m" => n.saturating_mul(60_000),
-        _ => return Err(ApiError::bad(format!("bad duration {text:?}: use ms, s or m"))),
+        _ => {
+            return Err(ApiError::bad(format!(
+                "bad duration {text:?}: use ms, s or m"
+            )))
+        }
     };
     Ok(Duration::from_millis(ms))
 }

@@ -32,33 +32,53 @@ fn spec(node: &Node, body: CreateSession) -> SessionSpec {
 }
 
 pub(crate) fn parse_session(id: &str) -> Result<SessionId, ApiError> {
-    id.parse().map_err(|_| ApiError::NotFound(format!("unknown session {id}")))
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("unknown session {id}")))
 }
 
-pub async fn create(State(node): State<Arc<Node>>, JsonBody(body): JsonBody<CreateSession>) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(
+    State(node): State<Arc<Node>>,
+    JsonBody(body): JsonBody<CreateSession>,
+) -> Result<impl IntoResponse, ApiError> {
     let spec = spec(&node, body);
-    let Response::SessionCreated { session } = propose(&node, Command::CreateSession(spec)).await? else {
+    let Response::SessionCreated { session } = propose(&node, Command::CreateSession(spec)).await?
+    else {
         return Err(ApiError::Internal("unexpected response".into()));
     };
     let body = node
         .state
-        .read(|s| s.session(session).map(|s| session_json(s, node.state.applied_index())))
+        .read(|s| {
+            s.session(session)
+                .map(|s| session_json(s, node.state.applied_index()))
+        })
         .unwrap_or_else(|| serde_json::json!({"id": session.to_string()}));
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-pub async fn read(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn read(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_session(&id)?;
-    let found = lookup(&node, |s| s.session(id).map(|s| session_json(s, node.state.applied_index()))).await?;
-    found.map(Json).ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))
+    let found = lookup(&node, |s| {
+        s.session(id)
+            .map(|s| session_json(s, node.state.applied_index()))
+    })
+    .await?;
+    found
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))
 }
 
-pub async fn close(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn close(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let session = parse_session(&id)?;
     match propose(&node, Command::CloseSession { session }).await? {
-        Response::SessionClosed { session, cancelled } => {
-            Ok(Json(serde_json::json!({"id": session.to_string(), "state": "closed", "cancelled": cancelled})))
-        }
+        Response::SessionClosed { session, cancelled } => Ok(Json(
+            serde_json::json!({"id": session.to_string(), "state": "closed", "cancelled": cancelled}),
+        )),
         _ => Err(ApiError::Internal("unexpected response".into())),
     }
 }

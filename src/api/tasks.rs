@@ -12,33 +12,53 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::sessions::parse_session;
-use super::wire::{parse_hash, task_json, unbase64, Commit, Empty, Precommit, SubmitBatch, SubmitTask};
+use super::wire::{
+    parse_hash, task_json, unbase64, Commit, Empty, Precommit, SubmitBatch, SubmitTask,
+};
 use super::{auth, lookup, parse_duration, propose, ApiError, JsonBody, QueryParams};
 use crate::machine::{limits, Command, NewTask, Response, TaskId};
 use crate::node::Node;
 
 fn parse_task(id: &str) -> Result<TaskId, ApiError> {
-    id.parse().map_err(|_| ApiError::NotFound(format!("unknown task {id}")))
+    id.parse()
+        .map_err(|_| ApiError::NotFound(format!("unknown task {id}")))
 }
 
 fn new_task(node: &Node, t: SubmitTask) -> Result<NewTask, ApiError> {
     // The base64 text is 4/3 of the bytes: refuse early, before decoding.
     if t.payload.len() / 4 * 3 > node.config.max_payload_bytes + 3 {
-        return Err(ApiError::TooLarge(format!("payload is over {} bytes", node.config.max_payload_bytes)));
+        return Err(ApiError::TooLarge(format!(
+            "payload is over {} bytes",
+            node.config.max_payload_bytes
+        )));
     }
     let payload = unbase64("payload", &t.payload)?;
     if payload.len() > node.config.max_payload_bytes {
-        return Err(ApiError::TooLarge(format!("payload is over {} bytes", node.config.max_payload_bytes)));
+        return Err(ApiError::TooLarge(format!(
+            "payload is over {} bytes",
+            node.config.max_payload_bytes
+        )));
     }
     if let Some(key) = &t.idempotency_key {
         if key.is_empty() || key.len() > limits::MAX_LABEL_BYTES {
-            return Err(ApiError::bad(format!("idempotency_key must be 1..={} bytes", limits::MAX_LABEL_BYTES)));
+            return Err(ApiError::bad(format!(
+                "idempotency_key must be 1..={} bytes",
+                limits::MAX_LABEL_BYTES
+            )));
         }
     }
-    Ok(NewTask { payload, priority: t.priority, idempotency_key: t.idempotency_key })
+    Ok(NewTask {
+        payload,
+        priority: t.priority,
+        idempotency_key: t.idempotency_key,
+    })
 }
 
-async fn submit_tasks(node: &Node, id: &str, tasks: Vec<NewTask>) -> Result<Vec<(TaskId, bool)>, ApiError> {
+async fn submit_tasks(
+    node: &Node,
+    id: &str,
+    tasks: Vec<NewTask>,
+) -> Result<Vec<(TaskId, bool)>, ApiError> {
     let session = parse_session(id)?;
     match propose(node, Command::SubmitTasks { session, tasks }).await? {
         Response::TasksSubmitted { tasks } => Ok(tasks),
@@ -54,8 +74,15 @@ pub async fn submit(
     let task = new_task(&node, body)?;
     let submitted = submit_tasks(&node, &id, vec![task]).await?;
     let (task, created) = submitted[0];
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(json!({"task_id": task.to_string(), "created": created}))))
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"task_id": task.to_string(), "created": created})),
+    ))
 }
 
 pub async fn submit_batch(
@@ -67,9 +94,16 @@ pub async fn submit_batch(
         return Err(ApiError::bad("tasks is empty"));
     }
     if body.tasks.len() > node.config.max_batch_tasks {
-        return Err(ApiError::TooLarge(format!("at most {} tasks per batch", node.config.max_batch_tasks)));
+        return Err(ApiError::TooLarge(format!(
+            "at most {} tasks per batch",
+            node.config.max_batch_tasks
+        )));
     }
-    let tasks = body.tasks.into_iter().map(|t| new_task(&node, t)).collect::<Result<Vec<_>, _>>()?;
+    let tasks = body
+        .tasks
+        .into_iter()
+        .map(|t| new_task(&node, t))
+        .collect::<Result<Vec<_>, _>>()?;
     let submitted = submit_tasks(&node, &id, tasks).await?;
     let created = submitted.iter().filter(|(_, c)| *c).count();
     Ok((
@@ -98,15 +132,29 @@ pub async fn read(
     match q.consistency.as_deref() {
         None | Some("local") => {}
         Some("linearizable") => {
-            crate::raft::read::linearize(node.id, &node.raft, &node.peers, &node.state, node.config.write_timeout())
-                .await?;
+            crate::raft::read::linearize(
+                node.id,
+                &node.raft,
+                &node.peers,
+                &node.state,
+                node.config.write_timeout(),
+            )
+            .await?;
         }
-        Some(other) => return Err(ApiError::bad(format!("consistency must be local or linearizable, not {other}"))),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "consistency must be local or linearizable, not {other}"
+            )))
+        }
     }
     let wait = match q.wait.as_deref() {
         None => false,
         Some("completed") | Some("done") => true,
-        Some(other) => return Err(ApiError::bad(format!("wait must be completed, not {other}"))),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "wait must be completed, not {other}"
+            )))
+        }
     };
     let timeout = match &q.timeout {
         Some(t) => parse_duration(t)?,
@@ -114,8 +162,17 @@ pub async fn read(
     }
     .min(Duration::from_millis(node.config.max_wait_ms));
 
-    let view = |s: &crate::machine::State| s.task(task).map(|t| (t.state.is_terminal(), task_json(t, node.state.applied_index())));
-    let (mut done, mut body) = lookup(&node, &view).await?.ok_or_else(|| ApiError::NotFound(format!("unknown task {task}")))?;
+    let view = |s: &crate::machine::State| {
+        s.task(task).map(|t| {
+            (
+                t.state.is_terminal(),
+                task_json(t, node.state.applied_index()),
+            )
+        })
+    };
+    let (mut done, mut body) = lookup(&node, &view)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("unknown task {task}")))?;
     if wait && !done {
         let deadline = Instant::now() + timeout;
         let mut applied = node.state.watch_applied();
@@ -136,7 +193,10 @@ pub async fn read(
     Ok(Json(body))
 }
 
-pub async fn cancel(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+pub async fn cancel(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let task = parse_task(&id)?;
     task_update(&node, Command::CancelTask { task }).await
 }
@@ -186,11 +246,26 @@ pub async fn commit(
     let task = parse_task(&id)?;
     let output = unbase64("output", &body.output)?;
     if output.len() > node.config.max_payload_bytes {
-        return Err(ApiError::TooLarge(format!("output is over {} bytes", node.config.max_payload_bytes)));
+        return Err(ApiError::TooLarge(format!(
+            "output is over {} bytes",
+            node.config.max_payload_bytes
+        )));
     }
     let nonce = unbase64("nonce", &body.nonce)?;
     if nonce.len() > limits::MAX_LABEL_BYTES {
-        return Err(ApiError::TooLarge(format!("nonce is over {} bytes", limits::MAX_LABEL_BYTES)));
+        return Err(ApiError::TooLarge(format!(
+            "nonce is over {} bytes",
+            limits::MAX_LABEL_BYTES
+        )));
     }
-    task_update(&node, Command::Reveal { task, auth, output, nonce }).await
+    task_update(
+        &node,
+        Command::Reveal {
+            task,
+            auth,
+            output,
+            nonce,
+        },
+    )
+    .await
 }

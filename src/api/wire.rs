@@ -12,7 +12,8 @@ use crate::machine::{Miner, Session, SessionState, SlotState, Task};
 
 /// Decodes a base64 field.
 pub fn unbase64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
-    B64.decode(text.as_bytes()).map_err(|e| ApiError::bad(format!("{field} is not valid base64: {e}")))
+    B64.decode(text.as_bytes())
+        .map_err(|e| ApiError::bad(format!("{field} is not valid base64: {e}")))
 }
 
 pub fn base64(bytes: &[u8]) -> String {
@@ -95,8 +96,11 @@ pub struct AddMember {
 
 /// A hex sha256.
 pub fn parse_hash(text: &str) -> Result<[u8; 32], ApiError> {
-    let bytes = hex::decode(text).map_err(|_| ApiError::bad("hash must be 64 hex digits (sha256)"))?;
-    bytes.try_into().map_err(|_| ApiError::bad("hash must be 64 hex digits (sha256)"))
+    let bytes =
+        hex::decode(text).map_err(|_| ApiError::bad("hash must be 64 hex digits (sha256)"))?;
+    bytes
+        .try_into()
+        .map_err(|_| ApiError::bad("hash must be 64 hex digits (sha256)"))
 }
 
 pub fn session_json(s: &Session, applied_index: u64) -> Value {

@@ -44,7 +44,12 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub mode: Mode,
     /// Nodes to drive (host:port of their API); connection i goes to node i mod n.
-    #[arg(long, env = "SQ_NODES", value_delimiter = ',', default_value = "127.0.0.1:7001")]
+    #[arg(
+        long,
+        env = "SQ_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001"
+    )]
     pub nodes: Vec<String>,
     #[arg(long, env = "SQ_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -89,7 +94,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     report::print_text(&report);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -111,7 +117,10 @@ async fn create_session(client: &Client, args: &BenchArgs) -> anyhow::Result<Str
         "retention_ms": 600_000,
         "idle_release_ms": 600_000,
     });
-    Ok(client.create_session(&spec).await.context("creating the benchmark session")?)
+    Ok(client
+        .create_session(&spec)
+        .await
+        .context("creating the benchmark session")?)
 }
 
 fn base(args: &BenchArgs) -> Value {
@@ -129,7 +138,11 @@ fn base(args: &BenchArgs) -> Value {
 async fn submit(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
     let session = create_session(client, args).await?;
     let duration = Duration::from_secs_f64(args.duration);
-    let rec = Arc::new(Recorder::new(if args.mode == Mode::Batch { "batch" } else { "submit" }));
+    let rec = Arc::new(Recorder::new(if args.mode == Mode::Batch {
+        "batch"
+    } else {
+        "submit"
+    }));
     let body_payload = payload(args.payload);
     let batch = args.mode == Mode::Batch;
     let started = Instant::now();
@@ -140,8 +153,13 @@ async fn submit(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
         let client = client.pinned(i);
         let rec = rec.clone();
         let seq = seq.clone();
-        let path = if batch { format!("/v1/sessions/{session}/tasks:batch") } else { format!("/v1/sessions/{session}/tasks") };
-        let (keys, size, body_payload) = (args.idempotency_keys, args.batch_size, body_payload.clone());
+        let path = if batch {
+            format!("/v1/sessions/{session}/tasks:batch")
+        } else {
+            format!("/v1/sessions/{session}/tasks")
+        };
+        let (keys, size, body_payload) =
+            (args.idempotency_keys, args.batch_size, body_payload.clone());
         workers.spawn(async move {
             let task = |n: u64| {
                 let mut t = json!({"payload": body_payload});
@@ -199,7 +217,12 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
             wrong_every: 0,
             work: Duration::ZERO,
         };
-        miners.spawn(miner::run(client.pinned(i), spec, miner_stats.clone(), stop_rx.clone()));
+        miners.spawn(miner::run(
+            client.pinned(i),
+            spec,
+            miner_stats.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     let submit_rec = Arc::new(Recorder::new("submit"));
@@ -213,8 +236,13 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
     // The event stream closes each task's timing and frees its in-flight permit.
     let events = {
         let node = client.nodes()[0].clone();
-        let (pending, done_rec, failed, inflight, recent) =
-            (pending.clone(), done_rec.clone(), failed.clone(), inflight.clone(), recent.clone());
+        let (pending, done_rec, failed, inflight, recent) = (
+            pending.clone(),
+            done_rec.clone(),
+            failed.clone(),
+            inflight.clone(),
+            recent.clone(),
+        );
         let mut req = reqwest::Client::new().get(format!("{node}/v1/sessions/{session}/events"));
         if let Some(key) = &args.api_key {
             req = req.bearer_auth(key);
@@ -233,8 +261,12 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
                 buf.push_str(&String::from_utf8_lossy(&chunk));
                 while let Some(end) = buf.find("\n\n") {
                     let event: String = buf.drain(..end + 2).collect();
-                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) else { continue };
-                    let Ok(v) = serde_json::from_str::<Value>(data.trim()) else { continue };
+                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) else {
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
+                        continue;
+                    };
                     let what = v["what"].as_str().unwrap_or_default();
                     if !matches!(what, "completed" | "failed" | "cancelled") {
                         continue;
@@ -268,17 +300,30 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
     let started = Instant::now();
     let until = started + duration;
     let mut workers = tokio::task::JoinSet::new();
-    let submitters = if args.mode == Mode::Mixed { (args.connections / 2).max(1) } else { args.connections };
+    let submitters = if args.mode == Mode::Mixed {
+        (args.connections / 2).max(1)
+    } else {
+        args.connections
+    };
     let body_payload = payload(args.payload);
     for i in 0..submitters {
         let client = client.pinned(i);
-        let (rec, pending, inflight, done_rec, failed) =
-            (submit_rec.clone(), pending.clone(), inflight.clone(), done_rec.clone(), failed.clone());
+        let (rec, pending, inflight, done_rec, failed) = (
+            submit_rec.clone(),
+            pending.clone(),
+            inflight.clone(),
+            done_rec.clone(),
+            failed.clone(),
+        );
         let path = format!("/v1/sessions/{session}/tasks");
         let body = json!({"payload": body_payload});
         workers.spawn(async move {
             while Instant::now() < until {
-                let Ok(permit) = tokio::time::timeout(until.saturating_duration_since(Instant::now()), inflight.acquire()).await
+                let Ok(permit) = tokio::time::timeout(
+                    until.saturating_duration_since(Instant::now()),
+                    inflight.acquire(),
+                )
+                .await
                 else {
                     break;
                 };
@@ -358,7 +403,14 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
     Ok(out)
 }
 
-fn finish(done: &Recorder, failed: &AtomicU64, inflight: &Semaphore, start: Instant, end: Instant, ok: bool) {
+fn finish(
+    done: &Recorder,
+    failed: &AtomicU64,
+    inflight: &Semaphore,
+    start: Instant,
+    end: Instant,
+    ok: bool,
+) {
     if ok {
         done.ok(end.saturating_duration_since(start), 1);
     } else {

@@ -24,7 +24,9 @@ impl Recorder {
     pub fn new(name: &'static str) -> Self {
         Recorder {
             name,
-            hist: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")),
+            hist: Mutex::new(
+                Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
+            ),
             ok: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             items: AtomicU64::new(0),
@@ -34,7 +36,11 @@ impl Recorder {
     /// Records a successful operation of `items` items that took `took`.
     pub fn ok(&self, took: Duration, items: u64) {
         let us = (took.as_micros() as u64).clamp(1, 120_000_000);
-        self.hist.lock().expect("histogram lock").record(us).expect("in bounds");
+        self.hist
+            .lock()
+            .expect("histogram lock")
+            .record(us)
+            .expect("in bounds");
         self.ok.fetch_add(1, Ordering::Relaxed);
         self.items.fetch_add(items, Ordering::Relaxed);
     }
@@ -107,7 +113,16 @@ pub fn print_text(report: &Value) {
     );
     println!(
         "{:<12} {:>10} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "operation", "ok", "errors", "ops/s", "items/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "mean ms"
+        "operation",
+        "ok",
+        "errors",
+        "ops/s",
+        "items/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "mean ms"
     );
     for op in report["operations"].as_array().into_iter().flatten() {
         let l = &op["latency_ms"];

@@ -56,7 +56,9 @@ pub async fn run(
     stats: Arc<MinerStats>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<String, ClientError> {
-    let (id, token) = client.register_miner(&spec.name, spec.capacity, &spec.tags).await?;
+    let (id, token) = client
+        .register_miner(&spec.name, spec.capacity, &spec.tags)
+        .await?;
     let mut secrets: HashMap<String, (Vec<u8>, Vec<u8>)> = HashMap::new();
     let mut after: Option<u64> = None;
     let mut last_heartbeat = tokio::time::Instant::now();
@@ -84,11 +86,20 @@ pub async fn run(
         let list = v["assignments"].as_array().cloned().unwrap_or_default();
         let list_len = list.len();
         if list.is_empty() && last_heartbeat.elapsed() > Duration::from_secs(3) {
-            let _ = client.ok(Method::POST, &format!("/v1/miners/{id}/heartbeat"), Some(&json!({})), Some(&token)).await;
+            let _ = client
+                .ok(
+                    Method::POST,
+                    &format!("/v1/miners/{id}/heartbeat"),
+                    Some(&json!({})),
+                    Some(&token),
+                )
+                .await;
             last_heartbeat = tokio::time::Instant::now();
         }
-        let live: std::collections::HashSet<String> =
-            list.iter().filter_map(|a| a["task_id"].as_str().map(str::to_string)).collect();
+        let live: std::collections::HashSet<String> = list
+            .iter()
+            .filter_map(|a| a["task_id"].as_str().map(str::to_string))
+            .collect();
         secrets.retain(|t, _| live.contains(t));
         let steps = list.into_iter().map(|a| {
             let client = client.clone();
@@ -99,7 +110,11 @@ pub async fn run(
             async move { step(&client, &token, &a, secret, &spec, &stats).await }
         });
         let worked = list_len > 0;
-        for (task, secret) in futures_util::future::join_all(steps).await.into_iter().flatten() {
+        for (task, secret) in futures_util::future::join_all(steps)
+            .await
+            .into_iter()
+            .flatten()
+        {
             secrets.insert(task, secret);
         }
         // Any write of the miner counts as a heartbeat.
@@ -127,10 +142,13 @@ async fn step(
     loop {
         let path = |what: &str| format!("/v1/tasks/{task}/{what}");
         let result = match slot.as_str() {
-            "assigned" => client.ok(Method::POST, &path("ack"), Some(&json!({})), Some(token)).await.map(|v| {
-                stats.acks.fetch_add(1, Ordering::Relaxed);
-                v
-            }),
+            "assigned" => client
+                .ok(Method::POST, &path("ack"), Some(&json!({})), Some(token))
+                .await
+                .map(|v| {
+                    stats.acks.fetch_add(1, Ordering::Relaxed);
+                    v
+                }),
             "acked" => {
                 if !spec.work.is_zero() {
                     tokio::time::sleep(spec.work).await;
@@ -139,7 +157,14 @@ async fn step(
                 let mut nonce = vec![0u8; 16];
                 rand::rng().fill_bytes(&mut nonce);
                 let hash = hex::encode(sha256(&[&output, &nonce]));
-                let r = client.ok(Method::POST, &path("precommit"), Some(&json!({"hash": hash})), Some(token)).await;
+                let r = client
+                    .ok(
+                        Method::POST,
+                        &path("precommit"),
+                        Some(&json!({"hash": hash})),
+                        Some(token),
+                    )
+                    .await;
                 if r.is_ok() {
                     stats.precommits.fetch_add(1, Ordering::Relaxed);
                     secret = Some((output, nonce));
@@ -153,7 +178,9 @@ async fn step(
                     output.extend_from_slice(b"-tampered");
                 }
                 let body = json!({"output": b64(&output), "nonce": b64(&nonce)});
-                let r = client.ok(Method::POST, &path("commit"), Some(&body), Some(token)).await;
+                let r = client
+                    .ok(Method::POST, &path("commit"), Some(&body), Some(token))
+                    .await;
                 match &r {
                     Ok(_) => {
                         stats.reveals.fetch_add(1, Ordering::Relaxed);

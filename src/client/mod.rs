@@ -22,7 +22,11 @@ pub enum ClientError {
     #[error("no node answered: {0}")]
     Unreachable(String),
     #[error("{status}: {code}: {message}")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("unexpected response: {0}")]
     Unexpected(String),
 }
@@ -68,12 +72,20 @@ impl Client {
             .expect("HTTP client");
         let nodes: Vec<String> = nodes.iter().map(|n| base_url(n)).collect();
         assert!(!nodes.is_empty(), "a client needs at least one node");
-        Client { http, nodes: Arc::new(nodes), api_key, current: Arc::new(AtomicUsize::new(0)) }
+        Client {
+            http,
+            nodes: Arc::new(nodes),
+            api_key,
+            current: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// The same cluster, but starting with node `i` (to spread load).
     pub fn pinned(&self, i: usize) -> Self {
-        Client { current: Arc::new(AtomicUsize::new(i % self.nodes.len())), ..self.clone() }
+        Client {
+            current: Arc::new(AtomicUsize::new(i % self.nodes.len())),
+            ..self.clone()
+        }
     }
 
     pub fn nodes(&self) -> &[String] {
@@ -111,10 +123,15 @@ impl Client {
                     let status = resp.status();
                     let value: Value = resp.json().await.unwrap_or(Value::Null);
                     // 503 "unavailable" means nothing was applied: another node may do.
-                    if status == StatusCode::SERVICE_UNAVAILABLE && value["error"]["code"] == "unavailable" {
+                    if status == StatusCode::SERVICE_UNAVAILABLE
+                        && value["error"]["code"] == "unavailable"
+                    {
                         last = format!("{url}: {}", value["error"]["message"]);
                         self.current.store(i + 1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1).min(10))).await;
+                        tokio::time::sleep(Duration::from_millis(
+                            100 * (attempt as u64 + 1).min(10),
+                        ))
+                        .await;
                         continue;
                     }
                     return Ok((status, value));
@@ -125,49 +142,86 @@ impl Client {
     }
 
     /// A call that must succeed; an error status becomes [`ClientError::Api`].
-    pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>, bearer: Option<&str>) -> Result<Value, ClientError> {
+    pub async fn ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let (status, value) = self.call(method, path, body, bearer).await?;
         if status.is_success() {
             Ok(value)
         } else {
             Err(ClientError::Api {
                 status: status.as_u16(),
-                code: value["error"]["code"].as_str().unwrap_or_default().to_string(),
-                message: value["error"]["message"].as_str().unwrap_or_default().to_string(),
+                code: value["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                message: value["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             })
         }
     }
 
     pub async fn create_session(&self, spec: &Value) -> Result<String, ClientError> {
-        let v = self.ok(Method::POST, "/v1/sessions", Some(spec), None).await?;
+        let v = self
+            .ok(Method::POST, "/v1/sessions", Some(spec), None)
+            .await?;
         string(&v, "id")
     }
 
     /// Submits one task; returns its id.
-    pub async fn submit(&self, session: &str, payload: &[u8], key: Option<&str>) -> Result<String, ClientError> {
+    pub async fn submit(
+        &self,
+        session: &str,
+        payload: &[u8],
+        key: Option<&str>,
+    ) -> Result<String, ClientError> {
         let mut body = json!({"payload": B64.encode(payload)});
         if let Some(key) = key {
             body["idempotency_key"] = json!(key);
         }
-        let v = self.ok(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None).await?;
+        let v = self
+            .ok(
+                Method::POST,
+                &format!("/v1/sessions/{session}/tasks"),
+                Some(&body),
+                None,
+            )
+            .await?;
         string(&v, "task_id")
     }
 
     pub async fn task(&self, task: &str, query: &str) -> Result<Value, ClientError> {
-        self.ok(Method::GET, &format!("/v1/tasks/{task}{query}"), None, None).await
+        self.ok(Method::GET, &format!("/v1/tasks/{task}{query}"), None, None)
+            .await
     }
 
     /// Registers a miner; returns its id and token.
-    pub async fn register_miner(&self, name: &str, capacity: u32, tags: &[String]) -> Result<(String, String), ClientError> {
+    pub async fn register_miner(
+        &self,
+        name: &str,
+        capacity: u32,
+        tags: &[String],
+    ) -> Result<(String, String), ClientError> {
         let body = json!({"name": name, "capacity": capacity, "tags": tags});
-        let v = self.ok(Method::POST, "/v1/miners", Some(&body), None).await?;
+        let v = self
+            .ok(Method::POST, "/v1/miners", Some(&body), None)
+            .await?;
         Ok((string(&v, "miner_id")?, string(&v, "token")?))
     }
 }
 
 /// A string field of a JSON object.
 pub fn string(v: &Value, field: &str) -> Result<String, ClientError> {
-    v[field].as_str().map(str::to_string).ok_or_else(|| ClientError::Unexpected(format!("no {field} in {v}")))
+    v[field]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| ClientError::Unexpected(format!("no {field} in {v}")))
 }
 
 /// Standard base64 of bytes, as the API wants them.

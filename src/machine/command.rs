@@ -70,10 +70,17 @@ pub struct MinerAuth {
 pub enum Command {
     CreateSession(SessionSpec),
     /// Stop accepting tasks, cancel the unfinished ones and release the reserved miners.
-    CloseSession { session: SessionId },
+    CloseSession {
+        session: SessionId,
+    },
     /// Submit one or more tasks, all or nothing.
-    SubmitTasks { session: SessionId, tasks: Vec<NewTask> },
-    CancelTask { task: TaskId },
+    SubmitTasks {
+        session: SessionId,
+        tasks: Vec<NewTask>,
+    },
+    CancelTask {
+        task: TaskId,
+    },
     RegisterMiner {
         name: String,
         capacity: u32,
@@ -81,13 +88,26 @@ pub enum Command {
         token_hash: Digest,
         heartbeat_timeout_ms: u64,
     },
-    Heartbeat { auth: MinerAuth },
+    Heartbeat {
+        auth: MinerAuth,
+    },
     /// The miner takes no new work and leaves once its current work is done.
-    DrainMiner { auth: MinerAuth },
+    DrainMiner {
+        auth: MinerAuth,
+    },
     /// The miner leaves now; its unfinished slots go to other miners.
-    DeregisterMiner { auth: MinerAuth },
-    Ack { task: TaskId, auth: MinerAuth },
-    Precommit { task: TaskId, auth: MinerAuth, hash: Digest },
+    DeregisterMiner {
+        auth: MinerAuth,
+    },
+    Ack {
+        task: TaskId,
+        auth: MinerAuth,
+    },
+    Precommit {
+        task: TaskId,
+        auth: MinerAuth,
+        hash: Digest,
+    },
     Reveal {
         task: TaskId,
         auth: MinerAuth,
@@ -125,12 +145,16 @@ impl Command {
             Command::SubmitTasks { tasks, .. } => {
                 32 + tasks
                     .iter()
-                    .map(|t| 16 + t.payload.len() + t.idempotency_key.as_ref().map_or(0, |k| k.len()))
+                    .map(|t| {
+                        16 + t.payload.len() + t.idempotency_key.as_ref().map_or(0, |k| k.len())
+                    })
                     .sum::<usize>()
             }
             Command::Reveal { output, nonce, .. } => 96 + output.len() + nonce.len(),
             Command::CreateSession(s) => 96 + s.owner.len() + s.tag.as_ref().map_or(0, |t| t.len()),
-            Command::RegisterMiner { name, tags, .. } => 64 + name.len() + tags.iter().map(|t| t.len() + 8).sum::<usize>(),
+            Command::RegisterMiner { name, tags, .. } => {
+                64 + name.len() + tags.iter().map(|t| t.len() + 8).sum::<usize>()
+            }
             _ => 64,
         }
     }
@@ -139,18 +163,37 @@ impl Command {
 /// What a successful command returns to its caller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    SessionCreated { session: SessionId },
-    SessionClosed { session: SessionId, cancelled: u64 },
+    SessionCreated {
+        session: SessionId,
+    },
+    SessionClosed {
+        session: SessionId,
+        cancelled: u64,
+    },
     /// One entry per submitted task, in order; `created` is false when an idempotency
     /// key matched an earlier task.
-    TasksSubmitted { tasks: Vec<(TaskId, bool)> },
-    TaskUpdated { task: TaskId, state: TaskState },
-    MinerRegistered { miner: MinerId },
-    MinerUpdated { miner: MinerId },
+    TasksSubmitted {
+        tasks: Vec<(TaskId, bool)>,
+    },
+    TaskUpdated {
+        task: TaskId,
+        state: TaskState,
+    },
+    MinerRegistered {
+        miner: MinerId,
+    },
+    MinerUpdated {
+        miner: MinerId,
+    },
     /// The reveal did not hash to the miner's precommit. The state changed (the
     /// assignment is rejected, the miner penalised) and the caller is told 422.
-    RevealRejected { task: TaskId, state: TaskState },
-    Ticked { fired: u64 },
+    RevealRejected {
+        task: TaskId,
+        state: TaskState,
+    },
+    Ticked {
+        fired: u64,
+    },
 }
 
 /// What happened to a task.

@@ -42,7 +42,9 @@ use std::mem;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Applied, Batch, Command, Digest, Event, EventKind, MinerAuth, NewTask, Response, SessionSpec};
+pub use command::{
+    Applied, Batch, Command, Digest, Event, EventKind, MinerAuth, NewTask, Response, SessionSpec,
+};
 pub use error::Rejection;
 pub use ids::{MinerId, SessionId, TaskId};
 pub use pool::{Miner, MinerState};
@@ -180,21 +182,33 @@ impl State {
 
     /// Applies one command at the leader's time `now_ms`. On `Err` nothing changed.
     pub fn apply(&mut self, cmd: &Command, now_ms: u64) -> Result<Applied, Rejection> {
-        self.step = Step { now: now_ms.max(self.header.now_ms), ..Step::default() };
+        self.step = Step {
+            now: now_ms.max(self.header.now_ms),
+            ..Step::default()
+        };
         let result = match cmd {
             Command::CreateSession(spec) => self.create_session(spec),
             Command::CloseSession { session } => self.close_session(*session),
             Command::SubmitTasks { session, tasks } => self.submit(*session, tasks),
             Command::CancelTask { task } => self.cancel(*task),
-            Command::RegisterMiner { name, capacity, tags, token_hash, heartbeat_timeout_ms } => {
-                self.register_miner(name, *capacity, tags, *token_hash, *heartbeat_timeout_ms)
-            }
+            Command::RegisterMiner {
+                name,
+                capacity,
+                tags,
+                token_hash,
+                heartbeat_timeout_ms,
+            } => self.register_miner(name, *capacity, tags, *token_hash, *heartbeat_timeout_ms),
             Command::Heartbeat { auth } => self.heartbeat(auth),
             Command::DrainMiner { auth } => self.drain_miner(auth),
             Command::DeregisterMiner { auth } => self.deregister_miner(auth),
             Command::Ack { task, auth } => self.ack(*task, auth),
             Command::Precommit { task, auth, hash } => self.precommit(*task, auth, *hash),
-            Command::Reveal { task, auth, output, nonce } => self.reveal(*task, auth, output, nonce),
+            Command::Reveal {
+                task,
+                auth,
+                output,
+                nonce,
+            } => self.reveal(*task, auth, output, nonce),
             Command::Tick => Ok(self.tick()),
         };
         match result {
@@ -204,7 +218,10 @@ impl State {
                     self.header.now_ms = self.step.now;
                     self.dirty.insert(Key::Header);
                 }
-                Ok(Applied { response, events: mem::take(&mut self.step.events) })
+                Ok(Applied {
+                    response,
+                    events: mem::take(&mut self.step.events),
+                })
             }
             Err(rejection) => {
                 debug_assert!(self.step.events.is_empty() && self.step.touched.is_empty());
@@ -215,7 +232,11 @@ impl State {
 
     /// Applies every command of a batch in order.
     pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Result<Applied, Rejection>> {
-        batch.commands.iter().map(|c| self.apply(c, batch.now_ms)).collect()
+        batch
+            .commands
+            .iter()
+            .map(|c| self.apply(c, batch.now_ms))
+            .collect()
     }
 
     /// After a command: rebalance the reservations of the sessions it touched (and of
@@ -229,9 +250,13 @@ impl State {
             // Sessions holding fewer than k miners go first, so no session grows
             // beyond its minimum while another cannot run a task at all.
             let below_k = self.step.touched.iter().copied().find(|id| {
-                self.sessions.get(id).is_some_and(|s| (s.reserved.len() as u32) < s.k() as u32)
+                self.sessions
+                    .get(id)
+                    .is_some_and(|s| (s.reserved.len() as u32) < s.k() as u32)
             });
-            let Some(session) = below_k.or_else(|| self.step.touched.first().copied()) else { break };
+            let Some(session) = below_k.or_else(|| self.step.touched.first().copied()) else {
+                break;
+            };
             self.step.touched.remove(&session);
             self.rebalance(session);
             self.schedule(session);
@@ -326,7 +351,10 @@ impl State {
         for t in self.tasks.values() {
             idx.depth.add(t.state, 1);
             if t.open_slots > 0 && !t.state.is_terminal() {
-                idx.queues.entry(t.session).or_default().insert((std::cmp::Reverse(t.priority), t.id));
+                idx.queues
+                    .entry(t.session)
+                    .or_default()
+                    .insert((std::cmp::Reverse(t.priority), t.id));
             }
             if let Some(key) = &t.idempotency_key {
                 idx.idempotency.insert((t.session, key.clone()), t.id);
@@ -417,7 +445,10 @@ impl State {
             .get(&auth.miner)
             .ok_or_else(|| Rejection::Unauthorized(format!("unknown miner {}", auth.miner)))?;
         if !constant_time_eq(&miner.token_hash, &auth.token_hash) {
-            return Err(Rejection::Unauthorized(format!("bad token for miner {}", auth.miner)));
+            return Err(Rejection::Unauthorized(format!(
+                "bad token for miner {}",
+                auth.miner
+            )));
         }
         if miner.state == MinerState::Gone {
             return Err(error::conflict(format!(
@@ -430,7 +461,10 @@ impl State {
 }
 
 fn constant_time_eq(a: &Digest, b: &Digest) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]

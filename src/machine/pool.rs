@@ -82,7 +82,10 @@ impl Miner {
     pub(super) fn deadline(&self) -> Option<u64> {
         match self.gone_ms {
             Some(gone) => Some(gone.saturating_add(limits::GONE_MINER_RETENTION_MS)),
-            None => Some(self.last_heartbeat_ms.saturating_add(self.heartbeat_timeout_ms)),
+            None => Some(
+                self.last_heartbeat_ms
+                    .saturating_add(self.heartbeat_timeout_ms),
+            ),
         }
     }
 
@@ -96,7 +99,10 @@ impl Miner {
 
 fn validate_label(what: &str, value: &str) -> Result<(), Rejection> {
     if value.is_empty() || value.len() > limits::MAX_LABEL_BYTES {
-        return Err(invalid(format!("{what} must be 1..={} bytes", limits::MAX_LABEL_BYTES)));
+        return Err(invalid(format!(
+            "{what} must be 1..={} bytes",
+            limits::MAX_LABEL_BYTES
+        )));
     }
     Ok(())
 }
@@ -117,7 +123,10 @@ impl State {
     ) -> Result<Response, Rejection> {
         validate_label("name", name)?;
         if capacity == 0 || capacity > limits::MAX_CAPACITY {
-            return Err(invalid(format!("capacity must be 1..={}", limits::MAX_CAPACITY)));
+            return Err(invalid(format!(
+                "capacity must be 1..={}",
+                limits::MAX_CAPACITY
+            )));
         }
         if tags.len() > limits::MAX_TAGS {
             return Err(invalid(format!("at most {} tags", limits::MAX_TAGS)));

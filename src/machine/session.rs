@@ -46,7 +46,9 @@ impl StateCounts {
             TaskState::Failed => &mut self.failed,
             TaskState::Cancelled => &mut self.cancelled,
         };
-        *slot = slot.checked_add_signed(delta).expect("task count underflow");
+        *slot = slot
+            .checked_add_signed(delta)
+            .expect("task count underflow");
     }
 
     /// Tasks not yet finished.
@@ -104,13 +106,19 @@ impl Session {
 
 pub(super) fn validate_spec(spec: &SessionSpec) -> Result<(), Rejection> {
     if spec.redundancy == 0 || spec.redundancy > limits::MAX_REDUNDANCY {
-        return Err(invalid(format!("redundancy must be 1..={}", limits::MAX_REDUNDANCY)));
+        return Err(invalid(format!(
+            "redundancy must be 1..={}",
+            limits::MAX_REDUNDANCY
+        )));
     }
     if spec.quorum == 0 || spec.quorum > spec.redundancy {
         return Err(invalid("quorum must be 1..=redundancy"));
     }
     if spec.max_nodes < spec.redundancy as u32 || spec.max_nodes > limits::MAX_NODES {
-        return Err(invalid(format!("max_nodes must be redundancy..={}", limits::MAX_NODES)));
+        return Err(invalid(format!(
+            "max_nodes must be redundancy..={}",
+            limits::MAX_NODES
+        )));
     }
     for (name, value) in [
         ("ack_timeout_ms", spec.ack_timeout_ms),
@@ -120,11 +128,17 @@ pub(super) fn validate_spec(spec: &SessionSpec) -> Result<(), Rejection> {
         ("idle_release_ms", spec.idle_release_ms),
     ] {
         if value == 0 || value > limits::MAX_DURATION_MS {
-            return Err(invalid(format!("{name} must be 1..={}", limits::MAX_DURATION_MS)));
+            return Err(invalid(format!(
+                "{name} must be 1..={}",
+                limits::MAX_DURATION_MS
+            )));
         }
     }
     if spec.max_attempts == 0 || spec.max_attempts > limits::MAX_ATTEMPTS {
-        return Err(invalid(format!("max_attempts must be 1..={}", limits::MAX_ATTEMPTS)));
+        return Err(invalid(format!(
+            "max_attempts must be 1..={}",
+            limits::MAX_ATTEMPTS
+        )));
     }
     if spec.owner.len() > limits::MAX_LABEL_BYTES {
         return Err(invalid("owner is too long"));
@@ -168,7 +182,10 @@ impl State {
     }
 
     pub(super) fn close_session(&mut self, id: SessionId) -> Result<Response, Rejection> {
-        let session = self.sessions.get(&id).ok_or_else(|| not_found(format!("unknown session {id}")))?;
+        let session = self
+            .sessions
+            .get(&id)
+            .ok_or_else(|| not_found(format!("unknown session {id}")))?;
         if session.state == SessionState::Closed {
             return Err(conflict(format!("session {id} is already closed")));
         }
@@ -180,7 +197,12 @@ impl State {
             .collect();
         let cancelled = live.len() as u64;
         for task in live {
-            self.finish(task, TaskState::Cancelled, None, Some("session closed".into()));
+            self.finish(
+                task,
+                TaskState::Cancelled,
+                None,
+                Some("session closed".into()),
+            );
         }
         let reserved: Vec<MinerId> = self.sessions[&id].reserved.iter().copied().collect();
         for miner in reserved {
@@ -196,7 +218,10 @@ impl State {
         self.set_due(old_idle, None, Due::Idle(id));
         self.set_due(None, Some(purge_at), Due::SessionPurge(id));
         self.idx.needy.remove(&id);
-        Ok(Response::SessionClosed { session: id, cancelled })
+        Ok(Response::SessionClosed {
+            session: id,
+            cancelled,
+        })
     }
 
     pub(super) fn session_mut(&mut self, id: SessionId) -> &mut super::Session {
@@ -210,8 +235,16 @@ impl State {
             return 0;
         }
         let k = s.k() as u32;
-        let capacities: u64 = s.reserved.iter().map(|m| self.miners[m].capacity as u64).sum();
-        let per_node = if s.reserved.is_empty() { 1 } else { (capacities / s.reserved.len() as u64).max(1) };
+        let capacities: u64 = s
+            .reserved
+            .iter()
+            .map(|m| self.miners[m].capacity as u64)
+            .sum();
+        let per_node = if s.reserved.is_empty() {
+            1
+        } else {
+            (capacities / s.reserved.len() as u64).max(1)
+        };
         let for_demand = s.demand().div_ceil(per_node).min(u32::MAX as u64) as u32;
         let with_shortfall = (s.reserved.len() as u32).saturating_add(s.shortfall);
         k.max(for_demand).max(with_shortfall).min(s.spec.max_nodes)
@@ -219,7 +252,9 @@ impl State {
 
     /// Grows the session's reservation toward what it wants, from the pool.
     pub(super) fn rebalance(&mut self, id: SessionId) {
-        let Some(session) = self.sessions.get(&id) else { return };
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
         if session.state == SessionState::Closed {
             return;
         }
@@ -273,7 +308,12 @@ impl State {
                 .iter()
                 .map(|m| &self.miners[m])
                 .filter(|m| m.active.is_empty() && tag.as_ref().is_none_or(|t| m.tags.contains(t)))
-                .map(|m| (std::cmp::Reverse(m.recent_rejections(now)), std::cmp::Reverse(m.id)))
+                .map(|m| {
+                    (
+                        std::cmp::Reverse(m.recent_rejections(now)),
+                        std::cmp::Reverse(m.id),
+                    )
+                })
                 .collect();
             idle.sort();
             for (_, std::cmp::Reverse(miner)) in idle.into_iter().take(spare.min(missing)) {
@@ -289,7 +329,9 @@ impl State {
 
     pub(super) fn update_needy(&mut self, id: SessionId) {
         let session = &self.sessions[&id];
-        if session.state == SessionState::Open && (session.reserved.len() as u32) < self.want(session) {
+        if session.state == SessionState::Open
+            && (session.reserved.len() as u32) < self.want(session)
+        {
             self.idx.needy.insert(id);
         } else {
             self.idx.needy.remove(&id);
@@ -302,9 +344,15 @@ impl State {
         let now = self.step.now;
         let s = &self.sessions[&id];
         let idle = s.demand() == 0;
-        let idle_since = if idle { Some(s.idle_since.unwrap_or(now)) } else { None };
+        let idle_since = if idle {
+            Some(s.idle_since.unwrap_or(now))
+        } else {
+            None
+        };
         let deadline = match idle_since {
-            Some(since) if s.reserved.len() > s.k() as usize => Some(since.saturating_add(s.spec.idle_release_ms)),
+            Some(since) if s.reserved.len() > s.k() as usize => {
+                Some(since.saturating_add(s.spec.idle_release_ms))
+            }
             _ => None,
         };
         if idle_since != s.idle_since || deadline != s.idle_deadline {
@@ -327,7 +375,12 @@ impl State {
             .iter()
             .map(|m| &self.miners[m])
             .filter(|m| m.active.is_empty())
-            .map(|m| (std::cmp::Reverse(m.recent_rejections(now)), std::cmp::Reverse(m.id)))
+            .map(|m| {
+                (
+                    std::cmp::Reverse(m.recent_rejections(now)),
+                    std::cmp::Reverse(m.id),
+                )
+            })
             .collect();
         idle.sort();
         let excess = s.reserved.len().saturating_sub(k);

@@ -55,7 +55,10 @@ impl TaskState {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled)
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -88,7 +91,10 @@ pub enum SlotState {
 impl SlotState {
     /// Held by its miner and not finished.
     pub fn is_active(self) -> bool {
-        matches!(self, SlotState::Assigned | SlotState::Acked | SlotState::Precommitted)
+        matches!(
+            self,
+            SlotState::Assigned | SlotState::Acked | SlotState::Precommitted
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -161,7 +167,10 @@ impl Task {
         if self.state.is_terminal() {
             return 0;
         }
-        self.assignments.iter().filter(|a| a.state.is_active()).count()
+        self.assignments
+            .iter()
+            .filter(|a| a.state.is_active())
+            .count()
     }
 
     fn queue_key(&self) -> (Reverse<i32>, TaskId) {
@@ -171,7 +180,11 @@ impl Task {
     /// The state its slots and phase imply (for a task not finished).
     pub(super) fn derived_state(&self) -> TaskState {
         if self.phase_closed {
-            if self.assignments.iter().any(|a| a.state == SlotState::Committed) {
+            if self
+                .assignments
+                .iter()
+                .any(|a| a.state == SlotState::Committed)
+            {
                 TaskState::Committed
             } else {
                 TaskState::Precommitted
@@ -204,8 +217,15 @@ impl State {
 
     // ---- commands ----
 
-    pub(super) fn submit(&mut self, session: SessionId, tasks: &[NewTask]) -> Result<Response, Rejection> {
-        let s = self.sessions.get(&session).ok_or_else(|| not_found(format!("unknown session {session}")))?;
+    pub(super) fn submit(
+        &mut self,
+        session: SessionId,
+        tasks: &[NewTask],
+    ) -> Result<Response, Rejection> {
+        let s = self
+            .sessions
+            .get(&session)
+            .ok_or_else(|| not_found(format!("unknown session {session}")))?;
         if s.state == SessionState::Closed {
             return Err(conflict(format!("session {session} is closed")));
         }
@@ -213,15 +233,24 @@ impl State {
             return Err(invalid("no tasks to submit"));
         }
         if tasks.len() > limits::MAX_TASKS_PER_SUBMIT {
-            return Err(Rejection::TooLarge(format!("at most {} tasks per submit", limits::MAX_TASKS_PER_SUBMIT)));
+            return Err(Rejection::TooLarge(format!(
+                "at most {} tasks per submit",
+                limits::MAX_TASKS_PER_SUBMIT
+            )));
         }
         for t in tasks {
             if t.payload.len() > limits::MAX_BLOB_BYTES {
-                return Err(Rejection::TooLarge(format!("payload over {} bytes", limits::MAX_BLOB_BYTES)));
+                return Err(Rejection::TooLarge(format!(
+                    "payload over {} bytes",
+                    limits::MAX_BLOB_BYTES
+                )));
             }
             if let Some(key) = &t.idempotency_key {
                 if key.is_empty() || key.len() > limits::MAX_LABEL_BYTES {
-                    return Err(invalid(format!("idempotency_key must be 1..={} bytes", limits::MAX_LABEL_BYTES)));
+                    return Err(invalid(format!(
+                        "idempotency_key must be 1..={} bytes",
+                        limits::MAX_LABEL_BYTES
+                    )));
                 }
             }
         }
@@ -260,7 +289,11 @@ impl State {
             if let Some(key) = &task.idempotency_key {
                 self.idx.idempotency.insert((session, key.clone()), id);
             }
-            self.idx.queues.entry(session).or_default().insert(task.queue_key());
+            self.idx
+                .queues
+                .entry(session)
+                .or_default()
+                .insert(task.queue_key());
             self.idx.depth.add(TaskState::Queued, 1);
             self.tasks.insert(id, task);
             self.emit(id, None, EventKind::Submitted);
@@ -278,27 +311,53 @@ impl State {
     }
 
     pub(super) fn cancel(&mut self, id: TaskId) -> Result<Response, Rejection> {
-        let task = self.tasks.get(&id).ok_or_else(|| not_found(format!("unknown task {id}")))?;
+        let task = self
+            .tasks
+            .get(&id)
+            .ok_or_else(|| not_found(format!("unknown task {id}")))?;
         if task.state.is_terminal() {
-            return Err(conflict(format!("task {id} is already {}", task.state.as_str())));
+            return Err(conflict(format!(
+                "task {id} is already {}",
+                task.state.as_str()
+            )));
         }
-        self.finish(id, TaskState::Cancelled, None, Some("cancelled by the user".into()));
-        Ok(Response::TaskUpdated { task: id, state: TaskState::Cancelled })
+        self.finish(
+            id,
+            TaskState::Cancelled,
+            None,
+            Some("cancelled by the user".into()),
+        );
+        Ok(Response::TaskUpdated {
+            task: id,
+            state: TaskState::Cancelled,
+        })
     }
 
     /// Checks that the miner may act on its slot of the task; returns the slot index.
     fn own_slot(&self, id: TaskId, auth: &MinerAuth) -> Result<usize, Rejection> {
         self.authenticate(auth)?;
-        let task = self.tasks.get(&id).ok_or_else(|| not_found(format!("unknown task {id}")))?;
+        let task = self
+            .tasks
+            .get(&id)
+            .ok_or_else(|| not_found(format!("unknown task {id}")))?;
         if task.state.is_terminal() {
-            return Err(conflict(format!("task {id} is already {}", task.state.as_str())));
+            return Err(conflict(format!(
+                "task {id} is already {}",
+                task.state.as_str()
+            )));
         }
-        let i = task
-            .slot(auth.miner)
-            .ok_or_else(|| conflict(format!("task {id} is not assigned to miner {}", auth.miner)))?;
+        let i = task.slot(auth.miner).ok_or_else(|| {
+            conflict(format!("task {id} is not assigned to miner {}", auth.miner))
+        })?;
         match task.assignments[i].state {
-            SlotState::Expired => Err(conflict(format!("the assignment of task {id} to {} expired", auth.miner))),
-            SlotState::Rejected => Err(conflict(format!("the reveal of {} for task {id} was rejected", auth.miner))),
+            SlotState::Expired => Err(conflict(format!(
+                "the assignment of task {id} to {} expired",
+                auth.miner
+            ))),
+            SlotState::Rejected => Err(conflict(format!(
+                "the reveal of {} for task {id} was rejected",
+                auth.miner
+            ))),
             _ => Ok(i),
         }
     }
@@ -306,11 +365,16 @@ impl State {
     pub(super) fn ack(&mut self, id: TaskId, auth: &MinerAuth) -> Result<Response, Rejection> {
         let i = self.own_slot(id, auth)?;
         if self.tasks[&id].assignments[i].state != SlotState::Assigned {
-            return Err(conflict(format!("task {id} is already acked by {}", auth.miner)));
+            return Err(conflict(format!(
+                "task {id} is already acked by {}",
+                auth.miner
+            )));
         }
         self.touch_heartbeat(auth.miner);
         let now = self.step.now;
-        let timeout = self.sessions[&self.tasks[&id].session].spec.precommit_timeout_ms;
+        let timeout = self.sessions[&self.tasks[&id].session]
+            .spec
+            .precommit_timeout_ms;
         let t = self.task_mut(id);
         let late = t.phase_closed;
         let a = &mut t.assignments[i];
@@ -321,16 +385,31 @@ impl State {
         self.set_due(old, new, Due::Slot(id, auth.miner));
         self.emit(id, Some(auth.miner), EventKind::Acked);
         self.maybe_open_phase(id);
-        Ok(Response::TaskUpdated { task: id, state: self.tasks[&id].state })
+        Ok(Response::TaskUpdated {
+            task: id,
+            state: self.tasks[&id].state,
+        })
     }
 
-    pub(super) fn precommit(&mut self, id: TaskId, auth: &MinerAuth, hash: Digest) -> Result<Response, Rejection> {
+    pub(super) fn precommit(
+        &mut self,
+        id: TaskId,
+        auth: &MinerAuth,
+        hash: Digest,
+    ) -> Result<Response, Rejection> {
         let i = self.own_slot(id, auth)?;
         let t = &self.tasks[&id];
         match t.assignments[i].state {
-            SlotState::Assigned => return Err(conflict(format!("ack task {id} before precommitting"))),
+            SlotState::Assigned => {
+                return Err(conflict(format!("ack task {id} before precommitting")))
+            }
             SlotState::Acked => {}
-            _ => return Err(conflict(format!("{} already precommitted task {id}", auth.miner))),
+            _ => {
+                return Err(conflict(format!(
+                    "{} already precommitted task {id}",
+                    auth.miner
+                )))
+            }
         }
         if !t.phase_closed && t.phase_deadline.is_none() {
             return Err(conflict(format!(
@@ -351,11 +430,18 @@ impl State {
         self.set_due(old, new, Due::Slot(id, auth.miner));
         self.emit(id, Some(auth.miner), EventKind::Precommitted);
         let t = &self.tasks[&id];
-        if !t.phase_closed && t.assignments.iter().filter(|a| a.state.is_active()).all(|a| a.state == SlotState::Precommitted)
+        if !t.phase_closed
+            && t.assignments
+                .iter()
+                .filter(|a| a.state.is_active())
+                .all(|a| a.state == SlotState::Precommitted)
         {
             self.close_phase(id);
         }
-        Ok(Response::TaskUpdated { task: id, state: self.tasks[&id].state })
+        Ok(Response::TaskUpdated {
+            task: id,
+            state: self.tasks[&id].state,
+        })
     }
 
     pub(super) fn reveal(
@@ -372,7 +458,12 @@ impl State {
         let t = &self.tasks[&id];
         match t.assignments[i].state {
             SlotState::Precommitted => {}
-            SlotState::Committed => return Err(conflict(format!("{} already revealed task {id}", auth.miner))),
+            SlotState::Committed => {
+                return Err(conflict(format!(
+                    "{} already revealed task {id}",
+                    auth.miner
+                )))
+            }
             _ => return Err(conflict(format!("precommit task {id} before revealing"))),
         }
         if !t.phase_closed {
@@ -381,7 +472,9 @@ impl State {
                  precommit timeout"
             )));
         }
-        let expected = t.assignments[i].precommit.expect("precommitted slot has a hash");
+        let expected = t.assignments[i]
+            .precommit
+            .expect("precommitted slot has a hash");
         self.touch_heartbeat(auth.miner);
         if sha256(&[output, nonce]) != expected {
             self.end_slot(id, i, SlotState::Rejected);
@@ -392,9 +485,19 @@ impl State {
                 m.rejections.remove(0);
             }
             self.emit(id, Some(auth.miner), EventKind::RevealRejected);
-            self.reopen(id, 1, &format!("miner {} revealed an output that does not match its precommit", auth.miner));
+            self.reopen(
+                id,
+                1,
+                &format!(
+                    "miner {} revealed an output that does not match its precommit",
+                    auth.miner
+                ),
+            );
             self.evaluate(id);
-            return Ok(Response::RevealRejected { task: id, state: self.tasks[&id].state });
+            return Ok(Response::RevealRejected {
+                task: id,
+                state: self.tasks[&id].state,
+            });
         }
         self.end_slot(id, i, SlotState::Committed);
         let t = self.task_mut(id);
@@ -404,7 +507,10 @@ impl State {
         self.refresh_state(id);
         self.emit(id, Some(auth.miner), EventKind::Revealed);
         self.evaluate(id);
-        Ok(Response::TaskUpdated { task: id, state: self.tasks[&id].state })
+        Ok(Response::TaskUpdated {
+            task: id,
+            state: self.tasks[&id].state,
+        })
     }
 
     // ---- the lifecycle ----
@@ -413,7 +519,9 @@ impl State {
     /// queue order, until no miner has room or `SCHEDULE_SCAN` tasks in a row could
     /// not be served (each needs miners it has not had yet).
     pub(super) fn schedule(&mut self, sid: SessionId) {
-        let Some(s) = self.sessions.get(&sid) else { return };
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
         if s.state == SessionState::Closed {
             return;
         }
@@ -433,7 +541,11 @@ impl State {
         'scan: while !free.is_empty() && skipped < SCHEDULE_SCAN {
             let chunk: Vec<(Reverse<i32>, TaskId)> = match self.idx.queues.get(&sid) {
                 Some(q) => match after {
-                    Some(key) => q.range((Excluded(key), Unbounded)).take(SCHEDULE_SCAN).copied().collect(),
+                    Some(key) => q
+                        .range((Excluded(key), Unbounded))
+                        .take(SCHEDULE_SCAN)
+                        .copied()
+                        .collect(),
                     None => q.iter().take(SCHEDULE_SCAN).copied().collect(),
                 },
                 None => Vec::new(),
@@ -447,11 +559,20 @@ impl State {
                 let need = task.open_slots as usize;
                 let served = |m: &MinerId| task.slot(*m).is_some();
                 if first {
-                    let eligible = self.sessions[&sid].reserved.iter().filter(|m| !served(m)).count();
+                    let eligible = self.sessions[&sid]
+                        .reserved
+                        .iter()
+                        .filter(|m| !served(m))
+                        .count();
                     shortfall = need.saturating_sub(eligible) as u32;
                     first = false;
                 }
-                let chosen: Vec<(usize, u64, MinerId)> = free.iter().filter(|c| !served(&c.2)).take(need).copied().collect();
+                let chosen: Vec<(usize, u64, MinerId)> = free
+                    .iter()
+                    .filter(|c| !served(&c.2))
+                    .take(need)
+                    .copied()
+                    .collect();
                 if chosen.len() < need {
                     skipped += 1;
                     if skipped >= SCHEDULE_SCAN {
@@ -541,7 +662,10 @@ impl State {
         {
             return;
         }
-        let at = self.step.now.saturating_add(self.sessions[&t.session].spec.precommit_timeout_ms);
+        let at = self
+            .step
+            .now
+            .saturating_add(self.sessions[&t.session].spec.precommit_timeout_ms);
         self.task_mut(id).phase_deadline = Some(at);
         self.set_due(None, Some(at), Due::Phase(id));
         self.refresh_state(id);
@@ -555,8 +679,9 @@ impl State {
         let now = self.step.now;
         let t = &self.tasks[&id];
         let commit_timeout = self.sessions[&t.session].spec.commit_timeout_ms;
-        let laggards: Vec<usize> =
-            (0..t.assignments.len()).filter(|&i| t.assignments[i].state == SlotState::Acked).collect();
+        let laggards: Vec<usize> = (0..t.assignments.len())
+            .filter(|&i| t.assignments[i].state == SlotState::Acked)
+            .collect();
         for i in laggards {
             let miner = self.tasks[&id].assignments[i].miner;
             self.end_slot(id, i, SlotState::Expired);
@@ -568,7 +693,11 @@ impl State {
         t.phase_closed = true;
         t.phase_deadline = None;
         let mut dues = Vec::new();
-        for a in t.assignments.iter_mut().filter(|a| a.state == SlotState::Precommitted) {
+        for a in t
+            .assignments
+            .iter_mut()
+            .filter(|a| a.state == SlotState::Precommitted)
+        {
             dues.push((a.miner, a.deadline));
             a.deadline = Some(deadline);
         }
@@ -585,14 +714,19 @@ impl State {
     pub(super) fn phase_timeout(&mut self, id: TaskId) {
         let t = &self.tasks[&id];
         let q = self.sessions[&t.session].q() as usize;
-        let precommitted = t.assignments.iter().filter(|a| a.state == SlotState::Precommitted).count();
+        let precommitted = t
+            .assignments
+            .iter()
+            .filter(|a| a.state == SlotState::Precommitted)
+            .count();
         if precommitted >= q {
             self.close_phase(id);
             self.evaluate(id);
             return;
         }
-        let laggards: Vec<usize> =
-            (0..t.assignments.len()).filter(|&i| t.assignments[i].state == SlotState::Acked).collect();
+        let laggards: Vec<usize> = (0..t.assignments.len())
+            .filter(|&i| t.assignments[i].state == SlotState::Acked)
+            .collect();
         let n = laggards.len() as u8;
         for i in laggards {
             let miner = self.tasks[&id].assignments[i].miner;
@@ -601,13 +735,19 @@ impl State {
         }
         self.task_mut(id).phase_deadline = None;
         let k = self.sessions[&self.tasks[&id].session].k();
-        self.reopen(id, n, &format!("precommit timeout: {precommitted} of {k} miners precommitted, {q} needed"));
+        self.reopen(
+            id,
+            n,
+            &format!("precommit timeout: {precommitted} of {k} miners precommitted, {q} needed"),
+        );
         self.refresh_state(id);
     }
 
     /// A slot's own deadline passed (ack, late precommit, or reveal).
     pub(super) fn slot_timeout(&mut self, id: TaskId, miner: MinerId) {
-        let Some(i) = self.tasks[&id].slot(miner) else { return };
+        let Some(i) = self.tasks[&id].slot(miner) else {
+            return;
+        };
         let what = match self.tasks[&id].assignments[i].state {
             SlotState::Assigned => "ack",
             SlotState::Acked => "precommit",
@@ -622,8 +762,11 @@ impl State {
 
     /// Ends a miner's active slot as expired (its miner gone or its time up).
     pub(super) fn expire_slot(&mut self, id: TaskId, miner: MinerId, kind: EventKind) {
-        let Some(i) = self.tasks[&id].slot(miner) else { return };
-        if !self.tasks[&id].assignments[i].state.is_active() || self.tasks[&id].state.is_terminal() {
+        let Some(i) = self.tasks[&id].slot(miner) else {
+            return;
+        };
+        if !self.tasks[&id].assignments[i].state.is_active() || self.tasks[&id].state.is_terminal()
+        {
             return;
         }
         self.end_slot(id, i, SlotState::Expired);
@@ -666,7 +809,11 @@ impl State {
         t.open_slots += n;
         // A slot lost while the precommit phase is open: the phase waits again until
         // the replacement has acked.
-        let reset_phase = if t.phase_closed { None } else { t.phase_deadline.take() };
+        let reset_phase = if t.phase_closed {
+            None
+        } else {
+            t.phase_deadline.take()
+        };
         let key = t.queue_key();
         self.set_due(reset_phase, None, Due::Phase(id));
         if !was_queued {
@@ -711,14 +858,24 @@ impl State {
     }
 
     /// Moves a task to a final state, freeing its miners and its queue place.
-    pub(super) fn finish(&mut self, id: TaskId, state: TaskState, result: Option<Vec<u8>>, failure: Option<String>) {
+    pub(super) fn finish(
+        &mut self,
+        id: TaskId,
+        state: TaskState,
+        result: Option<Vec<u8>>,
+        failure: Option<String>,
+    ) {
         let now = self.step.now;
         let t = &self.tasks[&id];
         let sid = t.session;
         let retention = self.sessions[&sid].spec.retention_ms;
         let (open, key, phase) = (t.open_slots, t.queue_key(), t.phase_deadline);
-        let held: Vec<(MinerId, Option<u64>)> =
-            t.assignments.iter().filter(|a| a.state.is_active()).map(|a| (a.miner, a.deadline)).collect();
+        let held: Vec<(MinerId, Option<u64>)> = t
+            .assignments
+            .iter()
+            .filter(|a| a.state.is_active())
+            .map(|a| (a.miner, a.deadline))
+            .collect();
         if open > 0 {
             self.dequeue(sid, key);
         }
@@ -796,7 +953,9 @@ impl State {
 
     /// Forgets a finished task whose retention has passed.
     pub(super) fn purge_task(&mut self, id: TaskId) {
-        let Some(t) = self.tasks.remove(&id) else { return };
+        let Some(t) = self.tasks.remove(&id) else {
+            return;
+        };
         self.mark(Key::Task(id));
         if let Some(key) = t.idempotency_key {
             self.idx.idempotency.remove(&(t.session, key));

@@ -36,7 +36,10 @@ fn token(m: MinerId) -> Digest {
 }
 
 fn auth(m: MinerId) -> MinerAuth {
-    MinerAuth { miner: m, token_hash: token(m) }
+    MinerAuth {
+        miner: m,
+        token_hash: token(m),
+    }
 }
 
 fn nonce(m: MinerId) -> Vec<u8> {
@@ -51,7 +54,10 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        World { s: State::new(), now: 1_000_000 }
+        World {
+            s: State::new(),
+            now: 1_000_000,
+        }
     }
 
     fn run(&mut self, c: Command) -> Result<Applied, Rejection> {
@@ -68,8 +74,14 @@ impl World {
     /// Applies a command that must be refused, and checks that nothing changed.
     fn refused(&mut self, c: Command) -> Rejection {
         let before = self.s.encode();
-        let e = self.run(c.clone()).expect_err(&format!("{c:?} must be refused"));
-        assert_eq!(before, self.s.encode(), "{c:?} was refused but changed the state");
+        let e = self
+            .run(c.clone())
+            .expect_err(&format!("{c:?} must be refused"));
+        assert_eq!(
+            before,
+            self.s.encode(),
+            "{c:?} was refused but changed the state"
+        );
         e
     }
 
@@ -106,7 +118,13 @@ impl World {
         self.miner_tagged(capacity, &[])
     }
 
-    fn submit_with(&mut self, session: SessionId, payload: &str, priority: Option<i32>, key: Option<&str>) -> TaskId {
+    fn submit_with(
+        &mut self,
+        session: SessionId,
+        payload: &str,
+        priority: Option<i32>,
+        key: Option<&str>,
+    ) -> TaskId {
         match self.ok(Command::SubmitTasks {
             session,
             tasks: vec![NewTask {
@@ -134,24 +152,46 @@ impl World {
 
     /// Miners holding an active slot of the task, in slot order.
     fn holders(&self, t: TaskId) -> Vec<MinerId> {
-        self.task(t).assignments.iter().filter(|a| a.state.is_active()).map(|a| a.miner).collect()
+        self.task(t)
+            .assignments
+            .iter()
+            .filter(|a| a.state.is_active())
+            .map(|a| a.miner)
+            .collect()
     }
 
     fn slot(&self, t: TaskId, m: MinerId) -> SlotState {
-        self.task(t).assignments.iter().find(|a| a.miner == m).expect("slot").state
+        self.task(t)
+            .assignments
+            .iter()
+            .find(|a| a.miner == m)
+            .expect("slot")
+            .state
     }
 
     fn ack(&mut self, t: TaskId, m: MinerId) {
-        self.ok(Command::Ack { task: t, auth: auth(m) });
+        self.ok(Command::Ack {
+            task: t,
+            auth: auth(m),
+        });
     }
 
     fn precommit(&mut self, t: TaskId, m: MinerId, output: &str) {
         let hash = sha256(&[output.as_bytes(), &nonce(m)]);
-        self.ok(Command::Precommit { task: t, auth: auth(m), hash });
+        self.ok(Command::Precommit {
+            task: t,
+            auth: auth(m),
+            hash,
+        });
     }
 
     fn reveal_cmd(t: TaskId, m: MinerId, output: &str) -> Command {
-        Command::Reveal { task: t, auth: auth(m), output: output.as_bytes().to_vec(), nonce: nonce(m) }
+        Command::Reveal {
+            task: t,
+            auth: auth(m),
+            output: output.as_bytes().to_vec(),
+            nonce: nonce(m),
+        }
     }
 
     fn reveal(&mut self, t: TaskId, m: MinerId, output: &str) -> Response {
@@ -181,21 +221,37 @@ fn a_task_goes_through_every_state_with_three_miners_and_quorum_two() {
     let mut w = World::new();
     let s = w.session(3, 2);
     let miners = [w.miner(1), w.miner(1), w.miner(1)];
-    assert_eq!(w.s.session(s).unwrap().reserved.len(), 3, "a session reserves k miners");
+    assert_eq!(
+        w.s.session(s).unwrap().reserved.len(),
+        3,
+        "a session reserves k miners"
+    );
     let t = w.submit(s, "prompt");
     assert_eq!(w.state(t), TaskState::Queued);
-    assert_eq!(w.holders(t), miners.to_vec(), "dispatched to three distinct miners by id");
+    assert_eq!(
+        w.holders(t),
+        miners.to_vec(),
+        "dispatched to three distinct miners by id"
+    );
     assert_eq!(w.task(t).attempts, 1);
 
     w.ack(t, miners[0]);
     w.ack(t, miners[1]);
-    assert_eq!(w.state(t), TaskState::Queued, "acked only when every miner acked");
+    assert_eq!(
+        w.state(t),
+        TaskState::Queued,
+        "acked only when every miner acked"
+    );
     w.ack(t, miners[2]);
     assert_eq!(w.state(t), TaskState::Acked);
 
     w.precommit(t, miners[0], "answer");
     w.precommit(t, miners[1], "answer");
-    assert_eq!(w.state(t), TaskState::Acked, "the phase stays open until all precommit or it times out");
+    assert_eq!(
+        w.state(t),
+        TaskState::Acked,
+        "the phase stays open until all precommit or it times out"
+    );
     let early = w.refused(World::reveal_cmd(t, miners[0], "answer"));
     assert!(matches!(early, Rejection::Conflict(_)), "{early}");
     w.precommit(t, miners[2], "answer");
@@ -211,10 +267,19 @@ fn a_task_goes_through_every_state_with_three_miners_and_quorum_two() {
     let states: Vec<TaskState> = task.history.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         states,
-        [TaskState::Queued, TaskState::Acked, TaskState::Precommitted, TaskState::Committed, TaskState::Completed]
+        [
+            TaskState::Queued,
+            TaskState::Acked,
+            TaskState::Precommitted,
+            TaskState::Committed,
+            TaskState::Completed
+        ]
     );
     for m in miners {
-        assert!(w.s.miner(m).unwrap().active.is_empty(), "completion frees every miner");
+        assert!(
+            w.s.miner(m).unwrap().active.is_empty(),
+            "completion frees every miner"
+        );
     }
     // The third miner is too late: the task is done and never changes again.
     let late = w.refused(World::reveal_cmd(t, miners[2], "answer"));
@@ -231,12 +296,20 @@ fn reservation_grows_with_backlog_and_shrinks_when_idle() {
     sp.max_nodes = 3;
     let s = w.session_with(sp);
     let miners: Vec<MinerId> = (0..5).map(|_| w.miner(1)).collect();
-    assert_eq!(w.s.session(s).unwrap().reserved.len(), 1, "an idle session holds k");
+    assert_eq!(
+        w.s.session(s).unwrap().reserved.len(),
+        1,
+        "an idle session holds k"
+    );
     assert_eq!(w.s.pool().pooled, 4);
 
     let tasks: Vec<TaskId> = (0..6).map(|i| w.submit(s, &format!("p{i}"))).collect();
     let session = w.s.session(s).unwrap();
-    assert_eq!(session.reserved.len(), 3, "backlog grows the reservation up to max_nodes");
+    assert_eq!(
+        session.reserved.len(),
+        3,
+        "backlog grows the reservation up to max_nodes"
+    );
     assert_eq!(session.active_slots, 3);
     assert_eq!(session.open_slots, 3);
     assert_eq!(w.s.pool().pooled, 2);
@@ -248,7 +321,11 @@ fn reservation_grows_with_backlog_and_shrinks_when_idle() {
         w.complete(t, "done");
     }
     let session = w.s.session(s).unwrap();
-    assert_eq!(session.reserved.len(), 3, "not released before the idle time");
+    assert_eq!(
+        session.reserved.len(),
+        3,
+        "not released before the idle time"
+    );
     w.advance(IDLE_MS - 1);
     assert_eq!(w.s.session(s).unwrap().reserved.len(), 3);
     w.advance(1);
@@ -274,7 +351,11 @@ fn a_session_below_k_is_served_first_and_borrows_idle_miners() {
     let greedy = w.session_with(sp);
     let tasks: Vec<TaskId> = (0..4).map(|i| w.submit(greedy, &format!("g{i}"))).collect();
     let _miners: Vec<MinerId> = (0..4).map(|_| w.miner(1)).collect();
-    assert_eq!(w.s.session(greedy).unwrap().reserved.len(), 4, "its backlog grew it to four");
+    assert_eq!(
+        w.s.session(greedy).unwrap().reserved.len(),
+        4,
+        "its backlog grew it to four"
+    );
     w.complete(tasks[0], "done");
     w.complete(tasks[1], "done");
     // Two of its miners are idle now, two busy; no other miner exists.
@@ -284,7 +365,11 @@ fn a_session_below_k_is_served_first_and_borrows_idle_miners() {
     for m in &held {
         assert!(w.s.miner(*m).unwrap().active.is_empty());
     }
-    assert_eq!(w.s.session(greedy).unwrap().reserved.len(), 2, "the busy ones stayed");
+    assert_eq!(
+        w.s.session(greedy).unwrap().reserved.len(),
+        2,
+        "the busy ones stayed"
+    );
     let t = w.submit(hungry, "h");
     assert_eq!(w.holders(t).len(), 2);
     // A third session finds nothing idle to borrow...
@@ -293,7 +378,10 @@ fn a_session_below_k_is_served_first_and_borrows_idle_miners() {
     // ...and a miner coming into the pool goes to it before the greedy one grows.
     w.submit(greedy, "more backlog");
     let fresh = w.miner(1);
-    assert_eq!(w.s.session(third).unwrap().reserved, BTreeSet::from([fresh]));
+    assert_eq!(
+        w.s.session(third).unwrap().reserved,
+        BTreeSet::from([fresh])
+    );
 }
 
 #[test]
@@ -307,10 +395,16 @@ fn a_tagged_session_reserves_only_miners_with_its_tag_and_waits_for_them() {
     let t = w.submit(s, "x");
     assert_eq!(w.s.session(s).unwrap().reserved, BTreeSet::from([tagged]));
     assert_eq!(w.state(t), TaskState::Queued);
-    assert!(w.holders(t).is_empty(), "one tagged miner cannot take a task that needs two");
+    assert!(
+        w.holders(t).is_empty(),
+        "one tagged miner cannot take a task that needs two"
+    );
     let pool = w.s.pool();
     assert_eq!(pool.wanted, 1);
-    assert!(pool.delta > 0, "the scaling signal asks for another miner: {pool:?}");
+    assert!(
+        pool.delta > 0,
+        "the scaling signal asks for another miner: {pool:?}"
+    );
     assert_eq!(w.s.miner(plain).unwrap().state, MinerState::Pooled);
     let second = w.miner_tagged(1, &["llama-3"]);
     assert_eq!(w.holders(t), vec![tagged, second]);
@@ -326,18 +420,36 @@ fn illegal_transitions_are_refused_and_change_nothing() {
     let conflict = |r: Rejection| assert!(matches!(r, Rejection::Conflict(_)), "{r}");
 
     // Not assigned to c.
-    conflict(w.refused(Command::Ack { task: t, auth: auth(c) }));
+    conflict(w.refused(Command::Ack {
+        task: t,
+        auth: auth(c),
+    }));
     // Precommit and reveal before ack.
-    conflict(w.refused(Command::Precommit { task: t, auth: auth(a), hash: [0; 32] }));
+    conflict(w.refused(Command::Precommit {
+        task: t,
+        auth: auth(a),
+        hash: [0; 32],
+    }));
     conflict(w.refused(World::reveal_cmd(t, a, "x")));
     w.ack(t, a);
-    conflict(w.refused(Command::Ack { task: t, auth: auth(a) }));
+    conflict(w.refused(Command::Ack {
+        task: t,
+        auth: auth(a),
+    }));
     // The phase opens only when everyone acked.
-    conflict(w.refused(Command::Precommit { task: t, auth: auth(a), hash: [0; 32] }));
+    conflict(w.refused(Command::Precommit {
+        task: t,
+        auth: auth(a),
+        hash: [0; 32],
+    }));
     w.ack(t, b);
     w.precommit(t, a, "y");
     // A second precommit.
-    conflict(w.refused(Command::Precommit { task: t, auth: auth(a), hash: [1; 32] }));
+    conflict(w.refused(Command::Precommit {
+        task: t,
+        auth: auth(a),
+        hash: [1; 32],
+    }));
     // Reveal before the phase closed.
     conflict(w.refused(World::reveal_cmd(t, a, "y")));
     w.precommit(t, b, "y");
@@ -347,24 +459,56 @@ fn illegal_transitions_are_refused_and_change_nothing() {
     assert_eq!(w.state(t), TaskState::Completed);
     // Any write to a completed task.
     conflict(w.refused(World::reveal_cmd(t, b, "y")));
-    conflict(w.refused(Command::Ack { task: t, auth: auth(a) }));
+    conflict(w.refused(Command::Ack {
+        task: t,
+        auth: auth(a),
+    }));
     conflict(w.refused(Command::CancelTask { task: t }));
 
     // Unknown ids, bad tokens, bad specs.
-    assert!(matches!(w.refused(Command::CancelTask { task: TaskId(99) }), Rejection::NotFound(_)));
-    assert!(matches!(w.refused(Command::CloseSession { session: SessionId(99) }), Rejection::NotFound(_)));
-    let bad = MinerAuth { miner: a, token_hash: [7; 32] };
-    assert!(matches!(w.refused(Command::Heartbeat { auth: bad }), Rejection::Unauthorized(_)));
-    let nobody = MinerAuth { miner: MinerId(99), token_hash: [7; 32] };
-    assert!(matches!(w.refused(Command::Heartbeat { auth: nobody }), Rejection::Unauthorized(_)));
+    assert!(matches!(
+        w.refused(Command::CancelTask { task: TaskId(99) }),
+        Rejection::NotFound(_)
+    ));
+    assert!(matches!(
+        w.refused(Command::CloseSession {
+            session: SessionId(99)
+        }),
+        Rejection::NotFound(_)
+    ));
+    let bad = MinerAuth {
+        miner: a,
+        token_hash: [7; 32],
+    };
+    assert!(matches!(
+        w.refused(Command::Heartbeat { auth: bad }),
+        Rejection::Unauthorized(_)
+    ));
+    let nobody = MinerAuth {
+        miner: MinerId(99),
+        token_hash: [7; 32],
+    };
+    assert!(matches!(
+        w.refused(Command::Heartbeat { auth: nobody }),
+        Rejection::Unauthorized(_)
+    ));
     for bad_spec in [spec(0, 1), spec(8, 1), spec(3, 4), spec(2, 0)] {
-        assert!(matches!(w.refused(Command::CreateSession(bad_spec)), Rejection::Invalid(_)));
+        assert!(matches!(
+            w.refused(Command::CreateSession(bad_spec)),
+            Rejection::Invalid(_)
+        ));
     }
     let mut few_nodes = spec(3, 2);
     few_nodes.max_nodes = 2;
-    assert!(matches!(w.refused(Command::CreateSession(few_nodes)), Rejection::Invalid(_)));
     assert!(matches!(
-        w.refused(Command::SubmitTasks { session: s, tasks: vec![] }),
+        w.refused(Command::CreateSession(few_nodes)),
+        Rejection::Invalid(_)
+    ));
+    assert!(matches!(
+        w.refused(Command::SubmitTasks {
+            session: s,
+            tasks: vec![]
+        }),
         Rejection::Invalid(_)
     ));
     assert!(matches!(
@@ -381,7 +525,11 @@ fn illegal_transitions_are_refused_and_change_nothing() {
     w.ok(Command::CloseSession { session: s });
     conflict(w.refused(Command::SubmitTasks {
         session: s,
-        tasks: vec![NewTask { payload: vec![], priority: None, idempotency_key: None }],
+        tasks: vec![NewTask {
+            payload: vec![],
+            priority: None,
+            idempotency_key: None,
+        }],
     }));
     conflict(w.refused(Command::CloseSession { session: s }));
     // A gone miner can do nothing.
@@ -400,11 +548,21 @@ fn an_ack_timeout_gives_the_slot_to_another_miner() {
     assert_eq!(w.holders(t), vec![a]);
     w.advance(1);
     assert_eq!(w.slot(t, a), SlotState::Expired);
-    assert_eq!(w.holders(t), vec![b], "re-queued and given to a miner that has not had it");
+    assert_eq!(
+        w.holders(t),
+        vec![b],
+        "re-queued and given to a miner that has not had it"
+    );
     assert_eq!(w.task(t).attempts, 2);
     assert_eq!(w.s.miner(a).unwrap().expired, 1);
     // The expired miner can no longer act on it.
-    assert!(matches!(w.refused(Command::Ack { task: t, auth: auth(a) }), Rejection::Conflict(_)));
+    assert!(matches!(
+        w.refused(Command::Ack {
+            task: t,
+            auth: auth(a)
+        }),
+        Rejection::Conflict(_)
+    ));
     w.complete(t, "ok");
 }
 
@@ -419,9 +577,17 @@ fn a_precommit_timeout_below_quorum_requeues_the_silent_slots() {
     w.precommit(t, a, "out");
     w.advance(PRECOMMIT_MS);
     assert_eq!(w.slot(t, b), SlotState::Expired);
-    assert_eq!(w.state(t), TaskState::Queued, "the phase reopens for the replacement");
+    assert_eq!(
+        w.state(t),
+        TaskState::Queued,
+        "the phase reopens for the replacement"
+    );
     assert_eq!(w.holders(t), vec![a, c]);
-    assert_eq!(w.slot(t, a), SlotState::Precommitted, "a's precommit stands");
+    assert_eq!(
+        w.slot(t, a),
+        SlotState::Precommitted,
+        "a's precommit stands"
+    );
     w.ack(t, c);
     assert_eq!(w.state(t), TaskState::Acked);
     w.precommit(t, c, "out");
@@ -465,7 +631,11 @@ fn a_reveal_timeout_gives_the_slot_to_a_late_miner() {
     w.advance(COMMIT_MS);
     assert_eq!(w.slot(t, b), SlotState::Expired);
     assert_eq!(w.holders(t), vec![c]);
-    assert_eq!(w.state(t), TaskState::Committed, "a reveal stands; the late miner joins the closed phase");
+    assert_eq!(
+        w.state(t),
+        TaskState::Committed,
+        "a reveal stands; the late miner joins the closed phase"
+    );
     w.ack(t, c);
     w.precommit(t, c, "out");
     w.reveal(t, c, "out");
@@ -486,7 +656,14 @@ fn a_task_fails_when_its_attempts_run_out() {
     w.advance(ACK_MS);
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
-    assert!(task.failure.as_deref().unwrap().contains("gave up after 2 attempts"), "{:?}", task.failure);
+    assert!(
+        task.failure
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 2 attempts"),
+        "{:?}",
+        task.failure
+    );
     assert!(w.s.pool().reserved >= 1);
     assert_eq!(w.s.session(s).unwrap().active_slots, 0);
 }
@@ -527,7 +704,11 @@ fn disagreeing_reveals_fail_the_task() {
     w.reveal(t, b, "two");
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
-    assert!(task.failure.as_deref().unwrap().starts_with("no quorum"), "{:?}", task.failure);
+    assert!(
+        task.failure.as_deref().unwrap().starts_with("no quorum"),
+        "{:?}",
+        task.failure
+    );
 }
 
 #[test]
@@ -539,12 +720,26 @@ fn a_repeated_idempotency_key_returns_the_first_task() {
     let r = w.ok(Command::SubmitTasks {
         session: s,
         tasks: vec![
-            NewTask { payload: b"other".to_vec(), priority: None, idempotency_key: Some("k-1".into()) },
-            NewTask { payload: b"new".to_vec(), priority: None, idempotency_key: Some("k-2".into()) },
-            NewTask { payload: b"again".to_vec(), priority: None, idempotency_key: Some("k-2".into()) },
+            NewTask {
+                payload: b"other".to_vec(),
+                priority: None,
+                idempotency_key: Some("k-1".into()),
+            },
+            NewTask {
+                payload: b"new".to_vec(),
+                priority: None,
+                idempotency_key: Some("k-2".into()),
+            },
+            NewTask {
+                payload: b"again".to_vec(),
+                priority: None,
+                idempotency_key: Some("k-2".into()),
+            },
         ],
     });
-    let Response::TasksSubmitted { tasks } = r else { panic!("{r:?}") };
+    let Response::TasksSubmitted { tasks } = r else {
+        panic!("{r:?}")
+    };
     assert_eq!(tasks[0], (t1, false));
     assert!(tasks[1].1);
     assert_eq!(tasks[2], (tasks[1].0, false));
@@ -588,7 +783,9 @@ fn a_miner_that_misses_heartbeats_is_gone_and_its_slots_move() {
     let t = w.submit(s, "x");
     assert_eq!(w.holders(t), vec![MinerId(1)]);
     w.now += 4_000;
-    w.ok(Command::Heartbeat { auth: auth(MinerId(1)) });
+    w.ok(Command::Heartbeat {
+        auth: auth(MinerId(1)),
+    });
     w.advance(4_999);
     assert_eq!(w.s.miner(MinerId(1)).unwrap().state, MinerState::Reserved);
     let spare = w.miner(1);
@@ -645,7 +842,10 @@ fn the_state_round_trips_through_its_encoding() {
     w.ack(t, a);
     // A record encodes to the same bytes borrowed or owned.
     for key in [Key::Header, Key::Session(s), Key::Miner(a), Key::Task(t)] {
-        assert_eq!(w.s.record_bytes(key), w.s.record(key).map(|r| crate::codec::encode_record(&r)));
+        assert_eq!(
+            w.s.record_bytes(key),
+            w.s.record(key).map(|r| crate::codec::encode_record(&r))
+        );
     }
     let restored = State::decode(&w.s.encode()).unwrap();
     assert_eq!(restored, w.s);
@@ -674,10 +874,17 @@ fn check_invariants(s: &State) {
         let session = &s.sessions[&t.session];
         counts.entry(t.session).or_default().add(t.state, 1);
         let miners: BTreeSet<MinerId> = t.assignments.iter().map(|a| a.miner).collect();
-        assert_eq!(miners.len(), t.assignments.len(), "{}: a miner holds two slots", t.id);
+        assert_eq!(
+            miners.len(),
+            t.assignments.len(),
+            "{}: a miner holds two slots",
+            t.id
+        );
         if t.state.is_terminal() {
             assert_eq!(t.open_slots, 0);
-            assert!(t.phase_deadline.is_none() && t.assignments.iter().all(|a| a.deadline.is_none()));
+            assert!(
+                t.phase_deadline.is_none() && t.assignments.iter().all(|a| a.deadline.is_none())
+            );
         } else {
             *open.entry(t.session).or_default() += t.open_slots as u64;
             let n = t.active_slots();
@@ -685,27 +892,62 @@ fn check_invariants(s: &State) {
             for a in t.assignments.iter().filter(|a| a.state.is_active()) {
                 held.entry(a.miner).or_default().insert(t.id);
             }
-            assert!(n + t.open_slots as usize <= session.k() as usize, "{}: more slots than k", t.id);
+            assert!(
+                n + t.open_slots as usize <= session.k() as usize,
+                "{}: more slots than k",
+                t.id
+            );
             if !t.phase_closed {
-                assert_eq!(n + t.open_slots as usize, session.k() as usize, "{}: slots lost before close", t.id);
+                assert_eq!(
+                    n + t.open_slots as usize,
+                    session.k() as usize,
+                    "{}: slots lost before close",
+                    t.id
+                );
             }
-            assert_eq!(t.state, t.derived_state(), "{}: state does not follow its slots", t.id);
+            assert_eq!(
+                t.state,
+                t.derived_state(),
+                "{}: state does not follow its slots",
+                t.id
+            );
         }
         if t.state == TaskState::Completed {
             let result = t.result.as_ref().expect("a completed task has a result");
             let agree = t
                 .assignments
                 .iter()
-                .filter(|a| a.state == SlotState::Committed && a.output_hash == Some(sha256(&[result])))
+                .filter(|a| {
+                    a.state == SlotState::Committed && a.output_hash == Some(sha256(&[result]))
+                })
                 .count();
-            assert!(agree >= session.q() as usize, "{}: completed without q agreeing reveals", t.id);
+            assert!(
+                agree >= session.q() as usize,
+                "{}: completed without q agreeing reveals",
+                t.id
+            );
         }
     }
     let mut depth = StateCounts::default();
     for sess in s.sessions.values() {
-        assert_eq!(sess.counts, counts.get(&sess.id).copied().unwrap_or_default(), "{} counts", sess.id);
-        assert_eq!(sess.open_slots, open.get(&sess.id).copied().unwrap_or(0), "{} open slots", sess.id);
-        assert_eq!(sess.active_slots, active.get(&sess.id).copied().unwrap_or(0), "{} active slots", sess.id);
+        assert_eq!(
+            sess.counts,
+            counts.get(&sess.id).copied().unwrap_or_default(),
+            "{} counts",
+            sess.id
+        );
+        assert_eq!(
+            sess.open_slots,
+            open.get(&sess.id).copied().unwrap_or(0),
+            "{} open slots",
+            sess.id
+        );
+        assert_eq!(
+            sess.active_slots,
+            active.get(&sess.id).copied().unwrap_or(0),
+            "{} active slots",
+            sess.id
+        );
         assert!(sess.reserved.len() as u32 <= sess.spec.max_nodes);
         for m in &sess.reserved {
             let miner = &s.miners[m];
@@ -727,10 +969,21 @@ fn check_invariants(s: &State) {
     }
     assert_eq!(s.idx.depth, depth);
     for m in s.miners.values() {
-        assert_eq!(m.active, held.get(&m.id).cloned().unwrap_or_default(), "{} active set", m.id);
-        assert!(m.active.len() as u32 <= m.capacity, "{} over capacity", m.id);
+        assert_eq!(
+            m.active,
+            held.get(&m.id).cloned().unwrap_or_default(),
+            "{} active set",
+            m.id
+        );
+        assert!(
+            m.active.len() as u32 <= m.capacity,
+            "{} over capacity",
+            m.id
+        );
         match m.state {
-            MinerState::Reserved => assert!(s.sessions[&m.reserved_by.unwrap()].reserved.contains(&m.id)),
+            MinerState::Reserved => {
+                assert!(s.sessions[&m.reserved_by.unwrap()].reserved.contains(&m.id))
+            }
             MinerState::Pooled => assert!(m.reserved_by.is_none() && m.active.is_empty()),
             MinerState::Draining => assert!(m.reserved_by.is_none() && !m.active.is_empty()),
             MinerState::Gone => assert!(m.reserved_by.is_none() && m.active.is_empty()),
@@ -745,17 +998,42 @@ fn check_invariants(s: &State) {
 /// One random step; indices pick among what exists at that moment.
 #[derive(Clone, Debug)]
 enum Op {
-    CreateSession { k: u8, q: u8, max_nodes: u32, tagged: bool },
+    CreateSession {
+        k: u8,
+        q: u8,
+        max_nodes: u32,
+        tagged: bool,
+    },
     CloseSession(usize),
-    Submit { session: usize, n: usize, priority: i32, key: Option<u8> },
+    Submit {
+        session: usize,
+        n: usize,
+        priority: i32,
+        key: Option<u8>,
+    },
     Cancel(usize),
-    Register { capacity: u32, tagged: bool, hb: u64 },
+    Register {
+        capacity: u32,
+        tagged: bool,
+        hb: u64,
+    },
     Heartbeat(usize),
     Drain(usize),
     Deregister(usize),
-    Ack { task: usize, miner: usize },
-    Precommit { task: usize, miner: usize, output: u8 },
-    Reveal { task: usize, miner: usize, honest: bool },
+    Ack {
+        task: usize,
+        miner: usize,
+    },
+    Precommit {
+        task: usize,
+        miner: usize,
+        output: u8,
+    },
+    Reveal {
+        task: usize,
+        miner: usize,
+        honest: bool,
+    },
     Tick(u64),
     BadToken(usize),
 }
@@ -819,7 +1097,12 @@ impl Driver {
             .tasks
             .values()
             .filter(|t| !t.state.is_terminal())
-            .flat_map(|t| t.assignments.iter().filter(|a| a.state.is_active()).map(move |a| (t.id, a.miner)))
+            .flat_map(|t| {
+                t.assignments
+                    .iter()
+                    .filter(|a| a.state.is_active())
+                    .map(move |a| (t.id, a.miner))
+            })
             .collect();
         let holder = |task: usize, miner: usize| -> Option<(TaskId, MinerId)> {
             if miner % 5 == 4 || held.is_empty() {
@@ -829,7 +1112,12 @@ impl Driver {
             }
         };
         Some(match *op {
-            Op::CreateSession { k, q, max_nodes, tagged } => {
+            Op::CreateSession {
+                k,
+                q,
+                max_nodes,
+                tagged,
+            } => {
                 let mut sp = spec(k, q);
                 sp.max_nodes = max_nodes;
                 sp.max_attempts = 3;
@@ -837,8 +1125,15 @@ impl Driver {
                 sp.tag = tagged.then(|| "gpu".to_string());
                 Command::CreateSession(sp)
             }
-            Op::CloseSession(i) => Command::CloseSession { session: pick(&sessions, i)? },
-            Op::Submit { session, n, priority, key } => Command::SubmitTasks {
+            Op::CloseSession(i) => Command::CloseSession {
+                session: pick(&sessions, i)?,
+            },
+            Op::Submit {
+                session,
+                n,
+                priority,
+                key,
+            } => Command::SubmitTasks {
                 session: pick(&sessions, session)?,
                 tasks: (0..n)
                     .map(|j| NewTask {
@@ -848,8 +1143,14 @@ impl Driver {
                     })
                     .collect(),
             },
-            Op::Cancel(i) => Command::CancelTask { task: pick(&tasks, i)? },
-            Op::Register { capacity, tagged, hb } => {
+            Op::Cancel(i) => Command::CancelTask {
+                task: pick(&tasks, i)?,
+            },
+            Op::Register {
+                capacity,
+                tagged,
+                hb,
+            } => {
                 let id = MinerId(s.header.next_miner + 1);
                 Command::RegisterMiner {
                     name: format!("m{}", id.0),
@@ -859,33 +1160,68 @@ impl Driver {
                     heartbeat_timeout_ms: hb,
                 }
             }
-            Op::Heartbeat(i) => Command::Heartbeat { auth: auth(pick(&miners, i)?) },
-            Op::Drain(i) => Command::DrainMiner { auth: auth(pick(&miners, i)?) },
-            Op::Deregister(i) => Command::DeregisterMiner { auth: auth(pick(&miners, i)?) },
+            Op::Heartbeat(i) => Command::Heartbeat {
+                auth: auth(pick(&miners, i)?),
+            },
+            Op::Drain(i) => Command::DrainMiner {
+                auth: auth(pick(&miners, i)?),
+            },
+            Op::Deregister(i) => Command::DeregisterMiner {
+                auth: auth(pick(&miners, i)?),
+            },
             Op::Ack { task, miner } => {
                 let (task, m) = holder(task, miner)?;
-                Command::Ack { task, auth: auth(m) }
+                Command::Ack {
+                    task,
+                    auth: auth(m),
+                }
             }
-            Op::Precommit { task, miner, output } => {
+            Op::Precommit {
+                task,
+                miner,
+                output,
+            } => {
                 let (task, m) = holder(task, miner)?;
                 let out = vec![b'A' + output];
                 let hash = sha256(&[&out, &nonce(m)]);
                 self.outputs.insert((task, m), out);
-                Command::Precommit { task, auth: auth(m), hash }
+                Command::Precommit {
+                    task,
+                    auth: auth(m),
+                    hash,
+                }
             }
-            Op::Reveal { task, miner, honest } => {
+            Op::Reveal {
+                task,
+                miner,
+                honest,
+            } => {
                 let (task, m) = holder(task, miner)?;
-                let mut output = self.outputs.get(&(task, m)).cloned().unwrap_or_else(|| b"A".to_vec());
+                let mut output = self
+                    .outputs
+                    .get(&(task, m))
+                    .cloned()
+                    .unwrap_or_else(|| b"A".to_vec());
                 if !honest {
                     output.push(b'!');
                 }
-                Command::Reveal { task, auth: auth(m), output, nonce: nonce(m) }
+                Command::Reveal {
+                    task,
+                    auth: auth(m),
+                    output,
+                    nonce: nonce(m),
+                }
             }
             Op::Tick(ms) => {
                 self.now += ms;
                 Command::Tick
             }
-            Op::BadToken(i) => Command::Heartbeat { auth: MinerAuth { miner: pick(&miners, i)?, token_hash: [3; 32] } },
+            Op::BadToken(i) => Command::Heartbeat {
+                auth: MinerAuth {
+                    miner: pick(&miners, i)?,
+                    token_hash: [3; 32],
+                },
+            },
         })
     }
 }

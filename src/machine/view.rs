@@ -50,11 +50,18 @@ impl State {
 
     /// The miner's unfinished slots, oldest task first.
     pub fn assignments_of(&self, id: MinerId) -> Vec<(&Task, SlotState)> {
-        let Some(m) = self.miners.get(&id) else { return Vec::new() };
+        let Some(m) = self.miners.get(&id) else {
+            return Vec::new();
+        };
         m.active
             .iter()
             .filter_map(|t| self.tasks.get(t))
-            .filter_map(|t| t.assignments.iter().find(|a| a.miner == id).map(|a| (t, a.state)))
+            .filter_map(|t| {
+                t.assignments
+                    .iter()
+                    .find(|a| a.miner == id)
+                    .map(|a| (t, a.state))
+            })
             .collect()
     }
 
@@ -88,9 +95,17 @@ impl State {
                 MinerState::Gone => v.gone += 1,
             }
         }
-        let since = self.header.now_ms.saturating_sub(limits::THROUGHPUT_WINDOW_MS) / 1000;
+        let since = self
+            .header
+            .now_ms
+            .saturating_sub(limits::THROUGHPUT_WINDOW_MS)
+            / 1000;
         v.completed_last_minute = self.header.completions.range(since..).map(|(_, c)| c).sum();
-        for s in self.sessions.values().filter(|s| s.state == SessionState::Open) {
+        for s in self
+            .sessions
+            .values()
+            .filter(|s| s.state == SessionState::Open)
+        {
             v.open_slots += s.open_slots;
             v.wanted += (self.want(s) as u64).saturating_sub(s.reserved.len() as u64);
         }
@@ -98,7 +113,11 @@ impl State {
         // session), so only the recent completion rate can argue against more miners.
         let drains_soon = v.open_slots == 0 || v.open_slots * 6 <= v.completed_last_minute;
         let more = if drains_soon { 0 } else { v.wanted };
-        v.delta = if more > 0 { more as i64 } else { -(v.pooled as i64) };
+        v.delta = if more > 0 {
+            more as i64
+        } else {
+            -(v.pooled as i64)
+        };
         v
     }
 }

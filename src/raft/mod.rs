@@ -34,7 +34,9 @@ pub enum MembershipError {
 
 fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> MembershipError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => MembershipError::NotLeader(f.leader_id),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            MembershipError::NotLeader(f.leader_id)
+        }
         other => MembershipError::Refused(other.to_string()),
     }
 }
@@ -42,7 +44,9 @@ fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> 
 /// Adds a node online: first as a learner (waiting until it has caught up), then as a
 /// voter. Must run on the leader.
 pub async fn add_member(raft: &Raft, id: NodeId, addr: NodeAddr) -> Result<(), MembershipError> {
-    raft.add_learner(id, addr, true).await.map_err(map_write_error)?;
+    raft.add_learner(id, addr, true)
+        .await
+        .map_err(map_write_error)?;
     raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
         .await
         .map_err(map_write_error)?;
@@ -55,19 +59,28 @@ pub async fn remove_member(raft: &Raft, id: NodeId) -> Result<(), MembershipErro
         let m = raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
-        (membership.voter_ids().collect::<BTreeSet<_>>(), membership.learner_ids().collect::<BTreeSet<_>>())
+        (
+            membership.voter_ids().collect::<BTreeSet<_>>(),
+            membership.learner_ids().collect::<BTreeSet<_>>(),
+        )
     };
     let change = if voters.contains(&id) {
         if voters.len() == 1 {
-            return Err(MembershipError::Refused("cannot remove the last voter".into()));
+            return Err(MembershipError::Refused(
+                "cannot remove the last voter".into(),
+            ));
         }
         ChangeMembers::RemoveVoters(BTreeSet::from([id]))
     } else if learners.contains(&id) {
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     } else {
-        return Err(MembershipError::Refused(format!("node {id} is not a member")));
+        return Err(MembershipError::Refused(format!(
+            "node {id} is not a member"
+        )));
     };
     // retain = false: a removed voter does not stay on as a learner.
-    raft.change_membership(change, false).await.map_err(map_write_error)?;
+    raft.change_membership(change, false)
+        .await
+        .map_err(map_write_error)?;
     Ok(())
 }

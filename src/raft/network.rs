@@ -14,8 +14,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -97,7 +97,10 @@ impl PeerClient {
             }
         })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| PeerError::Failed(target, e.to_string()))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| PeerError::Failed(target, e.to_string()))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
             // Refused before any processing: wrong node, bad secret, or overloaded.
@@ -126,7 +129,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
-        Connection { client: self.client.clone(), target, addr: node.peer.clone() }
+        Connection {
+            client: self.client.clone(),
+            target,
+            addr: node.peer.clone(),
+        }
     }
 }
 
@@ -156,8 +163,12 @@ impl Connection {
             .call(self.target, &self.addr, path, req, timeout, None)
             .await
             .map_err(|e| match e {
-                PeerError::Unreachable(_, msg) => RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg))),
-                PeerError::Failed(_, msg) => RPCError::Network(NetworkError::new(&std::io::Error::other(msg))),
+                PeerError::Unreachable(_, msg) => {
+                    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
+                }
+                PeerError::Failed(_, msg) => {
+                    RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
+                }
             })?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -176,8 +187,10 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.rpc(paths::SNAPSHOT, &rpc, &option).await
     }
 

@@ -117,7 +117,11 @@ impl Proposer {
     }
 
     /// Proposes commands and waits until they are committed and applied (or refused).
-    pub async fn propose(&self, commands: Vec<Command>, timeout: Duration) -> Result<Vec<CommandResult>, ProposeError> {
+    pub async fn propose(
+        &self,
+        commands: Vec<Command>,
+        timeout: Duration,
+    ) -> Result<Vec<CommandResult>, ProposeError> {
         self.submit(commands, timeout, false).await
     }
 
@@ -138,11 +142,22 @@ impl Proposer {
     ) -> Result<Vec<CommandResult>, ProposeError> {
         let (reply, rx) = oneshot::channel();
         let bytes = commands.iter().map(Command::approx_size).sum();
-        let proposal = Proposal { commands, bytes, deadline: Instant::now() + timeout, forwarded, reply };
-        self.tx.send(proposal).await.map_err(|_| ProposeError::ShuttingDown)?;
+        let proposal = Proposal {
+            commands,
+            bytes,
+            deadline: Instant::now() + timeout,
+            forwarded,
+            reply,
+        };
+        self.tx
+            .send(proposal)
+            .await
+            .map_err(|_| ProposeError::ShuttingDown)?;
         // Pending proposals are answered ShuttingDown when the proposer stops; a reply
         // dropped unanswered belonged to a batch in flight, which may have committed.
-        rx.await.map_err(|_| ProposeError::Unknown("the node stopped while the write was in flight".into()))?
+        rx.await.map_err(|_| {
+            ProposeError::Unknown("the node stopped while the write was in flight".into())
+        })?
     }
 
     pub fn stats(&self) -> &Stats {
@@ -180,7 +195,9 @@ struct Worker {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Worker {
@@ -188,7 +205,9 @@ impl Worker {
         let mut metrics = self.raft.metrics();
         let mut open = true;
         loop {
-            let wake = self.retry_at.unwrap_or_else(|| Instant::now() + self.config.tick);
+            let wake = self
+                .retry_at
+                .unwrap_or_else(|| Instant::now() + self.config.tick);
             tokio::select! {
                 received = self.rx.recv(), if open => match received {
                     Some(p) => self.pending.push_back(p),
@@ -250,24 +269,31 @@ impl Worker {
         let m = m.borrow();
         match m.current_leader {
             Some(leader) if leader == self.id && m.state.is_leader() => {
-                let lost = m.millis_since_quorum_ack.is_some_and(|ms| ms > self.config.quorum_lost_after.as_millis() as u64);
+                let lost = m
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms > self.config.quorum_lost_after.as_millis() as u64);
                 if lost {
                     Route::Nowhere
                 } else {
                     Route::Local
                 }
             }
-            Some(leader) if leader != self.id => match m.membership_config.membership().get_node(&leader) {
-                Some(node) => Route::Forward(leader, node.peer.clone()),
-                None => Route::Nowhere,
-            },
+            Some(leader) if leader != self.id => {
+                match m.membership_config.membership().get_node(&leader) {
+                    Some(node) => Route::Forward(leader, node.peer.clone()),
+                    None => Route::Nowhere,
+                }
+            }
             _ => Route::Nowhere,
         }
     }
 
     fn tick_due(&self) -> bool {
         self.last_tick.elapsed() >= self.config.tick
-            && self.state.read(|s| s.next_deadline()).is_some_and(|at| at <= now_ms())
+            && self
+                .state
+                .read(|s| s.next_deadline())
+                .is_some_and(|at| at <= now_ms())
     }
 
     fn dispatch(&mut self) {
@@ -275,7 +301,8 @@ impl Worker {
             let route = self.route();
             if !matches!(route, Route::Local) {
                 // Forwarded batches run only on the leader.
-                let (forwarded, rest): (VecDeque<_>, VecDeque<_>) = self.pending.drain(..).partition(|p| p.forwarded);
+                let (forwarded, rest): (VecDeque<_>, VecDeque<_>) =
+                    self.pending.drain(..).partition(|p| p.forwarded);
                 self.pending = rest;
                 for p in forwarded {
                     let _ = p.reply.send(Err(ProposeError::NotLeader));
@@ -317,21 +344,35 @@ impl Worker {
                     if tick {
                         commands.push(Command::Tick);
                         self.last_tick = Instant::now();
-                        self.stats.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.stats
+                            .ticks
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     self.count_batch(count, false);
                     let raft = self.raft.clone();
-                    let timeout = deadline.map_or(Duration::from_secs(10), |d| d.saturating_duration_since(Instant::now()));
+                    let timeout = deadline.map_or(Duration::from_secs(10), |d| {
+                        d.saturating_duration_since(Instant::now())
+                    });
                     self.inflight.spawn(async move {
-                        let batch = Batch { now_ms: now_ms(), commands };
-                        let outcome = match tokio::time::timeout(timeout, raft.client_write(batch)).await {
-                            Ok(Ok(resp)) => Outcome::Done(resp.data.0),
-                            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Outcome::Retry,
-                            // Raft stopped (a storage error) with the batch handed to it:
-                            // it may have been appended and replicated, so it may commit.
-                            Ok(Err(e)) => Outcome::Failed(ProposeError::Unknown(format!("raft failed: {e}"))),
-                            Err(_) => Outcome::Failed(ProposeError::Unknown("timed out waiting for commit".into())),
+                        let batch = Batch {
+                            now_ms: now_ms(),
+                            commands,
                         };
+                        let outcome =
+                            match tokio::time::timeout(timeout, raft.client_write(batch)).await {
+                                Ok(Ok(resp)) => Outcome::Done(resp.data.0),
+                                Ok(Err(RaftError::APIError(
+                                    ClientWriteError::ForwardToLeader(_),
+                                ))) => Outcome::Retry,
+                                // Raft stopped (a storage error) with the batch handed to it:
+                                // it may have been appended and replicated, so it may commit.
+                                Ok(Err(e)) => Outcome::Failed(ProposeError::Unknown(format!(
+                                    "raft failed: {e}"
+                                ))),
+                                Err(_) => Outcome::Failed(ProposeError::Unknown(
+                                    "timed out waiting for commit".into(),
+                                )),
+                            };
                         (taken, outcome)
                     });
                 }
@@ -342,19 +383,33 @@ impl Worker {
                     }
                     self.count_batch(count, true);
                     let peers = self.peers.clone();
-                    let budget = deadline.map_or(Duration::from_secs(10), |d| d.saturating_duration_since(Instant::now()));
+                    let budget = deadline.map_or(Duration::from_secs(10), |d| {
+                        d.saturating_duration_since(Instant::now())
+                    });
                     self.inflight.spawn(async move {
-                        let result: Result<Result<Vec<CommandResult>, ProposeError>, PeerError> = peers
-                            .call(leader, &addr, paths::PROPOSE, &commands, budget + Duration::from_millis(200), Some(budget))
-                            .await;
+                        let result: Result<Result<Vec<CommandResult>, ProposeError>, PeerError> =
+                            peers
+                                .call(
+                                    leader,
+                                    &addr,
+                                    paths::PROPOSE,
+                                    &commands,
+                                    budget + Duration::from_millis(200),
+                                    Some(budget),
+                                )
+                                .await;
                         let outcome = match result {
                             Ok(Ok(results)) => Outcome::Done(results),
-                            Ok(Err(ProposeError::NotLeader | ProposeError::NoLeader | ProposeError::ShuttingDown)) => {
-                                Outcome::Retry
-                            }
+                            Ok(Err(
+                                ProposeError::NotLeader
+                                | ProposeError::NoLeader
+                                | ProposeError::ShuttingDown,
+                            )) => Outcome::Retry,
                             Ok(Err(e)) => Outcome::Failed(e),
                             Err(PeerError::Unreachable(..)) => Outcome::Retry,
-                            Err(e @ PeerError::Failed(..)) => Outcome::Failed(ProposeError::Unknown(e.to_string())),
+                            Err(e @ PeerError::Failed(..)) => {
+                                Outcome::Failed(ProposeError::Unknown(e.to_string()))
+                            }
                         };
                         (taken, outcome)
                     });
@@ -381,7 +436,9 @@ impl Worker {
                 for (n, p) in proposals {
                     let mine: Vec<CommandResult> = results.by_ref().take(n).collect();
                     if mine.len() != n {
-                        let _ = p.reply.send(Err(ProposeError::Fatal("result count mismatch".into())));
+                        let _ = p
+                            .reply
+                            .send(Err(ProposeError::Fatal("result count mismatch".into())));
                     } else {
                         let _ = p.reply.send(Ok(mine));
                     }

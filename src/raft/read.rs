@@ -48,14 +48,17 @@ pub async fn linearize(
         let (leader, addr) = {
             let m = raft.metrics();
             let m = m.borrow();
-            let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            let addr = m
+                .current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
             (m.current_leader, addr)
         };
         let attempt = match (leader, addr) {
             (Some(l), _) if l == id => leader_read_index(raft).await.ok(),
             (Some(l), Some(node)) => {
-                let r: Result<Result<u64, ProposeError>, PeerError> =
-                    peers.call(l, &node.peer, paths::READ_INDEX, &(), remaining, None).await;
+                let r: Result<Result<u64, ProposeError>, PeerError> = peers
+                    .call(l, &node.peer, paths::READ_INDEX, &(), remaining, None)
+                    .await;
                 r.ok().and_then(Result::ok)
             }
             _ => None,

@@ -50,7 +50,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { nodes: 3, api_key: None, flags: vec![], data_root: None }
+        Options {
+            nodes: 3,
+            api_key: None,
+            flags: vec![],
+            data_root: None,
+        }
     }
 }
 
@@ -67,9 +72,13 @@ pub struct TestCluster {
 /// `n` distinct free ports (the listeners are held until all are chosen, so the
 /// system cannot hand out one port twice).
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
 }
 
 pub fn binary() -> PathBuf {
@@ -79,7 +88,11 @@ pub fn binary() -> PathBuf {
 impl TestCluster {
     /// Starts `n` nodes forming a new cluster and waits for a leader.
     pub async fn start(n: usize) -> Self {
-        Self::start_with(Options { nodes: n, ..Options::default() }).await
+        Self::start_with(Options {
+            nodes: n,
+            ..Options::default()
+        })
+        .await
     }
 
     pub async fn start_with(options: Options) -> Self {
@@ -89,10 +102,19 @@ impl TestCluster {
     /// Starts the cluster; with `net`, node `i` runs in the lab's namespace `i` and
     /// listens on the lab's address for it.
     pub async fn start_with_net(options: Options, net: Option<netns::NetLab>) -> Self {
-        let dir = tempfile::Builder::new().prefix("sq-test-").tempdir().expect("temp dir");
-        let data_root = options.data_root.clone().unwrap_or_else(|| dir.path().to_path_buf());
+        let dir = tempfile::Builder::new()
+            .prefix("sq-test-")
+            .tempdir()
+            .expect("temp dir");
+        let data_root = options
+            .data_root
+            .clone()
+            .unwrap_or_else(|| dir.path().to_path_buf());
         if let Some(net) = &net {
-            assert!(net.len() >= options.nodes, "the network lab has too few namespaces");
+            assert!(
+                net.len() >= options.nodes,
+                "the network lab has too few namespaces"
+            );
         }
         let mut nodes = Vec::new();
         let ports = free_ports(options.nodes * 2);
@@ -101,7 +123,12 @@ impl TestCluster {
             let (host, netns, api_port, peer_port) = match &net {
                 // A namespace of its own: the usual ports are free.
                 Some(net) => (net.ip(i), Some(net.namespace(i).to_string()), 7001, 8001),
-                None => ("127.0.0.1".to_string(), None, ports[2 * i], ports[2 * i + 1]),
+                None => (
+                    "127.0.0.1".to_string(),
+                    None,
+                    ports[2 * i],
+                    ports[2 * i + 1],
+                ),
             };
             nodes.push(NodeProc {
                 id,
@@ -117,11 +144,22 @@ impl TestCluster {
         }
         let members = nodes
             .iter()
-            .map(|n| format!("{}={}:{}/{}:{}", n.id, n.host, n.api_port, n.host, n.peer_port))
+            .map(|n| {
+                format!(
+                    "{}={}:{}/{}:{}",
+                    n.id, n.host, n.api_port, n.host, n.peer_port
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster =
-            TestCluster { dir, nodes, secret: "test-cluster-secret-0123456789".into(), options, net, members };
+        let mut cluster = TestCluster {
+            dir,
+            nodes,
+            secret: "test-cluster-secret-0123456789".into(),
+            options,
+            net,
+            members,
+        };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i, true);
         }
@@ -131,7 +169,11 @@ impl TestCluster {
 
     fn spawn(&mut self, i: usize, initial: bool) {
         let node = &self.nodes[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log file");
         // `ip netns exec` execs the binary: the child's pid is the node's.
         let mut cmd = match &node.netns {
             Some(ns) => {
@@ -263,7 +305,10 @@ impl TestCluster {
 
     /// Deletes a stopped node's data.
     pub fn wipe(&mut self, i: usize) {
-        assert!(self.nodes[i].child.is_none(), "stop the node before wiping it");
+        assert!(
+            self.nodes[i].child.is_none(),
+            "stop the node before wiping it"
+        );
         let _ = std::fs::remove_dir_all(&self.nodes[i].data_dir);
     }
 
@@ -271,7 +316,11 @@ impl TestCluster {
     pub fn spawn_new(&mut self) -> usize {
         assert!(self.net.is_none(), "spawn_new runs nodes on loopback only");
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        let data_root = self.options.data_root.clone().unwrap_or_else(|| self.dir.path().to_path_buf());
+        let data_root = self
+            .options
+            .data_root
+            .clone()
+            .unwrap_or_else(|| self.dir.path().to_path_buf());
         let ports = free_ports(2);
         self.nodes.push(NodeProc {
             id,
@@ -329,7 +378,10 @@ impl TestCluster {
                 }
             }
             if Instant::now() > deadline {
-                panic!("no agreed leader within {timeout:?}; logs:\n{}", self.logs());
+                panic!(
+                    "no agreed leader within {timeout:?}; logs:\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -345,7 +397,11 @@ impl TestCluster {
                 }
             }
             if Instant::now() > deadline {
-                panic!("node {} did not apply {index} within {timeout:?}; logs:\n{}", self.nodes[i].id, self.logs());
+                panic!(
+                    "node {} did not apply {index} within {timeout:?}; logs:\n{}",
+                    self.nodes[i].id,
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -32,11 +32,18 @@ pub struct NetLab {
 
 /// Runs a command; its stderr on failure.
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().map_err(|e| format!("{program} {}: {e}", args.join(" ")))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program} {}: {e}", args.join(" ")))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -76,8 +83,25 @@ impl NetLab {
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
         // The test process's way in.
         let gateway = self.gateway();
-        ip(&["link", "add", &self.root_veth, "type", "veth", "peer", "name", "up0", "netns", &hub])?;
-        ip(&["addr", "add", &format!("{gateway}/24"), "dev", &self.root_veth])?;
+        ip(&[
+            "link",
+            "add",
+            &self.root_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up0",
+            "netns",
+            &hub,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{gateway}/24"),
+            "dev",
+            &self.root_veth,
+        ])?;
         ip(&["link", "set", &self.root_veth, "up"])?;
         ip(&["-n", &hub, "link", "set", "up0", "master", "br0"])?;
         ip(&["-n", &hub, "link", "set", "up0", "up"])?;
@@ -87,16 +111,26 @@ impl NetLab {
             self.nodes.push(ns.clone());
             let port = format!("vn{}", i + 1);
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
             ip(&["-n", &hub, "link", "set", &port, "master", "br0"])?;
             ip(&["-n", &hub, "link", "set", &port, "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.ip(i)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.ip(i)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         }
-        self.iptables = self
-            .nodes
-            .first()
-            .is_some_and(|ns| ip(&["netns", "exec", ns, "iptables", "-w", "-L", "INPUT", "-n"]).is_ok());
+        self.iptables = self.nodes.first().is_some_and(|ns| {
+            ip(&["netns", "exec", ns, "iptables", "-w", "-L", "INPUT", "-n"]).is_ok()
+        });
         Ok(())
     }
 
@@ -132,8 +166,12 @@ impl NetLab {
         let peer = self.ip(to);
         if self.iptables {
             let op = if add { "-I" } else { "-D" };
-            ip(&["netns", "exec", ns, "iptables", "-w", op, "INPUT", "-s", &peer, "-j", "DROP"])?;
-            ip(&["netns", "exec", ns, "iptables", "-w", op, "OUTPUT", "-d", &peer, "-j", "DROP"])?;
+            ip(&[
+                "netns", "exec", ns, "iptables", "-w", op, "INPUT", "-s", &peer, "-j", "DROP",
+            ])?;
+            ip(&[
+                "netns", "exec", ns, "iptables", "-w", op, "OUTPUT", "-d", &peer, "-j", "DROP",
+            ])?;
         } else {
             let op = if add { "add" } else { "del" };
             ip(&["-n", ns, "route", op, "blackhole", &format!("{peer}/32")])?;
@@ -193,7 +231,11 @@ impl Drop for NetLab {
 
 /// A `10.X.Y.0/24` no interface or route of this host uses (other test runs included).
 fn pick_subnet() -> Result<(u8, u8), String> {
-    let used = format!("{}\n{}", ip(&["-4", "-o", "addr", "show"])?, ip(&["-4", "route", "show", "table", "all"])?);
+    let used = format!(
+        "{}\n{}",
+        ip(&["-4", "-o", "addr", "show"])?,
+        ip(&["-4", "route", "show", "table", "all"])?
+    );
     for _ in 0..200 {
         let (x, y) = (200 + rand::random::<u8>() % 50, rand::random::<u8>());
         let prefix = format!("10.{x}.{y}.");

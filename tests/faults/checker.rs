@@ -97,10 +97,19 @@ impl Report {
     /// A human-readable summary (violations listed, at most 20 of each kind).
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "history: {} lines over {:.1} s", self.events, self.duration_ms as f64 / 1000.0);
+        let _ = writeln!(
+            s,
+            "history: {} lines over {:.1} s",
+            self.events,
+            self.duration_ms as f64 / 1000.0
+        );
         let _ = writeln!(s, "operations (invoke / ok / fail / unknown):");
         for (op, c) in &self.ops {
-            let _ = writeln!(s, "  {op:<10} {:>7} {:>7} {:>7} {:>7}", c.invoke, c.ok, c.fail, c.unknown);
+            let _ = writeln!(
+                s,
+                "  {op:<10} {:>7} {:>7} {:>7} {:>7}",
+                c.invoke, c.ok, c.fail, c.unknown
+            );
         }
         let total: u64 = self.faults.values().sum();
         let _ = writeln!(s, "faults: {total}");
@@ -121,12 +130,18 @@ impl Report {
         let lists: [(&str, &Vec<String>); 8] = [
             ("acknowledged tasks lost", &self.lost),
             ("tasks created twice for one key", &self.duplicates),
-            ("completed with a result no quorum revealed", &self.unsupported_results),
+            (
+                "completed with a result no quorum revealed",
+                &self.unsupported_results,
+            ),
             ("illegal transitions", &self.illegal_transitions),
             ("stale reads", &self.stale_reads),
             ("acknowledged tasks not completed", &self.not_completed),
             ("acknowledged tasks not verified", &self.unverified),
-            ("node processes that exited by themselves", &self.node_crashes),
+            (
+                "node processes that exited by themselves",
+                &self.node_crashes,
+            ),
         ];
         for (what, list) in lists {
             let _ = writeln!(s, "{what}: {}", list.len());
@@ -208,7 +223,11 @@ impl Observation {
             if self.missing {
                 "no such task".to_string()
             } else {
-                format!("{} {:?}", self.state.as_deref().unwrap_or("?"), self.history.as_deref().unwrap_or(&[]))
+                format!(
+                    "{} {:?}",
+                    self.state.as_deref().unwrap_or("?"),
+                    self.history.as_deref().unwrap_or(&[])
+                )
             }
         )
     }
@@ -221,7 +240,11 @@ fn is_prefix(a: &[String], b: &[String]) -> bool {
 /// Checks a history. `honest` computes the output an honest miner reveals for a
 /// payload (for the `results_not_honest` figure).
 pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
-    let mut r = Report { events: events.len(), duration_ms: events.last().map_or(0, |e| e.t_ms), ..Report::default() };
+    let mut r = Report {
+        events: events.len(),
+        duration_ms: events.last().map_or(0, |e| e.t_ms),
+        ..Report::default()
+    };
 
     // Pair each invocation with its outcome.
     let mut invokes: HashMap<u64, &Event> = HashMap::new();
@@ -235,9 +258,15 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
             }
             Kind::Info => match e.op.as_str() {
                 "fault" if e.phase.as_deref() == Some("start") => {
-                    *r.faults.entry(e.fault.clone().unwrap_or_default()).or_default() += 1;
+                    *r.faults
+                        .entry(e.fault.clone().unwrap_or_default())
+                        .or_default() += 1;
                 }
-                "crash" => r.node_crashes.push(format!("line {}: {}", e.i, e.error.as_deref().unwrap_or("?"))),
+                "crash" => r.node_crashes.push(format!(
+                    "line {}: {}",
+                    e.i,
+                    e.error.as_deref().unwrap_or("?")
+                )),
                 "note" => r.unsettled += 1,
                 _ => {}
             },
@@ -264,7 +293,9 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
     let mut acked_at: BTreeMap<&str, u64> = BTreeMap::new();
     let mut attempts_of_key: HashMap<&str, usize> = HashMap::new();
     for e in events.iter().filter(|e| e.op == "submit") {
-        let Some(key) = e.key.as_deref() else { continue };
+        let Some(key) = e.key.as_deref() else {
+            continue;
+        };
         if e.kind == Kind::Invoke {
             *attempts_of_key.entry(key).or_default() += 1;
             if let Some(p) = e.payload.as_deref() {
@@ -274,11 +305,15 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
         if e.kind != Kind::Ok {
             continue;
         }
-        let Some(task) = e.task.as_deref() else { continue };
+        let Some(task) = e.task.as_deref() else {
+            continue;
+        };
         tasks_of_key.entry(key).or_default().insert(task);
         match key_of_task.get(task) {
             Some(other) if *other != key => {
-                r.duplicates.push(format!("task {task} was answered for two keys, {other} and {key}"));
+                r.duplicates.push(format!(
+                    "task {task} was answered for two keys, {other} and {key}"
+                ));
             }
             _ => {
                 key_of_task.insert(task, key);
@@ -291,29 +326,42 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
     r.acknowledged = acked_at.len();
     for (key, tasks) in &tasks_of_key {
         if tasks.len() > 1 {
-            r.duplicates.push(format!("key {key} was answered with {} tasks: {tasks:?}", tasks.len()));
+            r.duplicates.push(format!(
+                "key {key} was answered with {} tasks: {tasks:?}",
+                tasks.len()
+            ));
         }
     }
 
     // Reveals that may have happened: (task, output) -> miners.
     let mut revealed: HashMap<(&str, &str), BTreeSet<&str>> = HashMap::new();
-    for inv in events.iter().filter(|e| e.op == "reveal" && e.kind == Kind::Invoke) {
+    for inv in events
+        .iter()
+        .filter(|e| e.op == "reveal" && e.kind == Kind::Invoke)
+    {
         let outcome = outcomes.get(&inv.id).map(|o| o.kind);
         if matches!(outcome, Some(Kind::Fail)) {
             continue; // refused: certainly not recorded
         }
         r.reveals_recorded += 1;
-        if let (Some(task), Some(output), Some(miner)) =
-            (inv.task.as_deref(), inv.output.as_deref(), inv.miner.as_deref())
-        {
+        if let (Some(task), Some(output), Some(miner)) = (
+            inv.task.as_deref(),
+            inv.output.as_deref(),
+            inv.miner.as_deref(),
+        ) {
             revealed.entry((task, output)).or_default().insert(miner);
         }
     }
 
     // Every successful read, by task.
     let mut observations: BTreeMap<&str, Vec<Observation>> = BTreeMap::new();
-    for e in events.iter().filter(|e| (e.op == "read" || e.op == "scan") && e.kind == Kind::Ok) {
-        let Some(task) = e.task.as_deref() else { continue };
+    for e in events
+        .iter()
+        .filter(|e| (e.op == "read" || e.op == "scan") && e.kind == Kind::Ok)
+    {
+        let Some(task) = e.task.as_deref() else {
+            continue;
+        };
         observations.entry(task).or_default().push(Observation {
             invoked: invoked_at(e),
             completed: e.i,
@@ -332,7 +380,10 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
         // A read invoked after the acknowledgement must find the task.
         if let Some(&acked) = acked_at.get(task) {
             if let Some(o) = obs.iter().find(|o| o.missing && o.invoked > acked) {
-                r.lost.push(format!("task {task} (acknowledged at line {acked}): {}", o.describe()));
+                r.lost.push(format!(
+                    "task {task} (acknowledged at line {acked}): {}",
+                    o.describe()
+                ));
             }
         }
         let found: Vec<&Observation> = obs.iter().filter(|o| !o.missing).collect();
@@ -340,27 +391,44 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
         for o in &found {
             if let Some(h) = &o.history {
                 if let Some(bad) = h.windows(2).find(|w| !step_allowed(&w[0], &w[1])) {
-                    r.illegal_transitions.push(format!("task {task}: {} -> {} in {}", bad[0], bad[1], o.describe()));
+                    r.illegal_transitions.push(format!(
+                        "task {task}: {} -> {} in {}",
+                        bad[0],
+                        bad[1],
+                        o.describe()
+                    ));
                 }
                 if h.last() != o.state.as_ref() {
-                    r.illegal_transitions
-                        .push(format!("task {task}: state is not the last of its history in {}", o.describe()));
+                    r.illegal_transitions.push(format!(
+                        "task {task}: state is not the last of its history in {}",
+                        o.describe()
+                    ));
                 }
             }
         }
         // Histories never fork: sorted by length, each is a prefix of the next.
         let mut by_len: Vec<&&Observation> = found.iter().filter(|o| o.history.is_some()).collect();
         by_len.sort_by_key(|o| o.history.as_ref().map_or(0, Vec::len));
-        if let Some(w) =
-            by_len.windows(2).find(|w| !is_prefix(w[0].history.as_ref().unwrap(), w[1].history.as_ref().unwrap()))
-        {
-            r.stale_reads.push(format!("task {task}: histories fork: {} / {}", w[0].describe(), w[1].describe()));
+        if let Some(w) = by_len.windows(2).find(|w| {
+            !is_prefix(
+                w[0].history.as_ref().unwrap(),
+                w[1].history.as_ref().unwrap(),
+            )
+        }) {
+            r.stale_reads.push(format!(
+                "task {task}: histories fork: {} / {}",
+                w[0].describe(),
+                w[1].describe()
+            ));
         }
         // Real time: a read never goes back behind one that completed before it began.
         let mut reported = false;
         for b in &found {
             for a in found.iter().filter(|a| a.completed < b.invoked) {
-                let (sa, sb) = (a.state.as_deref().unwrap_or(""), b.state.as_deref().unwrap_or(""));
+                let (sa, sb) = (
+                    a.state.as_deref().unwrap_or(""),
+                    b.state.as_deref().unwrap_or(""),
+                );
                 if terminal(sa) && (sa != sb || a.result != b.result) {
                     r.illegal_transitions.push(format!(
                         "task {task}: finished {sa} (result {:?}) then {sb} (result {:?}): {} / {}",
@@ -379,7 +447,11 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
                     reported = true;
                 } else if let (Some(ha), Some(hb)) = (&a.history, &b.history) {
                     if hb.len() < ha.len() {
-                        r.stale_reads.push(format!("task {task}: {} / later {}", a.describe(), b.describe()));
+                        r.stale_reads.push(format!(
+                            "task {task}: {} / later {}",
+                            a.describe(),
+                            b.describe()
+                        ));
                         reported = true;
                     }
                 }
@@ -398,20 +470,30 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
             .map(|o| (o.state.as_deref().unwrap_or(""), o.result.as_deref()))
             .collect();
         if results.len() > 1 && !reported {
-            r.illegal_transitions.push(format!("task {task}: finished differently in different reads: {results:?}"));
+            r.illegal_transitions.push(format!(
+                "task {task}: finished differently in different reads: {results:?}"
+            ));
         }
         // A completed result is backed by q reveals.
-        let completed: BTreeSet<Option<&str>> =
-            found.iter().filter(|o| o.state.as_deref() == Some("completed")).map(|o| o.result.as_deref()).collect();
+        let completed: BTreeSet<Option<&str>> = found
+            .iter()
+            .filter(|o| o.state.as_deref() == Some("completed"))
+            .map(|o| o.result.as_deref())
+            .collect();
         for result in completed {
-            let miners = result.and_then(|res| revealed.get(&(*task, res))).map_or(0, BTreeSet::len);
+            let miners = result
+                .and_then(|res| revealed.get(&(*task, res)))
+                .map_or(0, BTreeSet::len);
             if miners < q {
                 r.unsupported_results.push(format!(
                     "task {task}: completed with {:?}, revealed by {miners} recorded miners, quorum {q}",
                     result.and_then(unb64).map(|b| String::from_utf8_lossy(&b).into_owned())
                 ));
             }
-            let payload = key_of_task.get(task).and_then(|k| payload_of_key.get(k)).and_then(|p| unb64(p));
+            let payload = key_of_task
+                .get(task)
+                .and_then(|k| payload_of_key.get(k))
+                .and_then(|p| unb64(p));
             if let (Some(payload), Some(result)) = (payload, result) {
                 if b64(&honest(&payload)) != result {
                     r.results_not_honest += 1;
@@ -422,7 +504,10 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
 
     // The final scan: every task that exists after healing.
     let mut scan: BTreeMap<&str, &Event> = BTreeMap::new();
-    for e in events.iter().filter(|e| e.op == "scan" && e.kind == Kind::Ok) {
+    for e in events
+        .iter()
+        .filter(|e| e.op == "scan" && e.kind == Kind::Ok)
+    {
         if let Some(task) = e.task.as_deref() {
             scan.insert(task, e); // the last read of each task wins
         }
@@ -442,25 +527,38 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
     }
     for (key, tasks) in &tasks_with_key {
         if tasks.len() > 1 {
-            r.duplicates.push(format!("key {key} has {} tasks after healing: {tasks:?}", tasks.len()));
+            r.duplicates.push(format!(
+                "key {key} has {} tasks after healing: {tasks:?}",
+                tasks.len()
+            ));
         }
     }
     for (task, &at) in &acked_at {
         let key = key_of_task.get(task).copied().unwrap_or("?");
         match scan.get(task) {
-            None => r.unverified.push(format!("task {task} (key {key}, acknowledged at line {at}): no final read")),
+            None => r.unverified.push(format!(
+                "task {task} (key {key}, acknowledged at line {at}): no final read"
+            )),
             Some(e) if e.missing == Some(true) => {
-                if !r.lost.iter().any(|l| l.starts_with(&format!("task {task} "))) {
+                if !r
+                    .lost
+                    .iter()
+                    .any(|l| l.starts_with(&format!("task {task} ")))
+                {
                     r.lost.push(format!("task {task} (key {key}, acknowledged at line {at}): not found after healing"));
                 }
             }
-            Some(e) if e.idempotency_key.as_deref() != Some(key) => {
-                r.lost.push(format!("task {task} (key {key}): after healing it carries key {:?}", e.idempotency_key))
-            }
+            Some(e) if e.idempotency_key.as_deref() != Some(key) => r.lost.push(format!(
+                "task {task} (key {key}): after healing it carries key {:?}",
+                e.idempotency_key
+            )),
             Some(e) if e.state.as_deref() != Some("completed") => r.not_completed.push(format!(
                 "task {task} (key {key}): {} after healing{}",
                 e.state.as_deref().unwrap_or("?"),
-                e.failure.as_deref().map(|f| format!(" ({f})")).unwrap_or_default()
+                e.failure
+                    .as_deref()
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default()
             )),
             Some(_) => {}
         }
@@ -515,7 +613,15 @@ mod tests {
 
         fn session(&mut self, q: u8) {
             let e = self.invoke(Event::new("setup", "session"));
-            self.done(Event { session: Some("s-1".into()), k: Some(3), q: Some(q), ..e }, Kind::Ok);
+            self.done(
+                Event {
+                    session: Some("s-1".into()),
+                    k: Some(3),
+                    q: Some(q),
+                    ..e
+                },
+                Kind::Ok,
+            );
         }
 
         /// A submit of `key` answered with `task` (or `kind` without a task).
@@ -524,7 +630,14 @@ mod tests {
             e.key = Some(key.into());
             e.payload = Some(b64(key.as_bytes()));
             let e = self.invoke(e);
-            self.done(Event { task: task.map(Into::into), created: Some(true), ..e }, kind);
+            self.done(
+                Event {
+                    task: task.map(Into::into),
+                    created: Some(true),
+                    ..e
+                },
+                kind,
+            );
         }
 
         fn reveal(&mut self, task: &str, miner: &str, output: &[u8], kind: Option<Kind>) {
@@ -563,7 +676,14 @@ mod tests {
             (inv, out)
         }
 
-        fn read(&mut self, op: &str, task: &str, key: &str, states: &[&str], result: Option<&[u8]>) {
+        fn read(
+            &mut self,
+            op: &str,
+            task: &str,
+            key: &str,
+            states: &[&str],
+            result: Option<&[u8]>,
+        ) {
             let (_, out) = self.read_at(op, task, key, states, result);
             self.push(out);
         }
@@ -573,11 +693,25 @@ mod tests {
         fn clean_task(&mut self, task: &str, key: &str) {
             self.submit(key, Some(task), Kind::Ok);
             self.read("read", task, key, &["queued"], None);
-            self.read("read", task, key, &["queued", "acked", "queued", "acked"], None);
+            self.read(
+                "read",
+                task,
+                key,
+                &["queued", "acked", "queued", "acked"],
+                None,
+            );
             let out = honest(key.as_bytes());
             self.reveal(task, "m-1", &out, Some(Kind::Ok));
             self.reveal(task, "m-2", &out, Some(Kind::Ok));
-            let done = ["queued", "acked", "queued", "acked", "precommitted", "committed", "completed"];
+            let done = [
+                "queued",
+                "acked",
+                "queued",
+                "acked",
+                "precommitted",
+                "committed",
+                "completed",
+            ];
             self.read("read", task, key, &done, Some(&out));
             self.read("scan", task, key, &done, Some(&out));
         }
@@ -614,7 +748,15 @@ mod tests {
         assert_eq!(r.acknowledged, 2);
         assert_eq!(r.completed, 2);
         assert_eq!(r.faults.values().sum::<u64>(), 2);
-        assert_eq!(r.ops["submit"], OpCounts { invoke: 2, ok: 2, fail: 0, unknown: 0 });
+        assert_eq!(
+            r.ops["submit"],
+            OpCounts {
+                invoke: 2,
+                ok: 2,
+                fail: 0,
+                unknown: 0
+            }
+        );
         assert_eq!(r.results_not_honest, 0);
     }
 
@@ -647,7 +789,13 @@ mod tests {
         h.push(read);
         h.reveal("t-3", "m-1", &honest(b"k-3"), Some(Kind::Ok));
         h.reveal("t-3", "m-2", &honest(b"k-3"), Some(Kind::Ok));
-        h.read("scan", "t-3", "k-3", &["queued", "acked", "precommitted", "completed"], Some(&honest(b"k-3")));
+        h.read(
+            "scan",
+            "t-3",
+            "k-3",
+            &["queued", "acked", "precommitted", "completed"],
+            Some(&honest(b"k-3")),
+        );
         let r = h.check();
         assert!(r.ok(), "{}", r.summary());
     }
@@ -681,7 +829,13 @@ mod tests {
         h.reveal("t-1", "m-1", &out, Some(Kind::Ok));
         // The second reveal was refused: it does not count.
         h.reveal("t-1", "m-2", &out, Some(Kind::Fail));
-        h.read("scan", "t-1", "k-1", &["queued", "acked", "precommitted", "committed", "completed"], Some(&out));
+        h.read(
+            "scan",
+            "t-1",
+            "k-1",
+            &["queued", "acked", "precommitted", "committed", "completed"],
+            Some(&out),
+        );
         let r = h.check();
         assert_eq!(r.unsupported_results.len(), 1, "{}", r.summary());
 
@@ -691,7 +845,13 @@ mod tests {
         h.submit("k-1", Some("t-1"), Kind::Ok);
         h.reveal("t-1", "m-1", &out, Some(Kind::Ok));
         h.reveal("t-1", "m-2", &out, Some(Kind::Ok));
-        h.read("scan", "t-1", "k-1", &["queued", "acked", "precommitted", "completed"], Some(b"forged"));
+        h.read(
+            "scan",
+            "t-1",
+            "k-1",
+            &["queued", "acked", "precommitted", "completed"],
+            Some(b"forged"),
+        );
         let r = h.check();
         assert_eq!(r.unsupported_results.len(), 1, "{}", r.summary());
         assert_eq!(r.results_not_honest, 1);
@@ -702,7 +862,13 @@ mod tests {
         h.submit("k-1", Some("t-1"), Kind::Ok);
         h.reveal("t-1", "m-1", &out, Some(Kind::Unknown));
         h.reveal("t-1", "m-2", &out, None);
-        h.read("scan", "t-1", "k-1", &["queued", "acked", "precommitted", "completed"], Some(&out));
+        h.read(
+            "scan",
+            "t-1",
+            "k-1",
+            &["queued", "acked", "precommitted", "completed"],
+            Some(&out),
+        );
         let r = h.check();
         assert!(r.ok(), "{}", r.summary());
     }
@@ -711,7 +877,13 @@ mod tests {
     fn an_illegal_step_in_a_history_is_caught() {
         let mut h = clean();
         h.submit("k-3", Some("t-3"), Kind::Ok);
-        h.read("read", "t-3", "k-3", &["queued", "acked", "precommitted", "acked"], None);
+        h.read(
+            "read",
+            "t-3",
+            "k-3",
+            &["queued", "acked", "precommitted", "acked"],
+            None,
+        );
         let r = h.check();
         assert_eq!(r.illegal_transitions.len(), 1, "{}", r.summary());
     }
@@ -720,14 +892,32 @@ mod tests {
     fn a_finished_task_that_changes_is_caught() {
         let mut h = clean();
         // t-1 was read completed; a later read says failed.
-        h.read("read", "t-1", "k-1", &["queued", "acked", "precommitted", "failed"], None);
+        h.read(
+            "read",
+            "t-1",
+            "k-1",
+            &["queued", "acked", "precommitted", "failed"],
+            None,
+        );
         let r = h.check();
-        assert!(!r.illegal_transitions.is_empty() || !r.stale_reads.is_empty(), "{}", r.summary());
+        assert!(
+            !r.illegal_transitions.is_empty() || !r.stale_reads.is_empty(),
+            "{}",
+            r.summary()
+        );
         assert!(!r.ok());
 
         // Same state, another result.
         let mut h = clean();
-        let done = ["queued", "acked", "queued", "acked", "precommitted", "committed", "completed"];
+        let done = [
+            "queued",
+            "acked",
+            "queued",
+            "acked",
+            "precommitted",
+            "committed",
+            "completed",
+        ];
         h.read("read", "t-1", "k-1", &done, Some(b"something else"));
         let r = h.check();
         assert!(!r.illegal_transitions.is_empty(), "{}", r.summary());
@@ -748,7 +938,13 @@ mod tests {
         // Going back from precommitted to acked is an illegal transition too.
         let mut h = clean();
         h.submit("k-3", Some("t-3"), Kind::Ok);
-        h.read("read", "t-3", "k-3", &["queued", "acked", "precommitted"], None);
+        h.read(
+            "read",
+            "t-3",
+            "k-3",
+            &["queued", "acked", "precommitted"],
+            None,
+        );
         h.read("read", "t-3", "k-3", &["queued", "acked"], None);
         let r = h.check();
         assert_eq!(r.illegal_transitions.len(), 1, "{}", r.summary());
@@ -756,13 +952,29 @@ mod tests {
         // Concurrent reads may be seen in either order...
         let mut h = clean();
         h.submit("k-3", Some("t-3"), Kind::Ok);
-        let (_, newer) = h.read_at("read", "t-3", "k-3", &["queued", "acked", "precommitted"], None);
+        let (_, newer) = h.read_at(
+            "read",
+            "t-3",
+            "k-3",
+            &["queued", "acked", "precommitted"],
+            None,
+        );
         let (_, older) = h.read_at("read", "t-3", "k-3", &["queued", "acked"], None);
         h.push(newer);
         h.push(older);
-        h.read("scan", "t-3", "k-3", &["queued", "acked", "precommitted", "failed"], None);
+        h.read(
+            "scan",
+            "t-3",
+            "k-3",
+            &["queued", "acked", "precommitted", "failed"],
+            None,
+        );
         let r = h.check();
-        assert!(r.stale_reads.is_empty() && r.illegal_transitions.is_empty(), "{}", r.summary());
+        assert!(
+            r.stale_reads.is_empty() && r.illegal_transitions.is_empty(),
+            "{}",
+            r.summary()
+        );
         // ...but never fork.
         h.read("read", "t-3", "k-3", &["queued", "acked", "queued"], None);
         let r = h.check();
@@ -773,7 +985,13 @@ mod tests {
     fn an_acknowledged_task_not_completed_after_healing_is_caught() {
         let mut h = clean();
         h.submit("k-3", Some("t-3"), Kind::Ok);
-        h.read("scan", "t-3", "k-3", &["queued", "acked", "precommitted", "failed"], None);
+        h.read(
+            "scan",
+            "t-3",
+            "k-3",
+            &["queued", "acked", "precommitted", "failed"],
+            None,
+        );
         let r = h.check();
         assert_eq!(r.not_completed.len(), 1, "{}", r.summary());
         assert!(r.illegal_transitions.is_empty());

@@ -125,7 +125,11 @@ pub struct Event {
 impl Event {
     /// A line of `process` about operation `op`.
     pub fn new(process: &str, op: &str) -> Self {
-        Event { process: process.to_string(), op: op.to_string(), ..Event::default() }
+        Event {
+            process: process.to_string(),
+            op: op.to_string(),
+            ..Event::default()
+        }
     }
 }
 
@@ -139,7 +143,11 @@ pub struct Recorder {
 impl Recorder {
     pub fn create(path: &Path) -> std::io::Result<Self> {
         let file = File::create(path)?;
-        Ok(Recorder { out: Mutex::new((BufWriter::new(file), 0)), start: Instant::now(), next_id: AtomicU64::new(1) })
+        Ok(Recorder {
+            out: Mutex::new((BufWriter::new(file), 0)),
+            start: Instant::now(),
+            next_id: AtomicU64::new(1),
+        })
     }
 
     /// Appends a line, stamping its position and time under the lock, so the file's
@@ -190,7 +198,10 @@ pub fn read(path: &Path) -> Result<Vec<Event>, String> {
         if line.trim().is_empty() {
             continue;
         }
-        events.push(serde_json::from_str(&line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?);
+        events.push(
+            serde_json::from_str(&line)
+                .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?,
+        );
     }
     Ok(events)
 }

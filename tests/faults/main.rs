@@ -41,7 +41,10 @@ use nemesis::{settle, Nemesis};
 use workload::{Behaviour, Ctx, Nodes, Outcome};
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The fault run. About a minute by default; `tests/faults.sh` runs it for longer.
@@ -49,7 +52,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
 async fn fault_run_loses_nothing() {
     let secs = env_u64("SQ_FAULT_SECS", 45);
     let report = run(Duration::from_secs(secs)).await;
-    assert!(report.ok(), "the checker found {} violations:\n{}", report.violations(), report.summary());
+    assert!(
+        report.ok(),
+        "the checker found {} violations:\n{}",
+        report.violations(),
+        report.summary()
+    );
 }
 
 /// Where the history and report go, and whether that directory is kept anyway.
@@ -61,7 +69,10 @@ fn output_dir() -> (PathBuf, Option<tempfile::TempDir>) {
             (dir, None)
         }
         None => {
-            let tmp = tempfile::Builder::new().prefix("sq-faults-").tempdir().expect("temp dir");
+            let tmp = tempfile::Builder::new()
+                .prefix("sq-faults-")
+                .tempdir()
+                .expect("temp dir");
             (tmp.path().to_path_buf(), Some(tmp))
         }
     }
@@ -73,17 +84,26 @@ async fn run(duration: Duration) -> checker::Report {
     let drain_time = Duration::from_secs(env_u64("SQ_FAULT_DRAIN_SECS", 180));
     let net = match NetLab::create(3) {
         Ok(lab) => {
-            eprintln!("[faults] nodes in network namespaces; partitions by {}", lab.method());
+            eprintln!(
+                "[faults] nodes in network namespaces; partitions by {}",
+                lab.method()
+            );
             Some(lab)
         }
         Err(e) => {
-            eprintln!("[faults] cannot create network namespaces ({e}): running WITHOUT partition faults");
+            eprintln!(
+                "[faults] cannot create network namespaces ({e}): running WITHOUT partition faults"
+            );
             None
         }
     };
     let partitions = net.is_some();
     // Small snapshots, so log purges and snapshot installs happen during the run too.
-    let options = Options { nodes: 3, flags: vec!["--snapshot-entries=1000".into()], ..Options::default() };
+    let options = Options {
+        nodes: 3,
+        flags: vec!["--snapshot-entries=1000".into()],
+        ..Options::default()
+    };
     let mut cluster = TestCluster::start_with_net(options, net).await;
     let (out, tmp) = output_dir();
     let history_path = out.join("history.jsonl");
@@ -131,17 +151,26 @@ async fn run(duration: Duration) -> checker::Report {
 
     // Faults.
     let mut nemesis = Nemesis::new(seed, partitions);
-    nemesis.run(&mut cluster, &rec, Instant::now() + duration).await;
+    nemesis
+        .run(&mut cluster, &rec, Instant::now() + duration)
+        .await;
     nemesis.heal_everything(&mut cluster);
     let mut note = Event::new("nemesis", "healed");
     note.error = Some("every fault healed".into());
     rec.info(note);
     let leader = settle(&cluster, Duration::from_secs(30)).await;
-    eprintln!("[faults] healed after {:.0} s; leader {leader:?}; faults {:?}", started.elapsed().as_secs_f64(), nemesis.injected);
+    eprintln!(
+        "[faults] healed after {:.0} s; leader {leader:?}; faults {:?}",
+        started.elapsed().as_secs_f64(),
+        nemesis.injected
+    );
 
     // Submitters finish the key they hold (retrying it until it is answered).
     ctx.stop_submitting.store(true, Ordering::Relaxed);
-    let finish = tokio::time::timeout(Duration::from_secs(60), async { while submitters.join_next().await.is_some() {} }).await;
+    let finish = tokio::time::timeout(Duration::from_secs(60), async {
+        while submitters.join_next().await.is_some() {}
+    })
+    .await;
     if finish.is_err() {
         eprintln!("[faults] a submitter was still retrying after 60 s; abandoning its key");
         submitters.abort_all();
@@ -158,7 +187,12 @@ async fn run(duration: Duration) -> checker::Report {
                 let ctx = ctx.clone();
                 async move {
                     let v = workload::read_task(&ctx, "drain", "read", &task, None, true).await;
-                    let done = v.is_some_and(|v| matches!(v["state"].as_str(), Some("completed" | "failed" | "cancelled")));
+                    let done = v.is_some_and(|v| {
+                        matches!(
+                            v["state"].as_str(),
+                            Some("completed" | "failed" | "cancelled")
+                        )
+                    });
                     done.then_some(task)
                 }
             })
@@ -190,9 +224,16 @@ async fn run(duration: Duration) -> checker::Report {
     let events = history::read(&history_path).expect("read the history back");
     let report = checker::check(&events, infer);
     let summary = report.summary();
-    eprintln!("[faults] checker report ({:.0} s in all):\n{summary}", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[faults] checker report ({:.0} s in all):\n{summary}",
+        started.elapsed().as_secs_f64()
+    );
     std::fs::write(out.join("report.txt"), &summary).expect("write the report");
-    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report).unwrap()).expect("write the report");
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .expect("write the report");
     if !report.ok() {
         // Keep the evidence: the history, the report and the node logs.
         for n in &cluster.nodes {
@@ -218,7 +259,16 @@ async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
         e.session = Some(ctx.session.clone());
         e.node = Some(node);
         let e = rec.invoke(e);
-        let outcome = ctx.nodes.call(node, Method::GET, &format!("/v1/sessions/{}", ctx.session), None, None).await;
+        let outcome = ctx
+            .nodes
+            .call(
+                node,
+                Method::GET,
+                &format!("/v1/sessions/{}", ctx.session),
+                None,
+                None,
+            )
+            .await;
         let mut done = e;
         outcome.annotate(&mut done);
         let ok = matches!(outcome, Outcome::Ok(..));
@@ -247,8 +297,13 @@ async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
             async move {
                 let task = format!("t-{n}");
                 for _ in 0..10 {
-                    if let Some(v) = workload::read_task(&ctx, "scan", "scan", &task, None, true).await {
-                        let done = matches!(v["state"].as_str(), Some("completed" | "failed" | "cancelled"));
+                    if let Some(v) =
+                        workload::read_task(&ctx, "scan", "scan", &task, None, true).await
+                    {
+                        let done = matches!(
+                            v["state"].as_str(),
+                            Some("completed" | "failed" | "cancelled")
+                        );
                         return done.then_some(task);
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -262,17 +317,28 @@ async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
         .await;
 
     // Every node catches up with the leader, then serves the same finished tasks.
-    let target = cluster.local_view(0).await.and_then(|v| v["applied_index"].as_u64()).unwrap_or(0);
+    let target = cluster
+        .local_view(0)
+        .await
+        .and_then(|v| v["applied_index"].as_u64())
+        .unwrap_or(0);
     for i in 0..cluster.nodes.len() {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let applied = cluster.local_view(i).await.and_then(|v| v["applied_index"].as_u64()).unwrap_or(0);
+            let applied = cluster
+                .local_view(i)
+                .await
+                .and_then(|v| v["applied_index"].as_u64())
+                .unwrap_or(0);
             if applied >= target {
                 break;
             }
             if Instant::now() > deadline {
                 let mut e = Event::new("scan", "note");
-                e.error = Some(format!("node {} did not reach applied index {target} in 30 s", cluster.nodes[i].id));
+                e.error = Some(format!(
+                    "node {} did not reach applied index {target} in 30 s",
+                    cluster.nodes[i].id
+                ));
                 rec.info(e);
                 break;
             }
@@ -281,7 +347,9 @@ async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
         let _ = futures_util::stream::iter(finished.clone())
             .map(|task| {
                 let ctx = ctx.clone();
-                async move { workload::read_task(&ctx, "replica", "replica", &task, Some(i), false).await }
+                async move {
+                    workload::read_task(&ctx, "replica", "replica", &task, Some(i), false).await
+                }
             })
             .buffer_unordered(8)
             .collect::<Vec<_>>()
@@ -302,7 +370,11 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_moves_on() {
     };
     let mut cluster = TestCluster::start_with_net(Options::default(), Some(net)).await;
     let old = cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let session = cluster.client_of(old).create_session(&common::session_spec(1, 1)).await.unwrap();
+    let session = cluster
+        .client_of(old)
+        .create_session(&common::session_spec(1, 1))
+        .await
+        .unwrap();
     cluster.net.as_mut().unwrap().isolate(old);
 
     // The majority elects a new leader and commits.
@@ -311,25 +383,58 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_moves_on() {
     let new = loop {
         let mut leaders = Vec::new();
         for &i in &others {
-            leaders.push(cluster.local_view(i).await.and_then(|v| v["leader"].as_u64()));
+            leaders.push(
+                cluster
+                    .local_view(i)
+                    .await
+                    .and_then(|v| v["leader"].as_u64()),
+            );
         }
         if let [Some(a), Some(b)] = leaders[..] {
             if a == b && a != cluster.nodes[old].id {
                 break cluster.nodes.iter().position(|n| n.id == a).unwrap();
             }
         }
-        assert!(Instant::now() < deadline, "the majority elected no leader; logs:\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "the majority elected no leader; logs:\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let during = cluster.client_of(new).submit(&session, b"majority side", Some("m-1")).await.unwrap();
+    let during = cluster
+        .client_of(new)
+        .submit(&session, b"majority side", Some("m-1"))
+        .await
+        .unwrap();
 
     // The isolated old leader cannot commit: its answer is never a success.
     let nodes = Nodes::new(&[cluster.api(old)], Duration::from_secs(15));
-    let body = json!({"payload": session_queue::client::b64(b"minority side"), "idempotency_key": "x-1"});
-    let outcome = nodes.call(0, Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None).await;
-    assert!(!matches!(outcome, Outcome::Ok(..)), "a write on the isolated side succeeded: {outcome:?}");
+    let body =
+        json!({"payload": session_queue::client::b64(b"minority side"), "idempotency_key": "x-1"});
+    let outcome = nodes
+        .call(
+            0,
+            Method::POST,
+            &format!("/v1/sessions/{session}/tasks"),
+            Some(&body),
+            None,
+        )
+        .await;
+    assert!(
+        !matches!(outcome, Outcome::Ok(..)),
+        "a write on the isolated side succeeded: {outcome:?}"
+    );
     // Nor serve a linearizable read.
-    let outcome = nodes.call(0, Method::GET, &format!("/v1/tasks/{during}?consistency=linearizable"), None, None).await;
+    let outcome = nodes
+        .call(
+            0,
+            Method::GET,
+            &format!("/v1/tasks/{during}?consistency=linearizable"),
+            None,
+            None,
+        )
+        .await;
     assert!(
         matches!(&outcome, Outcome::Fail(Some(503), _) | Outcome::Unknown(..)),
         "a linearizable read on the isolated side was answered: {outcome:?}"
@@ -338,17 +443,37 @@ async fn an_isolated_leader_cannot_commit_and_the_majority_moves_on() {
     // Healed, every node agrees and has the majority's write; the minority's is not there.
     cluster.net.as_mut().unwrap().heal_all();
     cluster.wait_for_leader(Duration::from_secs(30)).await;
-    let v = cluster.client_of(old).task(&during, "?consistency=linearizable").await.unwrap();
+    let v = cluster
+        .client_of(old)
+        .task(&during, "?consistency=linearizable")
+        .await
+        .unwrap();
     assert_eq!(v["idempotency_key"], "m-1");
-    let v = cluster.client_of(old).ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
-    assert_eq!(v["submitted_total"], 1, "the minority's write was not committed: {v}");
+    let v = cluster
+        .client_of(old)
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        v["submitted_total"], 1,
+        "the minority's write was not committed: {v}"
+    );
     // Whatever the minority write became, retrying its key never makes a second task.
     let (status, v) = cluster
         .client_of(new)
-        .call(Method::POST, &format!("/v1/sessions/{session}/tasks"), Some(&body), None)
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{session}/tasks"),
+            Some(&body),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status, StatusCode::CREATED, "{v}");
-    let v = cluster.client_of(new).ok(Method::GET, &format!("/v1/sessions/{session}"), None, None).await.unwrap();
+    let v = cluster
+        .client_of(new)
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
     assert_eq!(v["submitted_total"], 2, "{v}");
 }

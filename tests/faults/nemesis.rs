@@ -68,14 +68,25 @@ impl Fault {
 /// Asks every running, unpaused node whom it follows (2 s per node); returns the
 /// leader's index when a majority of all nodes names it.
 pub async fn majority_leader(cluster: &TestCluster) -> Option<usize> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
     let mut votes = std::collections::BTreeMap::new();
     for i in 0..cluster.nodes.len() {
         if !cluster.is_running(i) || cluster.is_paused(i) {
             continue;
         }
-        let Ok(resp) = http.get(format!("{}/v1/cluster?local=true", cluster.url(i))).send().await else { continue };
-        let Ok(v) = resp.json::<serde_json::Value>().await else { continue };
+        let Ok(resp) = http
+            .get(format!("{}/v1/cluster?local=true", cluster.url(i)))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(v) = resp.json::<serde_json::Value>().await else {
+            continue;
+        };
         if let Some(leader) = v["leader"].as_u64() {
             *votes.entry(leader).or_insert(0usize) += 1;
         }
@@ -112,8 +123,17 @@ pub struct Nemesis {
 
 impl Nemesis {
     pub fn new(seed: u64, network: bool) -> Self {
-        let kinds = Fault::ALL.iter().copied().filter(|f| network || !f.needs_network()).collect();
-        Nemesis { rng: StdRng::seed_from_u64(seed), round: Vec::new(), kinds, injected: Default::default() }
+        let kinds = Fault::ALL
+            .iter()
+            .copied()
+            .filter(|f| network || !f.needs_network())
+            .collect();
+        Nemesis {
+            rng: StdRng::seed_from_u64(seed),
+            round: Vec::new(),
+            kinds,
+            injected: Default::default(),
+        }
     }
 
     fn next_fault(&mut self) -> Fault {
@@ -133,7 +153,9 @@ impl Nemesis {
         tokio::time::sleep(self.ms(2000, 4000)).await;
         // Until the time is up and every kind has come up at least once.
         let hard_stop = until + Duration::from_secs(120);
-        while (Instant::now() < until || self.injected.len() < self.kinds.len()) && Instant::now() < hard_stop {
+        while (Instant::now() < until || self.injected.len() < self.kinds.len())
+            && Instant::now() < hard_stop
+        {
             self.check_crashes(cluster, rec);
             let fault = self.next_fault();
             let leader = settle(cluster, Duration::from_secs(20)).await;
@@ -155,8 +177,12 @@ impl Nemesis {
                     let ends: Vec<usize> = (0..n).filter(|&i| i != mid).collect();
                     (ends, Duration::ZERO)
                 }
-                Fault::Restart | Fault::Isolate => (vec![self.rng.random_range(0..n)], Duration::ZERO),
-                Fault::KillFollower | Fault::PauseFollower => (vec![follower(&mut self.rng)], Duration::ZERO),
+                Fault::Restart | Fault::Isolate => {
+                    (vec![self.rng.random_range(0..n)], Duration::ZERO)
+                }
+                Fault::KillFollower | Fault::PauseFollower => {
+                    (vec![follower(&mut self.rng)], Duration::ZERO)
+                }
             };
             let hold = match fault {
                 Fault::KillLeader | Fault::KillFollower => self.ms(1000, 4000),
@@ -169,20 +195,35 @@ impl Nemesis {
             e.fault = Some(fault.name().into());
             e.phase = Some("start".into());
             e.nodes = Some(targets.clone());
-            e.error = Some(format!("leader before: {leader:?}, hold {} ms", hold.as_millis()));
+            e.error = Some(format!(
+                "leader before: {leader:?}, hold {} ms",
+                hold.as_millis()
+            ));
             rec.info(e.clone());
             *self.injected.entry(fault.name()).or_default() += 1;
-            eprintln!("[nemesis] {} nodes {targets:?} (leader {leader:?}) for {} ms", fault.name(), hold.as_millis());
+            eprintln!(
+                "[nemesis] {} nodes {targets:?} (leader {leader:?}) for {} ms",
+                fault.name(),
+                hold.as_millis()
+            );
             match fault {
                 Fault::KillLeader | Fault::KillFollower => cluster.kill(targets[0]),
                 Fault::PauseLeader | Fault::PauseFollower => cluster.pause(targets[0]),
                 Fault::Restart => tokio::task::block_in_place(|| cluster.stop(targets[0])),
-                Fault::Isolate | Fault::IsolateLeader => cluster.net.as_mut().expect("network").isolate(targets[0]),
-                Fault::Bridge => cluster.net.as_mut().expect("network").cut(targets[0], targets[1]),
+                Fault::Isolate | Fault::IsolateLeader => {
+                    cluster.net.as_mut().expect("network").isolate(targets[0])
+                }
+                Fault::Bridge => cluster
+                    .net
+                    .as_mut()
+                    .expect("network")
+                    .cut(targets[0], targets[1]),
             }
             tokio::time::sleep(hold).await;
             match fault {
-                Fault::KillLeader | Fault::KillFollower | Fault::Restart => cluster.restart(targets[0]),
+                Fault::KillLeader | Fault::KillFollower | Fault::Restart => {
+                    cluster.restart(targets[0])
+                }
                 Fault::PauseLeader | Fault::PauseFollower => cluster.resume(targets[0]),
                 Fault::Isolate | Fault::IsolateLeader | Fault::Bridge => {
                     cluster.net.as_mut().expect("network").heal_all()
@@ -194,9 +235,15 @@ impl Nemesis {
             let settled = settle(cluster, Duration::from_secs(30)).await;
             if settled.is_none() {
                 let mut e = Event::new("nemesis", "note");
-                e.error = Some(format!("no majority leader 30 s after healing {}", fault.name()));
+                e.error = Some(format!(
+                    "no majority leader 30 s after healing {}",
+                    fault.name()
+                ));
                 rec.info(e);
-                eprintln!("[nemesis] no majority leader 30 s after healing {}", fault.name());
+                eprintln!(
+                    "[nemesis] no majority leader 30 s after healing {}",
+                    fault.name()
+                );
             }
             tokio::time::sleep(self.ms(1000, 2500)).await;
         }
@@ -209,7 +256,10 @@ impl Nemesis {
             if let Some(status) = cluster.exited(i) {
                 let mut e = Event::new("nemesis", "crash");
                 e.nodes = Some(vec![i]);
-                e.error = Some(format!("node {} exited by itself: {status}", cluster.nodes[i].id));
+                e.error = Some(format!(
+                    "node {} exited by itself: {status}",
+                    cluster.nodes[i].id
+                ));
                 rec.info(e);
                 eprintln!(
                     "[nemesis] node {} exited by itself ({status}); restarting it\n{}",

@@ -75,7 +75,10 @@ impl Nodes {
             .tcp_nodelay(true)
             .build()
             .expect("HTTP client");
-        Nodes { http, urls: Arc::new(apis.iter().map(|a| format!("http://{a}")).collect()) }
+        Nodes {
+            http,
+            urls: Arc::new(apis.iter().map(|a| format!("http://{a}")).collect()),
+        }
     }
 
     pub fn random(&self) -> usize {
@@ -104,24 +107,47 @@ impl Nodes {
             Ok(r) => r,
             Err(e) if e.is_connect() => return Outcome::Fail(None, format!("connect: {e}")),
             Err(e) => {
-                return Outcome::Unknown(None, format!("{}: {e}", if e.is_timeout() { "timeout" } else { "transport" }))
+                return Outcome::Unknown(
+                    None,
+                    format!(
+                        "{}: {e}",
+                        if e.is_timeout() {
+                            "timeout"
+                        } else {
+                            "transport"
+                        }
+                    ),
+                )
             }
         };
         let status = resp.status();
         let text = match resp.text().await {
             Ok(t) => t,
-            Err(e) => return Outcome::Unknown(Some(status.as_u16()), format!("reading the answer: {e}")),
+            Err(e) => {
+                return Outcome::Unknown(Some(status.as_u16()), format!("reading the answer: {e}"))
+            }
         };
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
             if value.is_null() {
-                return Outcome::Unknown(Some(status.as_u16()), format!("unreadable answer: {text}"));
+                return Outcome::Unknown(
+                    Some(status.as_u16()),
+                    format!("unreadable answer: {text}"),
+                );
             }
             return Outcome::Ok(status, value);
         }
-        let code = value["error"]["code"].as_str().unwrap_or_default().to_string();
-        let message = format!("{code}: {}", value["error"]["message"].as_str().unwrap_or(&text));
-        if status.is_client_error() || (status == StatusCode::SERVICE_UNAVAILABLE && code == "unavailable") {
+        let code = value["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let message = format!(
+            "{code}: {}",
+            value["error"]["message"].as_str().unwrap_or(&text)
+        );
+        if status.is_client_error()
+            || (status == StatusCode::SERVICE_UNAVAILABLE && code == "unavailable")
+        {
             Outcome::Fail(Some(status.as_u16()), message)
         } else {
             Outcome::Unknown(Some(status.as_u16()), message)
@@ -169,7 +195,11 @@ impl Ctx {
 }
 
 async fn sleep_ms(range: (u64, u64)) {
-    let ms = if range.1 > range.0 { rand::random_range(range.0..range.1) } else { range.0 };
+    let ms = if range.1 > range.0 {
+        rand::random_range(range.0..range.1)
+    } else {
+        range.0
+    };
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
@@ -182,7 +212,9 @@ pub async fn create_session(rec: &Arc<Recorder>, nodes: &Nodes, spec: &Value) ->
         let mut e = Event::new("setup", "session");
         e.node = Some(node);
         let e = rec.invoke(e);
-        let outcome = nodes.call(node, Method::POST, "/v1/sessions", Some(spec), None).await;
+        let outcome = nodes
+            .call(node, Method::POST, "/v1/sessions", Some(spec), None)
+            .await;
         let mut done = e;
         outcome.annotate(&mut done);
         if let Outcome::Ok(_, v) = &outcome {
@@ -194,7 +226,10 @@ pub async fn create_session(rec: &Arc<Recorder>, nodes: &Nodes, spec: &Value) ->
             return id;
         }
         rec.complete(done, outcome.kind());
-        assert!(Instant::now() < deadline, "could not create the session: {outcome:?}");
+        assert!(
+            Instant::now() < deadline,
+            "could not create the session: {outcome:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -250,16 +285,31 @@ pub async fn read_task(
     e.task = Some(task.to_string());
     e.node = Some(node);
     let e = ctx.rec.invoke(e);
-    let query = if linearizable { "?consistency=linearizable" } else { "" };
-    let outcome = ctx.nodes.call(node, Method::GET, &format!("/v1/tasks/{task}{query}"), None, None).await;
+    let query = if linearizable {
+        "?consistency=linearizable"
+    } else {
+        ""
+    };
+    let outcome = ctx
+        .nodes
+        .call(
+            node,
+            Method::GET,
+            &format!("/v1/tasks/{task}{query}"),
+            None,
+            None,
+        )
+        .await;
     let mut done = e;
     outcome.annotate(&mut done);
     match outcome {
         Outcome::Ok(_, v) => {
             done.state = v["state"].as_str().map(str::to_string);
-            done.history = v["history"]
-                .as_array()
-                .map(|h| h.iter().filter_map(|s| s["state"].as_str().map(str::to_string)).collect());
+            done.history = v["history"].as_array().map(|h| {
+                h.iter()
+                    .filter_map(|s| s["state"].as_str().map(str::to_string))
+                    .collect()
+            });
             done.result = v["result"].as_str().map(str::to_string);
             done.failure = v["failure"].as_str().map(str::to_string);
             done.idempotency_key = v["idempotency_key"].as_str().map(str::to_string);
@@ -354,7 +404,10 @@ pub async fn miner(ctx: Arc<Ctx>, name: String, behaviour: Behaviour) {
         };
         let mut e = Event::new(&m.process, "poll");
         e.miner = Some(m.id.clone());
-        let (mut done, outcome) = m.ctx.op(e, Method::GET, &path, None, Some(&m.token.clone())).await;
+        let (mut done, outcome) = m
+            .ctx
+            .op(e, Method::GET, &path, None, Some(&m.token.clone()))
+            .await;
         let list = match &outcome {
             Outcome::Ok(_, v) => {
                 after = v["applied_index"].as_u64();
@@ -372,12 +425,14 @@ pub async fn miner(ctx: Arc<Ctx>, name: String, behaviour: Behaviour) {
         };
         if !list.is_empty() {
             let steps: Vec<_> = list.iter().filter_map(|a| m.prepare(a)).collect();
-            let results = futures_util::future::join_all(steps.into_iter().map(|s| m.step(s))).await;
+            let results =
+                futures_util::future::join_all(steps.into_iter().map(|s| m.step(s))).await;
             if results.iter().any(|ok| *ok) {
                 last_write = Instant::now();
             }
         }
-        m.secrets.retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(600));
+        m.secrets
+            .retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(600));
         if last_write.elapsed() > Duration::from_secs(3) {
             last_write = Instant::now();
             m.heartbeat().await;
@@ -398,7 +453,10 @@ impl Miner {
         while !self.ctx.stopped() {
             let mut e = Event::new(&self.process, "register");
             e.name = Some(self.name.clone());
-            let (mut done, outcome) = self.ctx.op(e, Method::POST, "/v1/miners", Some(&body), None).await;
+            let (mut done, outcome) = self
+                .ctx
+                .op(e, Method::POST, "/v1/miners", Some(&body), None)
+                .await;
             if let Outcome::Ok(_, v) = &outcome {
                 self.id = v["miner_id"].as_str().unwrap_or_default().to_string();
                 self.token = v["token"].as_str().unwrap_or_default().to_string();
@@ -416,7 +474,16 @@ impl Miner {
         let mut e = Event::new(&self.process, "heartbeat");
         e.miner = Some(self.id.clone());
         let path = format!("/v1/miners/{}/heartbeat", self.id);
-        let (done, outcome) = self.ctx.op(e, Method::POST, &path, Some(&json!({})), Some(&self.token.clone())).await;
+        let (done, outcome) = self
+            .ctx
+            .op(
+                e,
+                Method::POST,
+                &path,
+                Some(&json!({})),
+                Some(&self.token.clone()),
+            )
+            .await;
         self.ctx.rec.complete(done, outcome.kind());
         // Declared gone (missed heartbeats through a long outage): join again.
         if let Outcome::Fail(Some(409), msg) = &outcome {
@@ -444,7 +511,8 @@ impl Miner {
                 let (output, nonce, _) = self.secrets.entry(task.clone()).or_insert_with(|| {
                     let output = match behaviour {
                         Behaviour::Liar => {
-                            format!("lie:{name}:{}", hex::encode(&sha256(&[&payload])[..6])).into_bytes()
+                            format!("lie:{name}:{}", hex::encode(&sha256(&[&payload])[..6]))
+                                .into_bytes()
                         }
                         _ => infer(&payload),
                     };
@@ -471,9 +539,12 @@ impl Miner {
         let (op, task, body, output) = match step {
             Step::Ack(task) => ("ack", task, json!({}), None),
             Step::Precommit(task, hash) => ("precommit", task, json!({"hash": hash}), None),
-            Step::Reveal(task, output, nonce) => {
-                ("reveal", task, json!({"output": b64(&output), "nonce": b64(&nonce)}), Some(b64(&output)))
-            }
+            Step::Reveal(task, output, nonce) => (
+                "reveal",
+                task,
+                json!({"output": b64(&output), "nonce": b64(&nonce)}),
+                Some(b64(&output)),
+            ),
         };
         let mut e = Event::new(&self.process, op);
         e.task = Some(task.clone());
@@ -482,8 +553,14 @@ impl Miner {
         if op == "precommit" {
             e.hash = body["hash"].as_str().map(str::to_string);
         }
-        let path = format!("/v1/tasks/{task}/{}", if op == "reveal" { "commit" } else { op });
-        let (done, outcome) = self.ctx.op(e, Method::POST, &path, Some(&body), Some(&self.token)).await;
+        let path = format!(
+            "/v1/tasks/{task}/{}",
+            if op == "reveal" { "commit" } else { op }
+        );
+        let (done, outcome) = self
+            .ctx
+            .op(e, Method::POST, &path, Some(&body), Some(&self.token))
+            .await;
         let ok = matches!(outcome, Outcome::Ok(..));
         self.ctx.rec.complete(done, outcome.kind());
         ok
