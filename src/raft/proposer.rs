@@ -253,6 +253,10 @@ impl Worker {
     /// Answers proposals whose deadline passed while they waited for a leader.
     fn expire(&mut self) {
         let now = Instant::now();
+        // The common case, nothing expired, costs a scan and no moves.
+        if !self.pending.iter().any(|p| p.deadline <= now) {
+            return;
+        }
         let mut kept = VecDeque::with_capacity(self.pending.len());
         for p in self.pending.drain(..) {
             if p.deadline <= now {
