@@ -412,9 +412,18 @@ async fn watch(target: Target, session: &str) -> anyhow::Result<()> {
         buf.push_str(&String::from_utf8_lossy(&chunk?));
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
+            // Transitions print as their JSON; a `lagged` or `resync` notice (the
+            // stream skipped some: re-read the tasks) is named before its JSON.
+            let kind = event
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))
+                .map_or("transition", str::trim);
             for line in event.lines() {
                 if let Some(data) = line.strip_prefix("data:") {
-                    println!("{}", data.trim());
+                    match kind {
+                        "transition" => println!("{}", data.trim()),
+                        other => println!("{other} {}", data.trim()),
+                    }
                 }
             }
         }
