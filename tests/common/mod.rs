@@ -407,6 +407,16 @@ impl TestCluster {
         }
     }
 
+    /// Waits until node `i` has applied at least what node `from` has applied now.
+    pub async fn wait_caught_up(&self, i: usize, from: usize, timeout: Duration) {
+        let target = self
+            .local_view(from)
+            .await
+            .and_then(|v| v["applied_index"].as_u64())
+            .unwrap_or_else(|| panic!("node {} does not answer", self.nodes[from].id));
+        self.wait_applied(i, target, timeout).await;
+    }
+
     /// The tail of every node's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
