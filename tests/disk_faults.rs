@@ -321,19 +321,32 @@ async fn a_node_refuses_a_corrupted_store() {
     // catch up.
     cluster.restart(1);
     cluster.restart(2);
-    let leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let target = cluster.local_view(leader).await.unwrap()["applied_index"]
-        .as_u64()
-        .unwrap();
-    cluster
-        .wait_applied(2, target, Duration::from_secs(30))
-        .await;
-    let c = cluster.client_of(2);
-    for id in &ids {
-        assert_eq!(
-            c.task(id, "").await.unwrap()["session_id"],
-            session.as_str()
-        );
+    catches_up(
+        &cluster,
+        2,
+        &session,
+        &ids,
+        Duration::from_secs(20),
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// Node `i` applies as much as the leader (found within `leader_within`) within
+/// `applied_within`, and holds every task of `ids`, in `session`.
+async fn catches_up(
+    cluster: &TestCluster,
+    i: usize,
+    session: &str,
+    ids: &[String],
+    leader_within: Duration,
+    applied_within: Duration,
+) {
+    let leader = cluster.wait_for_leader(leader_within).await;
+    cluster.wait_caught_up(i, leader, applied_within).await;
+    let c = cluster.client_of(i);
+    for id in ids {
+        assert_eq!(c.task(id, "").await.unwrap()["session_id"], session);
     }
 }
 
@@ -530,7 +543,11 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
     c.submit(&session, b"after the disk was freed", Some("after"))
         .await
         .unwrap();
-    let v = c
+    // Session reads are local: ask the leader, which applied every write it answered
+    // (a follower may not have applied the last ones yet).
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let v = cluster
+        .client_of(leader)
         .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
         .await
         .unwrap();
@@ -621,20 +638,15 @@ async fn a_full_disk_on_one_node_stops_only_that_node() {
     // Freed and restarted, node 3 catches up with everything.
     std::fs::remove_file(&filler).unwrap();
     cluster.restart(2);
-    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
-    let target = cluster.local_view(leader).await.unwrap()["applied_index"]
-        .as_u64()
-        .unwrap();
-    cluster
-        .wait_applied(2, target, Duration::from_secs(60))
-        .await;
-    let c3 = cluster.client_of(2);
-    for id in &ids {
-        assert_eq!(
-            c3.task(id, "").await.unwrap()["session_id"],
-            session.as_str()
-        );
-    }
+    catches_up(
+        &cluster,
+        2,
+        &session,
+        &ids,
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    )
+    .await;
     drop(cluster);
     drop(fs);
 }
