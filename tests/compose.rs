@@ -495,41 +495,7 @@ async fn leader_down(cluster: &Compose, how: &str) {
     let leader = cluster.wait_leader(&all, Duration::from_secs(30)).await;
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
     cluster.log(&format!("{how}: the leader is container {}", leader + 1));
-    let c = cluster.client_of_all(&survivors);
-    let session = c
-        .create_session(&session_for_writes())
-        .await
-        .expect("session");
-    let acked: Acked = Arc::default();
-
-    // Before: submits through every container, the leader included.
-    for n in 0..30 {
-        let key = format!("{how}-before-{n}");
-        let id = submit(
-            &cluster.client_of(n % 3),
-            &session,
-            &key,
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("submit before");
-        acked.lock().unwrap().push((key, id));
-    }
-    // During: a writer through the survivors only.
-    let writer = start_writer(
-        c.clone(),
-        session.clone(),
-        format!("{how}-during"),
-        acked.clone(),
-    );
-    writer
-        .wait_for(
-            cluster,
-            10,
-            Duration::from_secs(30),
-            &format!("{how}: before the fault"),
-        )
-        .await;
+    let (session, acked, writer) = writes_before_fault(cluster, &survivors, how).await;
     let down = Instant::now();
     match how {
         "stop" => cluster.docker(&["stop", "-t", "20", &cluster.containers[leader]]),
@@ -552,38 +518,116 @@ async fn leader_down(cluster: &Compose, how: &str) {
             &format!("{how}: with the leader down"),
         )
         .await;
-    let failures = writer.finish(cluster, how).await;
-    assert!(
-        failures.is_empty(),
-        "{how}: submits never acknowledged: {failures:?}"
-    );
-
-    for &i in &survivors {
-        check_acked(cluster, i, &session, &acked, i == new_leader).await;
-    }
+    survivors_hold_writes(
+        cluster, writer, how, &survivors, new_leader, &session, &acked,
+    )
+    .await;
 
     // Back: the container restarts on its volume and catches up.
     let target = cluster.applied(&survivors).await;
     cluster.docker(&["start", &cluster.containers[leader]]);
-    cluster
-        .wait_applied(leader, target, Duration::from_secs(60))
+    rejoins(cluster, leader, target, &session, &acked, how, "is back").await;
+}
+
+/// Before a fault: a session, 30 submits acknowledged through every container, then
+/// a writer (keys `prefix-during-N`) through `through` with 10 more acknowledged.
+async fn writes_before_fault(
+    cluster: &Compose,
+    through: &[usize],
+    prefix: &str,
+) -> (String, Acked, Writer) {
+    let c = cluster.client_of_all(through);
+    let session = c
+        .create_session(&session_for_writes())
+        .await
+        .expect("session");
+    let acked: Acked = Arc::default();
+    for n in 0..30 {
+        let key = format!("{prefix}-before-{n}");
+        let id = submit(
+            &cluster.client_of(n % 3),
+            &session,
+            &key,
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("submit before");
+        acked.lock().unwrap().push((key, id));
+    }
+    let writer = start_writer(
+        c,
+        session.clone(),
+        format!("{prefix}-during"),
+        acked.clone(),
+    );
+    writer
+        .wait_for(
+            cluster,
+            10,
+            Duration::from_secs(30),
+            &format!("{prefix}: before the fault"),
+        )
         .await;
-    cluster.wait_leader(&all, Duration::from_secs(30)).await;
+    (session, acked, writer)
+}
+
+/// During the fault: the writer stops with every submit acknowledged, and each of
+/// `survivors` holds every acknowledged task (the leader also answers resubmits).
+async fn survivors_hold_writes(
+    cluster: &Compose,
+    writer: Writer,
+    prefix: &str,
+    survivors: &[usize],
+    leader: usize,
+    session: &str,
+    acked: &Acked,
+) {
+    let failures = writer.finish(cluster, prefix).await;
+    assert!(
+        failures.is_empty(),
+        "{prefix}: submits never acknowledged: {failures:?}"
+    );
+    for &i in survivors {
+        check_acked(cluster, i, session, acked, i == leader).await;
+    }
+}
+
+/// Container `i`, back after a fault, applies up to `target`, holds every
+/// acknowledged task and takes writes again (forwarded if it no longer leads).
+async fn rejoins(
+    cluster: &Compose,
+    i: usize,
+    target: u64,
+    session: &str,
+    acked: &Acked,
+    prefix: &str,
+    back: &str,
+) {
+    cluster
+        .wait_applied(i, target, Duration::from_secs(60))
+        .await;
+    cluster
+        .wait_leader(&[0, 1, 2], Duration::from_secs(30))
+        .await;
     cluster.log(&format!(
-        "{how}: container {} is back and applied index {target}",
-        leader + 1
+        "{prefix}: container {} {back} and applied index {target}",
+        i + 1
     ));
-    check_acked(cluster, leader, &session, &acked, false).await;
-    // And it serves writes again (forwarded if it no longer leads).
+    check_acked(cluster, i, session, acked, false).await;
     submit(
-        &cluster.client_of(leader),
-        &session,
-        &format!("{how}-after"),
+        &cluster.client_of(i),
+        session,
+        &format!("{prefix}-after"),
         Duration::from_secs(20),
     )
     .await
-    .expect("a write through the restarted container");
-    close(&cluster.client_of(leader), &session).await;
+    .unwrap_or_else(|e| {
+        panic!(
+            "{prefix}: a write through container {} after it {back}: {e}",
+            i + 1
+        )
+    });
+    close(&cluster.client_of(i), session).await;
 }
 
 /// Closes a session of queued tasks, so later sessions get the miners.
@@ -605,38 +649,7 @@ async fn close(c: &Client, session: &str) {
 async fn network_cut(cluster: &Compose, cut: usize) {
     let all = [0, 1, 2];
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != cut).collect();
-    let c = cluster.client_of_all(&rest);
-    let session = c
-        .create_session(&session_for_writes())
-        .await
-        .expect("session");
-    let acked: Acked = Arc::default();
-    for n in 0..30 {
-        let key = format!("cut-before-{n}");
-        let id = submit(
-            &cluster.client_of(n % 3),
-            &session,
-            &key,
-            Duration::from_secs(20),
-        )
-        .await
-        .expect("submit before");
-        acked.lock().unwrap().push((key, id));
-    }
-    let writer = start_writer(
-        c.clone(),
-        session.clone(),
-        "cut-during".into(),
-        acked.clone(),
-    );
-    writer
-        .wait_for(
-            cluster,
-            10,
-            Duration::from_secs(30),
-            "cut: before the fault",
-        )
-        .await;
+    let (session, acked, writer) = writes_before_fault(cluster, &rest, "cut").await;
 
     let cut_at = Instant::now();
     cluster.docker(&[
@@ -673,14 +686,7 @@ async fn network_cut(cluster: &Compose, cut: usize) {
         .cloned()
         .unwrap();
     assert_eq!(member["reachable"], false, "the cut container answers: {v}");
-    let failures = writer.finish(cluster, "cut").await;
-    assert!(
-        failures.is_empty(),
-        "cut: submits never acknowledged: {failures:?}"
-    );
-    for &i in &rest {
-        check_acked(cluster, i, &session, &acked, i == leader).await;
-    }
+    survivors_hold_writes(cluster, writer, "cut", &rest, leader, &session, &acked).await;
 
     let target = cluster.applied(&rest).await;
     cluster.docker(&[
@@ -691,24 +697,7 @@ async fn network_cut(cluster: &Compose, cut: usize) {
         &cluster.network,
         &cluster.containers[cut],
     ]);
-    cluster
-        .wait_applied(cut, target, Duration::from_secs(60))
-        .await;
-    cluster.wait_leader(&all, Duration::from_secs(30)).await;
-    cluster.log(&format!(
-        "cut: container {} reconnected and applied index {target}",
-        cut + 1
-    ));
-    check_acked(cluster, cut, &session, &acked, false).await;
-    submit(
-        &cluster.client_of(cut),
-        &session,
-        "cut-after",
-        Duration::from_secs(20),
-    )
-    .await
-    .expect("a write through the reconnected container");
-    close(&cluster.client_of(cut), &session).await;
+    rejoins(cluster, cut, target, &session, &acked, "cut", "reconnected").await;
 }
 
 /// In the end all three hold the same state: same applied index, same counters.
