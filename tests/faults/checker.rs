@@ -7,7 +7,15 @@
 //!   linearizable read invoked after the acknowledgement did not find;
 //! - **duplicates**: one idempotency key with two tasks (two successful submits of
 //!   the key answered with different ids, or two tasks carrying the key in the
-//!   final scan), or one task id answered for two keys;
+//!   final scan), or one task id answered for two submits; and a submit without a
+//!   key applied twice: two tasks whose result is the honest output of its payload
+//!   (each payload carries a unique marker), or, counted, more tasks without a key
+//!   in the final scan than attempts without a key that may have created one (each
+//!   makes at most one; a submit without a key is never retried after an unknown
+//!   outcome);
+//! - **failed but applied**: a submit every attempt of which was answered as not
+//!   done (`fail`: a 4xx, a 503 `unavailable`, a refused connection) whose task
+//!   exists after healing;
 //! - **unsupported results**: a task seen Completed whose result fewer than q
 //!   miners may have revealed (reveals answered with success or with an unknown
 //!   outcome count; refused ones do not);
@@ -56,6 +64,12 @@ pub struct Report {
     /// unknown or failed outcome, tasks found by the final scan.
     pub keys_submitted: usize,
     pub keys_retried: usize,
+    /// Submits without a key (distinct payload markers), those with an attempt
+    /// whose outcome was unknown (never retried), and tasks without a key found by
+    /// the final scan.
+    pub unkeyed_submitted: usize,
+    pub unkeyed_unknown: usize,
+    pub unkeyed_tasks: usize,
     pub acknowledged: usize,
     pub scanned_tasks: usize,
     pub completed: usize,
@@ -67,6 +81,7 @@ pub struct Report {
 
     pub lost: Vec<String>,
     pub duplicates: Vec<String>,
+    pub failed_but_applied: Vec<String>,
     pub unsupported_results: Vec<String>,
     pub illegal_transitions: Vec<String>,
     pub stale_reads: Vec<String>,
@@ -82,6 +97,7 @@ impl Report {
     pub fn violations(&self) -> usize {
         self.lost.len()
             + self.duplicates.len()
+            + self.failed_but_applied.len()
             + self.unsupported_results.len()
             + self.illegal_transitions.len()
             + self.stale_reads.len()
@@ -123,13 +139,25 @@ impl Report {
         );
         let _ = writeln!(
             s,
+            "submits without a key {} ({} with an unknown outcome, not retried); tasks without a key found by the final scan {}",
+            self.unkeyed_submitted, self.unkeyed_unknown, self.unkeyed_tasks
+        );
+        let _ = writeln!(
+            s,
             "reads checked {}, reveals recorded {}, completed results not the honest output {}",
             self.reads_checked, self.reveals_recorded, self.results_not_honest
         );
         let _ = writeln!(s, "no leader within 30 s of healing: {}", self.unsettled);
-        let lists: [(&str, &Vec<String>); 8] = [
+        let lists: [(&str, &Vec<String>); 9] = [
             ("acknowledged tasks lost", &self.lost),
-            ("tasks created twice for one key", &self.duplicates),
+            (
+                "tasks created twice for one key or one submit",
+                &self.duplicates,
+            ),
+            (
+                "submits answered as not done that were applied",
+                &self.failed_but_applied,
+            ),
             (
                 "completed with a result no quorum revealed",
                 &self.unsupported_results,
@@ -286,20 +314,33 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
     }
     let invoked_at = |e: &Event| invokes.get(&e.id).map_or(e.i, |inv| inv.i);
 
-    // Submits: what each key was answered with.
-    let mut payload_of_key: HashMap<&str, &str> = HashMap::new();
-    let mut tasks_of_key: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    let mut key_of_task: BTreeMap<&str, &str> = BTreeMap::new();
+    // Submits: what each key (or marker of a submit without a key) was answered with.
+    let mut payload_of: HashMap<Ident, &str> = HashMap::new();
+    let mut tasks_of: BTreeMap<Ident, BTreeSet<&str>> = BTreeMap::new();
+    let mut ident_of_task: BTreeMap<&str, Ident> = BTreeMap::new();
     let mut acked_at: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut attempts_of_key: HashMap<&str, usize> = HashMap::new();
+    let mut attempts_of: BTreeMap<Ident, usize> = BTreeMap::new();
+    // Whether any attempt may have been applied (its outcome is not `fail`).
+    let mut may_apply: BTreeMap<Ident, bool> = BTreeMap::new();
+    // Attempts without a key that may have created a task.
+    let mut unkeyed_may_create = 0usize;
     for e in events.iter().filter(|e| e.op == "submit") {
-        let Some(key) = e.key.as_deref() else {
+        let Some(ident) = Ident::of(e) else {
             continue;
         };
         if e.kind == Kind::Invoke {
-            *attempts_of_key.entry(key).or_default() += 1;
+            *attempts_of.entry(ident).or_default() += 1;
             if let Some(p) = e.payload.as_deref() {
-                payload_of_key.insert(key, p);
+                payload_of.insert(ident, p);
+            }
+            let outcome = outcomes.get(&e.id).map(|o| o.kind);
+            let may = !matches!(outcome, Some(Kind::Fail));
+            *may_apply.entry(ident).or_default() |= may;
+            if may && ident.key().is_none() {
+                unkeyed_may_create += 1;
+            }
+            if outcome == Some(Kind::Unknown) && ident.key().is_none() {
+                r.unkeyed_unknown += 1;
             }
         }
         if e.kind != Kind::Ok {
@@ -308,26 +349,31 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
         let Some(task) = e.task.as_deref() else {
             continue;
         };
-        tasks_of_key.entry(key).or_default().insert(task);
-        match key_of_task.get(task) {
-            Some(other) if *other != key => {
+        tasks_of.entry(ident).or_default().insert(task);
+        match ident_of_task.get(task) {
+            Some(other) if *other != ident => {
                 r.duplicates.push(format!(
-                    "task {task} was answered for two keys, {other} and {key}"
+                    "task {task} was answered for two submits, {other} and {ident}"
                 ));
             }
             _ => {
-                key_of_task.insert(task, key);
+                ident_of_task.insert(task, ident);
             }
         }
         acked_at.entry(task).or_insert(e.i);
     }
-    r.keys_submitted = attempts_of_key.len();
-    r.keys_retried = attempts_of_key.values().filter(|&&n| n > 1).count();
+    let keyed = |i: &&Ident| i.key().is_some();
+    r.keys_submitted = attempts_of.keys().filter(keyed).count();
+    r.keys_retried = attempts_of
+        .iter()
+        .filter(|(i, &n)| keyed(i) && n > 1)
+        .count();
+    r.unkeyed_submitted = attempts_of.len() - r.keys_submitted;
     r.acknowledged = acked_at.len();
-    for (key, tasks) in &tasks_of_key {
+    for (ident, tasks) in &tasks_of {
         if tasks.len() > 1 {
             r.duplicates.push(format!(
-                "key {key} was answered with {} tasks: {tasks:?}",
+                "{ident} was answered with {} tasks: {tasks:?}",
                 tasks.len()
             ));
         }
@@ -490,9 +536,9 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
                     result.and_then(unb64).map(|b| String::from_utf8_lossy(&b).into_owned())
                 ));
             }
-            let payload = key_of_task
+            let payload = ident_of_task
                 .get(task)
-                .and_then(|k| payload_of_key.get(k))
+                .and_then(|i| payload_of.get(i))
                 .and_then(|p| unb64(p));
             if let (Some(payload), Some(result)) = (payload, result) {
                 if b64(&honest(&payload)) != result {
@@ -513,6 +559,22 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
         }
     }
     let mut tasks_with_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // Submits without a key: their tasks, told by the honest result of their
+    // payload (each payload carries a unique marker) and by the answers.
+    let marker_of_result: HashMap<String, &str> = payload_of
+        .iter()
+        .filter_map(|(i, p)| match i {
+            Ident::Marker(m) => unb64(p).map(|p| (b64(&honest(&p)), *m)),
+            Ident::Key(_) => None,
+        })
+        .collect();
+    let mut tasks_of_marker: BTreeMap<&str, BTreeSet<&str>> = tasks_of
+        .iter()
+        .filter_map(|(i, t)| match i {
+            Ident::Marker(m) => Some((*m, t.clone())),
+            Ident::Key(_) => None,
+        })
+        .collect();
     for (task, e) in &scan {
         if e.missing == Some(true) {
             continue;
@@ -521,8 +583,18 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
         if e.state.as_deref() == Some("completed") {
             r.completed += 1;
         }
-        if let Some(key) = e.idempotency_key.as_deref() {
-            tasks_with_key.entry(key).or_default().push(task);
+        match e.idempotency_key.as_deref() {
+            Some(key) => tasks_with_key.entry(key).or_default().push(task),
+            None => {
+                r.unkeyed_tasks += 1;
+                if let Some(m) = e
+                    .result
+                    .as_deref()
+                    .and_then(|res| marker_of_result.get(res))
+                {
+                    tasks_of_marker.entry(m).or_default().insert(task);
+                }
+            }
         }
     }
     for (key, tasks) in &tasks_with_key {
@@ -533,11 +605,48 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
             ));
         }
     }
+    let mut named = false;
+    for (m, tasks) in &tasks_of_marker {
+        if tasks.len() > 1 {
+            named = true;
+            r.duplicates.push(format!(
+                "submit {m} (no key, one request) was applied {} times: tasks {tasks:?}",
+                tasks.len()
+            ));
+        }
+    }
+    // Each attempt without a key that may have been applied made at most one task.
+    if !named && r.unkeyed_tasks > unkeyed_may_create {
+        r.duplicates.push(format!(
+            "{} tasks without a key after healing, but only {unkeyed_may_create} submits without a key may have created one",
+            r.unkeyed_tasks
+        ));
+    }
+    // A submit answered `fail` on every attempt must have created nothing.
+    for (ident, &may) in &may_apply {
+        if may {
+            continue;
+        }
+        let found: Vec<&str> = match ident {
+            Ident::Key(k) => tasks_with_key.get(k).cloned().unwrap_or_default(),
+            Ident::Marker(m) => tasks_of_marker
+                .get(m)
+                .map(|t| t.iter().copied().collect())
+                .unwrap_or_default(),
+        };
+        if !found.is_empty() {
+            r.failed_but_applied.push(format!(
+                "{ident}: every attempt was answered as not done, yet it made {found:?}"
+            ));
+        }
+    }
     for (task, &at) in &acked_at {
-        let key = key_of_task.get(task).copied().unwrap_or("?");
+        let ident = ident_of_task.get(task).copied();
+        let expected_key = ident.and_then(Ident::key);
+        let ident = ident.map_or("?".to_string(), |i| i.to_string());
         match scan.get(task) {
             None => r.unverified.push(format!(
-                "task {task} (key {key}, acknowledged at line {at}): no final read"
+                "task {task} ({ident}, acknowledged at line {at}): no final read"
             )),
             Some(e) if e.missing == Some(true) => {
                 if !r
@@ -545,15 +654,17 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
                     .iter()
                     .any(|l| l.starts_with(&format!("task {task} ")))
                 {
-                    r.lost.push(format!("task {task} (key {key}, acknowledged at line {at}): not found after healing"));
+                    r.lost.push(format!(
+                        "task {task} ({ident}, acknowledged at line {at}): not found after healing"
+                    ));
                 }
             }
-            Some(e) if e.idempotency_key.as_deref() != Some(key) => r.lost.push(format!(
-                "task {task} (key {key}): after healing it carries key {:?}",
+            Some(e) if e.idempotency_key.as_deref() != expected_key => r.lost.push(format!(
+                "task {task} ({ident}): after healing it carries key {:?}",
                 e.idempotency_key
             )),
             Some(e) if e.state.as_deref() != Some("completed") => r.not_completed.push(format!(
-                "task {task} (key {key}): {} after healing{}",
+                "task {task} ({ident}): {} after healing{}",
                 e.state.as_deref().unwrap_or("?"),
                 e.failure
                     .as_deref()
@@ -564,6 +675,40 @@ pub fn check(events: &[Event], honest: impl Fn(&[u8]) -> Vec<u8>) -> Report {
         }
     }
     r
+}
+
+/// What a submit is known by: its idempotency key, or, without one, the marker its
+/// payload carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Ident<'a> {
+    Key(&'a str),
+    Marker(&'a str),
+}
+
+impl<'a> Ident<'a> {
+    fn of(e: &'a Event) -> Option<Self> {
+        match (e.key.as_deref(), e.marker.as_deref()) {
+            (Some(k), _) => Some(Ident::Key(k)),
+            (None, Some(m)) => Some(Ident::Marker(m)),
+            _ => None,
+        }
+    }
+
+    fn key(self) -> Option<&'a str> {
+        match self {
+            Ident::Key(k) => Some(k),
+            Ident::Marker(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Ident<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ident::Key(k) => write!(f, "key {k}"),
+            Ident::Marker(m) => write!(f, "submit {m} (no key)"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -640,6 +785,37 @@ mod tests {
             );
         }
 
+        /// A submit without a key, its payload the marker itself.
+        fn submit_unkeyed(&mut self, marker: &str, task: Option<&str>, kind: Kind) {
+            let mut e = Event::new("client-u1", "submit");
+            e.marker = Some(marker.into());
+            e.payload = Some(b64(marker.as_bytes()));
+            let e = self.invoke(e);
+            self.done(
+                Event {
+                    task: task.map(Into::into),
+                    created: Some(true),
+                    ..e
+                },
+                kind,
+            );
+        }
+
+        /// A task without a key completed with the honest result of `payload`, as
+        /// the final scan reads it.
+        fn scan_unkeyed(&mut self, task: &str, payload: &[u8]) {
+            let out = honest(payload);
+            self.reveal(task, "m-1", &out, Some(Kind::Ok));
+            self.reveal(task, "m-2", &out, Some(Kind::Ok));
+            self.read(
+                "scan",
+                task,
+                "",
+                &["queued", "acked", "precommitted", "completed"],
+                Some(&out),
+            );
+        }
+
         fn reveal(&mut self, task: &str, miner: &str, output: &[u8], kind: Option<Kind>) {
             let mut e = Event::new(&format!("miner-{miner}"), "reveal");
             e.task = Some(task.into());
@@ -670,7 +846,7 @@ mod tests {
             } else {
                 out.state = Some(states.last().unwrap().to_string());
                 out.history = Some(hist(states));
-                out.idempotency_key = Some(key.into());
+                out.idempotency_key = (!key.is_empty()).then(|| key.to_string());
                 out.result = result.map(b64);
             }
             (inv, out)
@@ -818,6 +994,84 @@ mod tests {
         h.submit("k-3", Some("t-4"), Kind::Ok);
         let r = h.check();
         assert!(!r.duplicates.is_empty(), "{}", r.summary());
+    }
+
+    #[test]
+    fn submits_without_a_key_pass_when_each_made_one_task() {
+        let mut h = clean();
+        h.submit_unkeyed("u1-1", Some("t-3"), Kind::Ok);
+        h.scan_unkeyed("t-3", b"u1-1");
+        // Unknown outcome, applied once: fine (never retried).
+        h.submit_unkeyed("u1-2", None, Kind::Unknown);
+        h.scan_unkeyed("t-4", b"u1-2");
+        // Unknown outcome, not applied: fine too.
+        h.submit_unkeyed("u1-3", None, Kind::Unknown);
+        // Refused once, then done.
+        h.submit_unkeyed("u1-4", None, Kind::Fail);
+        h.submit_unkeyed("u1-4", Some("t-5"), Kind::Ok);
+        h.scan_unkeyed("t-5", b"u1-4");
+        let r = h.check();
+        assert!(r.ok(), "{}", r.summary());
+        assert_eq!(r.unkeyed_submitted, 4);
+        assert_eq!(r.unkeyed_unknown, 2);
+        assert_eq!(r.unkeyed_tasks, 3);
+        assert_eq!(r.acknowledged, 4);
+        assert_eq!(r.keys_submitted, 2);
+    }
+
+    #[test]
+    fn a_submit_without_a_key_applied_twice_is_caught() {
+        // Answered with t-3, and its payload made t-4 too (a retry inside the cluster).
+        let mut h = clean();
+        h.submit_unkeyed("u1-1", Some("t-3"), Kind::Ok);
+        h.scan_unkeyed("t-3", b"u1-1");
+        h.scan_unkeyed("t-4", b"u1-1");
+        let r = h.check();
+        assert_eq!(r.duplicates.len(), 1, "{}", r.summary());
+        assert!(r.duplicates[0].contains("u1-1"), "{}", r.summary());
+
+        // An unknown outcome that made two tasks.
+        let mut h = clean();
+        h.submit_unkeyed("u1-1", None, Kind::Unknown);
+        h.scan_unkeyed("t-3", b"u1-1");
+        h.scan_unkeyed("t-4", b"u1-1");
+        let r = h.check();
+        assert_eq!(r.duplicates.len(), 1, "{}", r.summary());
+
+        // Not completed, so not told by result: counted instead (two tasks, one
+        // attempt that may have made one).
+        let mut h = clean();
+        h.submit_unkeyed("u1-1", Some("t-3"), Kind::Ok);
+        h.scan_unkeyed("t-3", b"u1-1");
+        h.read("scan", "t-4", "", &["queued"], None);
+        let r = h.check();
+        assert_eq!(r.duplicates.len(), 1, "{}", r.summary());
+        assert!(r.duplicates[0].contains("only 1"), "{}", r.summary());
+    }
+
+    #[test]
+    fn a_submit_answered_as_not_done_that_was_applied_is_caught() {
+        let mut h = clean();
+        h.submit_unkeyed("u1-1", None, Kind::Fail);
+        h.scan_unkeyed("t-3", b"u1-1");
+        let r = h.check();
+        assert_eq!(r.failed_but_applied.len(), 1, "{}", r.summary());
+        assert!(!r.ok());
+
+        let mut h = clean();
+        h.submit("k-3", None, Kind::Fail);
+        h.read("scan", "t-3", "k-3", &["queued"], None);
+        let r = h.check();
+        assert_eq!(r.failed_but_applied.len(), 1, "{}", r.summary());
+    }
+
+    #[test]
+    fn an_acknowledged_task_without_a_key_that_gains_one_is_lost() {
+        let mut h = clean();
+        h.submit_unkeyed("u1-1", Some("t-3"), Kind::Ok);
+        h.read("scan", "t-3", "k-9", &["queued"], None);
+        let r = h.check();
+        assert_eq!(r.lost.len(), 1, "{}", r.summary());
     }
 
     #[test]

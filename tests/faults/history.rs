@@ -42,7 +42,7 @@ pub struct Event {
     /// Milliseconds since the run began.
     #[serde(default)]
     pub t_ms: u64,
-    /// Who: `client-N`, `reader-N`, `miner-NAME`, `drain`, `scan`, `setup`, `nemesis`.
+    /// Who: `client-N`, `client-uN` (submits without a key), `reader-N`, `miner-NAME`, `drain`, `scan`, `setup`, `nemesis`.
     pub process: String,
     /// The operation this line belongs to (the invoke and its outcome share it).
     pub id: u64,
@@ -69,6 +69,10 @@ pub struct Event {
     pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<String>,
+    /// submit without an idempotency key: the unique marker its payload carries
+    /// (`u<n>-<seq>`), so a task created twice from it can be told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,19 +1,26 @@
 //! Fault injection with a no-loss checker, in the manner of Jepsen.
 //!
-//! Three real node processes (each in a network namespace of its own when the test
-//! runs as root, so links between nodes can be cut); clients submit tasks with
-//! idempotency keys, readers read them linearizably and simulated miners (honest,
-//! one liar, one tamperer) drive them to completion, every request through a random
-//! node, while the nemesis kills, pauses, restarts and partitions nodes. Every
-//! operation goes to a history file; after healing and a drain, a final scan reads
-//! every task and the checker ([`checker`]) reads the history back and fails the
-//! test on any violation. See docs/FAULTS.md.
+//! Real node processes (three by default, five in the five-node variant; each in a
+//! network namespace of its own when the test runs as root, so links between nodes
+//! can be cut); clients submit tasks with idempotency keys and others without (a
+//! unique marker in each payload), readers read them linearizably and simulated
+//! miners (honest, one liar, one tamperer) drive them to completion, every request
+//! through a random node, while the nemesis kills, pauses, restarts and partitions
+//! nodes. Every operation goes to a history file; after healing and a drain, a
+//! final scan reads every task and the checker ([`checker`]) reads the history back
+//! and fails the test on any violation. See docs/FAULTS.md.
 //!
 //! Settings (environment): `SQ_FAULT_SECS` how long faults are injected (default
-//! 45, and at least until every kind of fault has come up once), `SQ_FAULT_DRAIN_SECS` the longest wait for every acknowledged task to finish
-//! after healing (default 180), `SQ_FAULT_SEED` the nemesis's seed (random by
-//! default; printed), `SQ_FAULT_OUT` a directory for the history and report (kept;
-//! by default a temporary directory, kept only when the run fails).
+//! 45, and at least until every kind of fault has come up once), `SQ_FAULT_NODES`
+//! the node count of `fault_run_loses_nothing` (default 3), `SQ_FAULT_KINDS` the
+//! fault kinds to inject (comma-separated names; default all that apply),
+//! `SQ_FAULT5_SECS` the fault time of the five-node variant (default 30),
+//! `SQ_FAULT_DRAIN_SECS` the longest wait for every task to finish after healing
+//! (default 180), `SQ_FAULT_SEED` the nemesis's seed (random by default; printed),
+//! `SQ_FAULT_OUT` a directory for the history and report (kept; by default a
+//! temporary directory, kept only when the run fails).
+//!
+//! The cluster tests of this file run one at a time (they share the machine's cores).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -36,8 +43,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use session_queue::client::miner::infer;
 
-use history::{Event, Recorder};
-use nemesis::{settle, Nemesis};
+use history::{Event, Kind, Recorder};
+use nemesis::{settle, Fault, Nemesis};
 use workload::{Behaviour, Ctx, Nodes, Outcome};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -47,17 +54,128 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The cluster tests of this binary take turns: each runs several node processes
+/// and a workload, and two at once on a small machine would starve each other.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `SQ_FAULT_KINDS`, when set: the fault kinds to inject.
+fn kinds_from_env() -> Option<Vec<Fault>> {
+    let names = std::env::var("SQ_FAULT_KINDS").ok()?;
+    Some(
+        names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                Fault::from_name(n).unwrap_or_else(|| {
+                    panic!(
+                        "SQ_FAULT_KINDS: unknown fault {n:?}; known: {:?}",
+                        Fault::ALL.map(Fault::name)
+                    )
+                })
+            })
+            .collect(),
+    )
+}
+
 /// The fault run. About a minute by default; `tests/faults.sh` runs it for longer.
+/// `SQ_FAULT_NODES` sets its node count (default 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_run_loses_nothing() {
-    let secs = env_u64("SQ_FAULT_SECS", 45);
-    let report = run(Duration::from_secs(secs)).await;
+    let _turn = one_at_a_time();
+    let nodes = env_u64("SQ_FAULT_NODES", 3) as usize;
+    assert!(nodes >= 3, "SQ_FAULT_NODES must be at least 3");
+    let net = match NetLab::create(nodes) {
+        Ok(lab) => Some(lab),
+        Err(e) => {
+            // Under CI every fault must run; elsewhere the rest still runs.
+            assert!(
+                !common::under_ci(),
+                "fault_run_loses_nothing: cannot create network namespaces under CI ({e})"
+            );
+            eprintln!(
+                "[faults] cannot create network namespaces ({e}): running WITHOUT partition faults"
+            );
+            None
+        }
+    };
+    let report = run(RunConfig {
+        nodes,
+        duration: Duration::from_secs(env_u64("SQ_FAULT_SECS", 45)),
+        net,
+        kinds: kinds_from_env(),
+        submitters: 3,
+        unkeyed_submitters: 2,
+        submit_pause_ms: (150, 500),
+    })
+    .await;
     assert!(
         report.ok(),
         "the checker found {} violations:\n{}",
         report.violations(),
         report.summary()
     );
+}
+
+/// Five nodes, 30 s of faults that take leadership away from a leader with writes in
+/// flight: the leader and one follower cut off from the other three, the leader cut
+/// off alone, the leader paused; writers write through the old leader and through
+/// followers on both sides. Those are the ambiguous outcomes (an entry appended,
+/// then the leader deposed) that only idempotent writes may retry: the checker must
+/// find nothing lost and no key, and no payload submitted without a key, applied
+/// twice. Needs network namespaces (root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_lose_nothing_and_apply_nothing_twice_when_leaders_are_deposed() {
+    let _turn = one_at_a_time();
+    let net = match NetLab::create(5) {
+        Ok(lab) => lab,
+        Err(e) => {
+            return common::cannot_run(
+                "five_nodes_lose_nothing_and_apply_nothing_twice_when_leaders_are_deposed",
+                &format!("cannot create network namespaces: {e}"),
+            );
+        }
+    };
+    let report = run(RunConfig {
+        nodes: 5,
+        duration: Duration::from_secs(env_u64("SQ_FAULT5_SECS", 30)),
+        net: Some(net),
+        kinds: kinds_from_env().or(Some(vec![
+            Fault::LeaderMinority,
+            Fault::IsolateLeader,
+            Fault::PauseLeader,
+        ])),
+        submitters: 3,
+        unkeyed_submitters: 3,
+        submit_pause_ms: (100, 300),
+    })
+    .await;
+    assert!(
+        report.ok(),
+        "the checker found {} violations:\n{}",
+        report.violations(),
+        report.summary()
+    );
+}
+
+/// What a fault run is made of.
+struct RunConfig {
+    nodes: usize,
+    /// How long faults are injected (at least one of every kind).
+    duration: Duration,
+    /// The nodes' network namespaces (partitions), if any.
+    net: Option<NetLab>,
+    /// The fault kinds (all that apply if `None`).
+    kinds: Option<Vec<Fault>>,
+    /// Submitters with idempotency keys, and without.
+    submitters: usize,
+    unkeyed_submitters: usize,
+    /// Pause between two submits of one submitter, ms.
+    submit_pause_ms: (u64, u64),
 }
 
 /// Where the history and report go, and whether that directory is kept anyway.
@@ -78,38 +196,33 @@ fn output_dir() -> (PathBuf, Option<tempfile::TempDir>) {
     }
 }
 
-async fn run(duration: Duration) -> checker::Report {
+async fn run(config: RunConfig) -> checker::Report {
     let started = Instant::now();
     let seed = env_u64("SQ_FAULT_SEED", rand::random::<u32>() as u64);
     let drain_time = Duration::from_secs(env_u64("SQ_FAULT_DRAIN_SECS", 180));
-    let net = match NetLab::create(3) {
-        Ok(lab) => {
-            eprintln!(
-                "[faults] nodes in network namespaces; partitions by {}",
-                lab.method()
-            );
-            Some(lab)
-        }
-        Err(e) => {
-            eprintln!(
-                "[faults] cannot create network namespaces ({e}): running WITHOUT partition faults"
-            );
-            None
-        }
-    };
-    let partitions = net.is_some();
+    let duration = config.duration;
+    if let Some(lab) = &config.net {
+        eprintln!(
+            "[faults] nodes in network namespaces; partitions by {}",
+            lab.method()
+        );
+    }
+    let partitions = config.net.is_some();
     // Small snapshots, so log purges and snapshot installs happen during the run too.
     let options = Options {
-        nodes: 3,
+        nodes: config.nodes,
         flags: vec!["--snapshot-entries=1000".into()],
         ..Options::default()
     };
-    let mut cluster = TestCluster::start_with_net(options, net).await;
+    let mut cluster = TestCluster::start_with_net(options, config.net).await;
     let (out, tmp) = output_dir();
     let history_path = out.join("history.jsonl");
+    let mut nemesis = Nemesis::new(seed, partitions, config.nodes, config.kinds);
     eprintln!(
-        "[faults] {} s of faults, seed {seed}; history: {}; node logs: {}",
+        "[faults] {} nodes, {} s of faults ({}), seed {seed}; history: {}; node logs: {}",
+        config.nodes,
         duration.as_secs(),
+        nemesis.kinds().join(", "),
         history_path.display(),
         cluster.dir.path().display()
     );
@@ -132,7 +245,7 @@ async fn run(duration: Duration) -> checker::Report {
         known: Mutex::new(Vec::new()),
         stop_submitting: AtomicBool::new(false),
         stop: AtomicBool::new(false),
-        submit_pause_ms: (150, 500),
+        submit_pause_ms: config.submit_pause_ms,
     });
     let mut background = tokio::task::JoinSet::new();
     let mut behaviours = vec![Behaviour::Honest; 6];
@@ -145,12 +258,14 @@ async fn run(duration: Duration) -> checker::Report {
         background.spawn(workload::reader(ctx.clone(), i));
     }
     let mut submitters = tokio::task::JoinSet::new();
-    for i in 0..3 {
+    for i in 0..config.submitters {
         submitters.spawn(workload::submitter(ctx.clone(), i));
+    }
+    for i in 0..config.unkeyed_submitters {
+        submitters.spawn(workload::unkeyed_submitter(ctx.clone(), i));
     }
 
     // Faults.
-    let mut nemesis = Nemesis::new(seed, partitions);
     nemesis
         .run(&mut cluster, &rec, Instant::now() + duration)
         .await;
@@ -176,9 +291,14 @@ async fn run(duration: Duration) -> checker::Report {
         submitters.abort_all();
     }
 
-    // Drain: miners keep working until every acknowledged task is finished.
+    // Drain: miners keep working until every task is finished: the acknowledged
+    // ones, and also those no client saw acknowledged (unknown outcomes, and any a
+    // write applied twice made), so the checker sees their results.
     let acknowledged: Vec<String> = ctx.known.lock().unwrap().clone();
     let mut pending: BTreeSet<String> = acknowledged.iter().cloned().collect();
+    let total = session_total(&ctx).await.unwrap_or(0);
+    pending.extend((1..=total).map(|n| format!("t-{n}")));
+    let all = pending.len();
     let drain_deadline = Instant::now() + drain_time;
     while !pending.is_empty() && Instant::now() < drain_deadline {
         let round: Vec<String> = pending.iter().cloned().collect();
@@ -208,7 +328,7 @@ async fn run(duration: Duration) -> checker::Report {
         }
     }
     eprintln!(
-        "[faults] drained after {:.0} s: {} of {} acknowledged tasks still unfinished",
+        "[faults] drained after {:.0} s: {} of {all} tasks ({} acknowledged) still unfinished",
         started.elapsed().as_secs_f64(),
         pending.len(),
         acknowledged.len()
@@ -246,13 +366,10 @@ async fn run(duration: Duration) -> checker::Report {
     report
 }
 
-/// Reads every task of the run once the workload has stopped: linearizably through
-/// random nodes (`scan`), then each finished one from every node's own state once
-/// they have applied the same log (`replica`), so diverging replicas show up too.
-async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
+/// How many tasks the session created (`submitted_total`), read through random
+/// nodes (at most 20 tries); recorded as a `session-read` of the `scan` process.
+async fn session_total(ctx: &Arc<Ctx>) -> Option<u64> {
     let rec = &ctx.rec;
-    // How many tasks the session created (ids are assigned in order from t-1).
-    let mut total = 0u64;
     for _ in 0..20 {
         let node = ctx.nodes.random();
         let mut e = Event::new("scan", "session-read");
@@ -271,17 +388,25 @@ async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
             .await;
         let mut done = e;
         outcome.annotate(&mut done);
-        let ok = matches!(outcome, Outcome::Ok(..));
         if let Outcome::Ok(_, v) = &outcome {
-            total = v["submitted_total"].as_u64().unwrap_or(0);
+            let total = v["submitted_total"].as_u64().unwrap_or(0);
             done.count = Some(total);
+            rec.complete(done, Kind::Ok);
+            return Some(total);
         }
         rec.complete(done, outcome.kind());
-        if ok {
-            break;
-        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    None
+}
+
+/// Reads every task of the run once the workload has stopped: linearizably through
+/// random nodes (`scan`), then each finished one from every node's own state once
+/// they have applied the same log (`replica`), so diverging replicas show up too.
+async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
+    let rec = &ctx.rec;
+    // How many tasks the session created (ids are assigned in order from t-1).
+    let total = session_total(ctx).await.unwrap_or(0);
     let known_max = ctx
         .known
         .lock()
@@ -361,11 +486,14 @@ async fn scan(ctx: &Arc<Ctx>, cluster: &TestCluster) {
 /// the majority elects another and commits, and after healing all agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_cannot_commit_and_the_majority_moves_on() {
+    let _turn = one_at_a_time();
     let net = match NetLab::create(3) {
         Ok(lab) => lab,
         Err(e) => {
-            eprintln!("cannot create network namespaces ({e}): partition test skipped");
-            return;
+            return common::cannot_run(
+                "an_isolated_leader_cannot_commit_and_the_majority_moves_on",
+                &format!("cannot create network namespaces: {e}"),
+            );
         }
     };
     let mut cluster = TestCluster::start_with_net(Options::default(), Some(net)).await;

@@ -8,9 +8,14 @@
 //! - `restart`: SIGTERM (graceful stop) of a random node, started again at once;
 //! - `isolate`: a random node cut off from both others (clients still reach it);
 //! - `isolate-leader`: the leader cut off from the majority;
+//! - `leader-minority` (five nodes or more): the leader and one follower cut off
+//!   from the others: the leader goes on appending entries to its follower that can
+//!   never commit, writers write through both sides, and when the links heal the
+//!   old leader steps down with entries in flight (the ambiguous outcomes that only
+//!   idempotent writes may retry);
 //! - `bridge`: two nodes cannot talk, the third talks to both (non-transitive).
 //!
-//! The last three need the network namespaces of [`crate::common::netns`]; without
+//! The last four need the network namespaces of [`crate::common::netns`]; without
 //! them those kinds are skipped. The order is shuffled round by round from a seed,
 //! so every kind comes up about as often and a schedule can be replayed.
 
@@ -32,11 +37,12 @@ pub enum Fault {
     Restart,
     Isolate,
     IsolateLeader,
+    LeaderMinority,
     Bridge,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
@@ -44,6 +50,7 @@ impl Fault {
         Fault::Restart,
         Fault::Isolate,
         Fault::IsolateLeader,
+        Fault::LeaderMinority,
         Fault::Bridge,
     ];
 
@@ -56,12 +63,35 @@ impl Fault {
             Fault::Restart => "restart",
             Fault::Isolate => "isolate",
             Fault::IsolateLeader => "isolate-leader",
+            Fault::LeaderMinority => "leader-minority",
             Fault::Bridge => "bridge",
         }
     }
 
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     fn needs_network(self) -> bool {
-        matches!(self, Fault::Isolate | Fault::IsolateLeader | Fault::Bridge)
+        matches!(
+            self,
+            Fault::Isolate | Fault::IsolateLeader | Fault::LeaderMinority | Fault::Bridge
+        )
+    }
+
+    /// Fewest nodes the fault makes sense with (a leader and a follower are a
+    /// minority only from five nodes on).
+    fn min_nodes(self) -> usize {
+        match self {
+            Fault::LeaderMinority => 5,
+            _ => 3,
+        }
+    }
+
+    /// Whether the fault can be injected into `nodes` nodes, with or without network
+    /// namespaces.
+    pub fn possible(self, nodes: usize, network: bool) -> bool {
+        nodes >= self.min_nodes() && (network || !self.needs_network())
     }
 }
 
@@ -122,18 +152,32 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
-    pub fn new(seed: u64, network: bool) -> Self {
-        let kinds = Fault::ALL
-            .iter()
-            .copied()
-            .filter(|f| network || !f.needs_network())
+    /// A nemesis for `nodes` nodes injecting `kinds` (every possible kind if
+    /// `None`); kinds that need network namespaces are left out without them.
+    pub fn new(seed: u64, network: bool, nodes: usize, kinds: Option<Vec<Fault>>) -> Self {
+        let mut kinds: Vec<Fault> = kinds
+            .unwrap_or_else(|| Fault::ALL.to_vec())
+            .into_iter()
+            .filter(|f| f.possible(nodes, network))
             .collect();
+        let mut seen = Vec::new();
+        kinds.retain(|f| {
+            let new = !seen.contains(f);
+            seen.push(*f);
+            new
+        });
+        assert!(!kinds.is_empty(), "no fault kind can be injected here");
         Nemesis {
             rng: StdRng::seed_from_u64(seed),
             round: Vec::new(),
             kinds,
             injected: Default::default(),
         }
+    }
+
+    /// The kinds this nemesis injects.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.kinds.iter().map(|f| f.name()).collect()
     }
 
     fn next_fault(&mut self) -> Fault {
@@ -172,6 +216,13 @@ impl Nemesis {
                         continue;
                     }
                 },
+                Fault::LeaderMinority => match leader {
+                    Some(l) => (vec![l, follower(&mut self.rng)], Duration::ZERO),
+                    None => {
+                        self.round.push(fault);
+                        continue;
+                    }
+                },
                 Fault::Bridge => {
                     let mid = self.rng.random_range(0..n);
                     let ends: Vec<usize> = (0..n).filter(|&i| i != mid).collect();
@@ -188,7 +239,9 @@ impl Nemesis {
                 Fault::KillLeader | Fault::KillFollower => self.ms(1000, 4000),
                 // Longer than the longest election timeout (2 s).
                 Fault::PauseLeader | Fault::PauseFollower => self.ms(2500, 5000),
-                Fault::Isolate | Fault::IsolateLeader | Fault::Bridge => self.ms(3000, 6000),
+                Fault::Isolate | Fault::IsolateLeader | Fault::LeaderMinority | Fault::Bridge => {
+                    self.ms(3000, 6000)
+                }
                 Fault::Restart => hold,
             };
             let mut e = Event::new("nemesis", "fault");
@@ -213,6 +266,14 @@ impl Nemesis {
                 Fault::Isolate | Fault::IsolateLeader => {
                     cluster.net.as_mut().expect("network").isolate(targets[0])
                 }
+                Fault::LeaderMinority => {
+                    let net = cluster.net.as_mut().expect("network");
+                    for &inside in &targets {
+                        for outside in (0..n).filter(|i| !targets.contains(i)) {
+                            net.cut(inside, outside);
+                        }
+                    }
+                }
                 Fault::Bridge => cluster
                     .net
                     .as_mut()
@@ -225,7 +286,7 @@ impl Nemesis {
                     cluster.restart(targets[0])
                 }
                 Fault::PauseLeader | Fault::PauseFollower => cluster.resume(targets[0]),
-                Fault::Isolate | Fault::IsolateLeader | Fault::Bridge => {
+                Fault::Isolate | Fault::IsolateLeader | Fault::LeaderMinority | Fault::Bridge => {
                     cluster.net.as_mut().expect("network").heal_all()
                 }
             }

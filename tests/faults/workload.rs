@@ -3,6 +3,9 @@
 //! - **submitters** push tasks with idempotency keys through random nodes and retry
 //!   a key (through another random node) until a submit of it is answered with
 //!   success, so an unknown outcome is always followed by a retry of the same key;
+//! - **unkeyed submitters** push tasks without a key, each payload with a unique
+//!   marker, and never retry one whose outcome is unknown: a second task of one
+//!   payload is a write the cluster applied twice;
 //! - **readers** read known tasks with `?consistency=linearizable` through random
 //!   nodes and record the state, history and result they see;
 //! - **miners** register, long-poll their assignments and drive them through ack,
@@ -234,6 +237,10 @@ pub async fn create_session(rec: &Arc<Recorder>, nodes: &Nodes, spec: &Value) ->
     }
 }
 
+/// Most attempts at one submit before a submitter gives it up (each attempt has its
+/// own timeout, and everyone stops with the run).
+const MAX_SUBMIT_ATTEMPTS: usize = 200;
+
 /// A submitter: keys `c{n}-{seq}`, retried until answered with success.
 pub async fn submitter(ctx: Arc<Ctx>, n: usize) {
     let process = format!("client-{n}");
@@ -244,7 +251,7 @@ pub async fn submitter(ctx: Arc<Ctx>, n: usize) {
         let key = format!("c{n}-{seq}");
         let payload = format!("prompt {key} {:08x}", rand::random::<u32>());
         let body = json!({"payload": b64(payload.as_bytes()), "idempotency_key": key});
-        loop {
+        for _ in 0..MAX_SUBMIT_ATTEMPTS {
             if ctx.stopped() {
                 return;
             }
@@ -264,6 +271,53 @@ pub async fn submitter(ctx: Arc<Ctx>, n: usize) {
             done.payload = None;
             ctx.rec.complete(done, outcome.kind());
             sleep_ms((100, 300)).await;
+        }
+        sleep_ms(ctx.submit_pause_ms).await;
+    }
+}
+
+/// A submitter without idempotency keys: each payload carries a unique marker
+/// (`u{n}-{seq}`). A submit that certainly did not happen (`fail`) is sent again;
+/// one whose outcome is unknown is never retried (it may have been applied, and
+/// without a key a retry could create a second task), so every task of such a
+/// payload beyond the first was applied twice by the cluster, which the checker
+/// finds.
+pub async fn unkeyed_submitter(ctx: Arc<Ctx>, n: usize) {
+    let process = format!("client-u{n}");
+    let path = format!("/v1/sessions/{}/tasks", ctx.session);
+    let mut seq = 0u64;
+    while !ctx.stop_submitting.load(Ordering::Relaxed) && !ctx.stopped() {
+        seq += 1;
+        let marker = format!("u{n}-{seq}");
+        let payload = format!("prompt {marker} {:08x}", rand::random::<u32>());
+        let body = json!({"payload": b64(payload.as_bytes())});
+        for _ in 0..MAX_SUBMIT_ATTEMPTS {
+            if ctx.stopped() {
+                return;
+            }
+            let mut e = Event::new(&process, "submit");
+            e.marker = Some(marker.clone());
+            e.payload = Some(b64(payload.as_bytes()));
+            let (mut done, outcome) = ctx.op(e, Method::POST, &path, Some(&body), None).await;
+            done.payload = None;
+            match &outcome {
+                Outcome::Ok(_, v) => {
+                    let task = v["task_id"].as_str().unwrap_or_default().to_string();
+                    done.task = Some(task.clone());
+                    done.created = v["created"].as_bool();
+                    ctx.rec.complete(done, Kind::Ok);
+                    ctx.known.lock().unwrap().push(task);
+                    break;
+                }
+                Outcome::Unknown(..) => {
+                    ctx.rec.complete(done, Kind::Unknown);
+                    break;
+                }
+                Outcome::Fail(..) => {
+                    ctx.rec.complete(done, Kind::Fail);
+                    sleep_ms((100, 300)).await;
+                }
+            }
         }
         sleep_ms(ctx.submit_pause_ms).await;
     }
