@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building Session Queue needs and a fresh Debian/Ubuntu machine may lack:
-# a C++ compiler and libclang (RocksDB is built from source), curl, and Rust itself.
+# a C++ compiler and libclang (RocksDB is built from source), curl, Rust itself, and
+# for the tests libfaketime (the `faketime` package).
 # Installs only what is missing; safe to run again.
 set -euo pipefail
 
@@ -14,6 +15,9 @@ command -v git >/dev/null 2>&1 || missing+=(git)
 # some images carry alone, is a different library and does not do.
 [ -n "${LIBCLANG_PATH:-}" ] || have_pkg libclang-dev || ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 have_pkg ca-certificates || missing+=(ca-certificates)
+# The clock test (tests/clock.rs) steps the nodes' wall clocks with libfaketime
+# (preloaded into the node processes only).
+have_pkg libfaketime || missing+=(faketime)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
