@@ -15,7 +15,9 @@
 //!   step parked until the list changes, failures retried with backoff;
 //! - told it is gone (409 "gone", or 401 for a miner the cluster no longer knows), it
 //!   stops heartbeating and polling and returns [`Ended::Gone`] with the reason;
-//!   [`run_replacing`] then registers a replacement.
+//!   [`run_replacing`] then registers a replacement;
+//! - asked to stop, it leaves (deregisters), so its unfinished slots go to other
+//!   miners at once instead of at their timeouts.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +94,8 @@ pub struct MinerStats {
     pub polls: AtomicU64,
     pub heartbeats: AtomicU64,
     pub writes: AtomicU64,
+    /// Miners that left (deregistered) when asked to stop.
+    pub leaves: AtomicU64,
     /// Times a miner was told it is gone.
     pub gone: AtomicU64,
     /// Slots ignored on purpose ([`MinerSpec::ignore_first`]).
@@ -106,6 +110,7 @@ impl MinerStats {
             &self.polls,
             &self.heartbeats,
             &self.writes,
+            &self.leaves,
         ]
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
@@ -126,6 +131,7 @@ impl MinerStats {
             "polls": l(&self.polls),
             "heartbeats": l(&self.heartbeats),
             "writes": l(&self.writes),
+            "leaves": l(&self.leaves),
             "gone": l(&self.gone),
             "ignored": l(&self.ignored),
         })
@@ -208,8 +214,25 @@ pub async fn run(
         stats,
     });
     let ended = work(&ctx, &id, &mut stop, &mut gone_rx).await;
-    if matches!(ended, Ended::Gone(_)) {
-        ctx.stats.gone.fetch_add(1, Ordering::Relaxed);
+    match ended {
+        Ended::Gone(_) => {
+            ctx.stats.gone.fetch_add(1, Ordering::Relaxed);
+        }
+        // Asked to stop: leave, so its unfinished slots go to other miners now
+        // rather than at their timeouts (best effort: a stop must not hang).
+        Ended::Stopped => {
+            ctx.stats.leaves.fetch_add(1, Ordering::Relaxed);
+            let _ = ctx
+                .client
+                .call_within(
+                    Method::DELETE,
+                    &format!("/v1/miners/{id}"),
+                    None,
+                    Some(&ctx.token),
+                    Duration::from_secs(2),
+                )
+                .await;
+        }
     }
     Ok(MinerRun {
         id: Some(id),
