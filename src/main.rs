@@ -158,6 +158,18 @@ enum MinerCmd {
         /// Simulated inference time per task, ms.
         #[arg(long, default_value_t = 0)]
         work_ms: u64,
+        /// Heartbeat timeout to register with, ms (default: the node's); each miner
+        /// heartbeats every quarter of it.
+        #[arg(long)]
+        heartbeat_timeout_ms: Option<u64>,
+        /// Each miner ignores (never acks) its first this many assignments, as an
+        /// unresponsive miner would, then serves the rest.
+        #[arg(long, default_value_t = 0)]
+        ignore_first: u32,
+        /// When the cluster declares a miner gone, exit with an error instead of
+        /// registering a replacement.
+        #[arg(long)]
+        no_replace: bool,
     },
 }
 
@@ -345,6 +357,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tags,
                     wrong_every,
                     work_ms,
+                    heartbeat_timeout_ms,
+                    ignore_first,
+                    no_replace,
                 },
         } => {
             init_logging(LogFormat::Plain);
@@ -359,27 +374,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tags: tags.clone(),
                     wrong_every,
                     work: std::time::Duration::from_millis(work_ms),
+                    heartbeat_timeout: heartbeat_timeout_ms.map(std::time::Duration::from_millis),
+                    ignore_first,
                 };
-                miners.spawn(miner::run(
-                    client.pinned(i),
-                    spec,
-                    stats.clone(),
-                    stop_rx.clone(),
-                ));
+                let (client, stats, stop) = (client.pinned(i), stats.clone(), stop_rx.clone());
+                miners.spawn(async move {
+                    if no_replace {
+                        let run = miner::run(client, spec.clone(), stats, stop).await?;
+                        return match run.ended {
+                            miner::Ended::Stopped => Ok(()),
+                            miner::Ended::Gone(why) => Err(anyhow::anyhow!(
+                                "miner {} ({}) was declared gone: {why}",
+                                spec.name,
+                                run.id.unwrap_or_default()
+                            )),
+                        };
+                    }
+                    miner::run_replacing(client, spec, stats, stop, |spec, run| {
+                        let miner::Ended::Gone(why) = &run.ended else {
+                            return;
+                        };
+                        tracing::warn!(
+                            "miner {} ({}) was declared gone: {why}; registering a replacement",
+                            spec.name,
+                            run.id.as_deref().unwrap_or("?")
+                        );
+                    })
+                    .await?;
+                    Ok::<(), anyhow::Error>(())
+                });
             }
             eprintln!("{count} simulated miners running; Ctrl-C to stop");
-            shutdown::signals().await;
+            // Until interrupted, or until one miner cannot go on (registration
+            // refused; or declared gone with --no-replace).
+            let mut failure = None;
+            tokio::select! {
+                _ = shutdown::signals() => {}
+                Some(joined) = miners.join_next() => {
+                    failure = Some(joined.map_err(anyhow::Error::from).and_then(|r| r).err());
+                }
+            }
             stop_tx.send_replace(true);
-            while miners.join_next().await.is_some() {}
-            use std::sync::atomic::Ordering::Relaxed;
-            print(&json!({
-                "acks": stats.acks.load(Relaxed),
-                "precommits": stats.precommits.load(Relaxed),
-                "reveals": stats.reveals.load(Relaxed),
-                "rejected": stats.rejected.load(Relaxed),
-                "errors": stats.errors.load(Relaxed),
-            }));
-            Ok(())
+            while let Some(joined) = miners.join_next().await {
+                if let Ok(Err(e)) = joined {
+                    failure.get_or_insert(Some(e));
+                }
+            }
+            print(&stats.to_json());
+            match failure.flatten() {
+                Some(e) => Err(e.context("a simulated miner stopped")),
+                None => Ok(()),
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::wire::{assignment_json, miner_json, Empty, RegisterMiner};
 use super::{auth, propose, ApiError, JsonBody, QueryParams};
-use crate::machine::{Command, MinerAuth, Response};
+use crate::machine::{Command, MinerAuth, MinerState, Response};
 use crate::node::Node;
 
 pub async fn register(
@@ -104,10 +104,15 @@ pub struct AssignmentsQuery {
     after: Option<u64>,
 }
 
-/// The miner's unfinished assignments. With `wait_ms`, waits (at most that long) until
-/// there is one; with `after` too, until there is one and the applied index has moved
-/// past `after` (the `applied_index` of the previous answer), so a miner waiting on
-/// other miners does not spin.
+/// The miner's unfinished assignments, and the `applied_index` at which they were read.
+///
+/// With `wait_ms`, a long poll: without `after`, it waits (at most that long) until
+/// the miner has an assignment; with `after` (the `applied_index` of the previous
+/// answer), until the miner's list may have changed since then: a transition of a
+/// task it holds or held a slot of, or the miner declared gone. Other entries (other
+/// miners' work, heartbeats, refused writes, other sessions) do not wake it, so a
+/// miner waiting on others neither spins nor misses its turn. A gone miner is
+/// answered 409 at once.
 pub async fn assignments(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -117,24 +122,51 @@ pub async fn assignments(
     let auth = auth::miner_itself(&node, &headers, &id).await?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(node.config.max_wait_ms));
     let deadline = Instant::now() + wait;
-    let mut applied = node.state.watch_applied();
+    // Subscribed before the first look, so no change between look and wait is missed.
+    let mut changes = node.state.watch_miner(auth.miner);
     let stop = node.stop.wait();
     tokio::pin!(stop);
     loop {
-        let (list, index) = node.state.read(|s| {
-            let list: Vec<serde_json::Value> = s
-                .assignments_of(auth.miner)
-                .into_iter()
-                .map(|(t, slot)| assignment_json(t, slot))
-                .collect();
-            (list, node.state.applied_index())
+        let (gone, busy) = node.state.read(|s| match s.miner(auth.miner) {
+            Some(m) => (m.state == MinerState::Gone, !m.active.is_empty()),
+            None => (true, false),
         });
-        let moved = q.after.is_none_or(|after| index > after);
-        if (!list.is_empty() && moved) || Instant::now() >= deadline {
+        if gone {
+            return Err(ApiError::Conflict(format!(
+                "miner {} is gone (missed heartbeats or left); register again",
+                auth.miner
+            )));
+        }
+        let ready = match q.after {
+            Some(after) => node.state.miner_changed_at(auth.miner) > after,
+            None => busy,
+        };
+        if ready || Instant::now() >= deadline {
+            let (list, index) = node.state.read(|s| {
+                let list: Vec<serde_json::Value> = s
+                    .assignments_of(auth.miner)
+                    .into_iter()
+                    .map(|(t, slot)| {
+                        // The miner's latest slot of the task (a task may come back
+                        // to a miner that held it): its state, and when it was given,
+                        // which tells a new slot from an old one.
+                        let latest = t.assignments.iter().rev().find(|a| a.miner == auth.miner);
+                        let mut v = assignment_json(t, latest.map_or(slot, |a| a.state));
+                        v["assigned_ms"] = json!(latest.map(|a| a.assigned_ms));
+                        v
+                    })
+                    .collect();
+                (list, node.state.applied_index())
+            });
             return Ok(Json(json!({"assignments": list, "applied_index": index})));
         }
         tokio::select! {
-            changed = applied.changed() => if changed.is_err() { return Err(ApiError::Internal("node stopping".into())) },
+            changed = changes.changed() => {
+                // Closed: the miner was forgotten, and the next look answers so.
+                if changed.is_err() && node.state.read(|s| s.miner(auth.miner).is_some()) {
+                    changes = node.state.watch_miner(auth.miner);
+                }
+            }
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = &mut stop => return Err(ApiError::Unavailable { code: "unavailable", message: "node stopping".into(), retry_after: 1 }),
         }

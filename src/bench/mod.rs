@@ -213,15 +213,17 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
         let spec = MinerSpec {
             name: format!("bench-miner-{i}"),
             capacity: args.miner_capacity,
-            tags: vec![],
-            wrong_every: 0,
-            work: Duration::ZERO,
+            ..MinerSpec::default()
         };
-        miners.spawn(miner::run(
+        // A miner declared gone is replaced, and counted in the report.
+        miners.spawn(miner::run_replacing(
             client.pinned(i),
             spec,
             miner_stats.clone(),
             stop_rx.clone(),
+            |spec, run| {
+                tracing::warn!(miner = %spec.name, id = ?run.id, ended = ?run.ended, "a bench miner was declared gone; registering a replacement")
+            },
         ));
     }
 
@@ -399,6 +401,9 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
     out["miner_capacity"] = json!(args.miner_capacity);
     out["failed_tasks"] = json!(failed.load(Ordering::Relaxed));
     out["miner_errors"] = json!(miner_stats.errors.load(Ordering::Relaxed));
+    out["miner_refused"] = json!(miner_stats.refused.load(Ordering::Relaxed));
+    out["miners_gone"] = json!(miner_stats.gone.load(Ordering::Relaxed));
+    out["miner_requests"] = json!(miner_stats.requests());
     out["operations"] = json!(operations);
     Ok(out)
 }

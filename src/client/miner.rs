@@ -1,23 +1,47 @@
 //! A simulated miner: registers, long-polls its assignments and drives each through
-//! ack, precommit and reveal, the way a real miner would. Used by `miner simulate`
-//! (demos), the `lifecycle` and `mixed` benchmarks and the fault tests.
+//! ack, precommit and reveal, the way a good real miner would. Used by `miner
+//! simulate` (demos), the `lifecycle` and `mixed` benchmarks and the liveness tests.
 //!
 //! Its "inference" is deterministic (the output is a function of the payload), so
 //! honest miners agree and a quorum forms; a dishonest miner (`wrong_every`) reveals
 //! an output that does not match its precommit now and then.
+//!
+//! How it behaves toward the cluster:
+//! - it heartbeats on its own schedule (a quarter of its heartbeat timeout), in a task
+//!   of its own, whatever else it is doing; its other writes are not counted on;
+//! - its long poll passes `after=` (the answer's `applied_index`), so it wakes only
+//!   when its own assignment list may have changed;
+//! - each assignment is driven by [`super::driver`]: steps only when open, a refused
+//!   step parked until the list changes, failures retried with backoff;
+//! - told it is gone (409 "gone", or 401 for a miner the cluster no longer knows), it
+//!   stops heartbeating and polling and returns [`Ended::Gone`] with the reason;
+//!   [`run_replacing`] then registers a replacement;
+//! - asked to stop, it leaves (deregisters), so its unfinished slots go to other
+//!   miners at once instead of at their timeouts.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use super::{b64, string, unb64, Client, ClientError};
+use super::backoff::Backoff;
+use super::driver::{self, Book, Ctx};
+use super::{string, Client, ClientError};
 use crate::machine::sha256;
+
+/// How long a long poll asks the node to wait.
+const POLL_WAIT: Duration = Duration::from_secs(10);
+/// Failed polls and registrations: 100 ms, doubling, at most 5 s.
+const POLL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// After a list arrives, the next poll waits (at most this long) for the drives it
+/// started: their own writes would only wake it again.
+const POLL_GATE: Duration = Duration::from_millis(20);
 
 /// How a simulated miner behaves.
 #[derive(Clone, Debug)]
@@ -29,6 +53,26 @@ pub struct MinerSpec {
     pub wrong_every: u64,
     /// Simulated inference time per task.
     pub work: Duration,
+    /// The heartbeat timeout to register with (`None`: the node's default). The miner
+    /// heartbeats every quarter of it.
+    pub heartbeat_timeout: Option<Duration>,
+    /// The first this many slots it is given are ignored (never acked), as a miner
+    /// that misses acks would; the ones after are served.
+    pub ignore_first: u32,
+}
+
+impl Default for MinerSpec {
+    fn default() -> Self {
+        MinerSpec {
+            name: "miner".into(),
+            capacity: 1,
+            tags: Vec::new(),
+            wrong_every: 0,
+            work: Duration::ZERO,
+            heartbeat_timeout: None,
+            ignore_first: 0,
+        }
+    }
 }
 
 /// Counts of what the miner did.
@@ -37,10 +81,78 @@ pub struct MinerStats {
     pub acks: AtomicU64,
     pub precommits: AtomicU64,
     pub reveals: AtomicU64,
+    /// Reveals refused as not matching their precommit (422).
     pub rejected: AtomicU64,
+    /// Calls that got no answer, or 429 or 5xx.
     pub errors: AtomicU64,
+    /// Steps refused (409 or another 4xx): each parks its task until its list changes.
+    pub refused: AtomicU64,
     /// Reveals attempted, honest or not (decides which ones are wrong).
     pub attempted: AtomicU64,
+    /// Requests made, by kind.
+    pub registrations: AtomicU64,
+    pub polls: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub writes: AtomicU64,
+    /// Miners that left (deregistered) when asked to stop.
+    pub leaves: AtomicU64,
+    /// Times a miner was told it is gone.
+    pub gone: AtomicU64,
+    /// Slots ignored on purpose ([`MinerSpec::ignore_first`]).
+    pub ignored: AtomicU64,
+}
+
+impl MinerStats {
+    /// Every request made.
+    pub fn requests(&self) -> u64 {
+        [
+            &self.registrations,
+            &self.polls,
+            &self.heartbeats,
+            &self.writes,
+            &self.leaves,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+
+    /// The counts as JSON.
+    pub fn to_json(&self) -> Value {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        json!({
+            "acks": l(&self.acks),
+            "precommits": l(&self.precommits),
+            "reveals": l(&self.reveals),
+            "rejected": l(&self.rejected),
+            "errors": l(&self.errors),
+            "refused": l(&self.refused),
+            "registrations": l(&self.registrations),
+            "polls": l(&self.polls),
+            "heartbeats": l(&self.heartbeats),
+            "writes": l(&self.writes),
+            "leaves": l(&self.leaves),
+            "gone": l(&self.gone),
+            "ignored": l(&self.ignored),
+        })
+    }
+}
+
+/// Why a miner's run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop.
+    Stopped,
+    /// The cluster declared it gone (missed heartbeats, left) or no longer knows it.
+    Gone(String),
+}
+
+/// The end of a miner's run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MinerRun {
+    /// Its id (`None`: stopped before it could register).
+    pub id: Option<String>,
+    pub ended: Ended,
 }
 
 /// The output a simulated miner computes for a payload.
@@ -49,166 +161,331 @@ pub fn infer(payload: &[u8]) -> Vec<u8> {
     format!("result:{}", hex::encode(&digest[..8])).into_bytes()
 }
 
-/// Runs one simulated miner until `stop` turns true. Returns its id.
+/// Whether an answer tells a miner it is gone: 409 saying so, or 401 (its token is
+/// not known: a miner forgotten after it was gone).
+pub fn is_gone(e: &ClientError) -> bool {
+    match e {
+        ClientError::Api { status: 401, .. } => true,
+        ClientError::Api {
+            status: 409,
+            message,
+            ..
+        } => message.contains(" is gone"),
+        _ => false,
+    }
+}
+
+/// Aborts a spawned task when dropped, so nothing of a miner outlives its run.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one simulated miner until `stop` turns true or the cluster says it is gone.
+/// Errors only when registration is refused (a 4xx other than 429).
 pub async fn run(
     client: Client,
     spec: MinerSpec,
     stats: Arc<MinerStats>,
     mut stop: watch::Receiver<bool>,
-) -> Result<String, ClientError> {
-    let (id, token) = client
-        .register_miner(&spec.name, spec.capacity, &spec.tags)
-        .await?;
-    let mut secrets: HashMap<String, (Vec<u8>, Vec<u8>)> = HashMap::new();
-    let mut after: Option<u64> = None;
-    let mut last_heartbeat = tokio::time::Instant::now();
-    while !*stop.borrow() {
-        let path = match after {
-            Some(a) => format!("/v1/miners/{id}/assignments?wait_ms=1000&after={a}"),
-            None => format!("/v1/miners/{id}/assignments?wait_ms=1000"),
-        };
-        let polled = tokio::select! {
-            r = client.ok(Method::GET, &path, None, Some(&token)) => r,
-            _ = stop.changed() => break,
-        };
-        let v = match polled {
-            Ok(v) => v,
-            Err(e) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-                if e.status() == Some(409) || e.status() == Some(401) {
-                    return Err(e); // gone or forgotten
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        after = v["applied_index"].as_u64();
-        let list = v["assignments"].as_array().cloned().unwrap_or_default();
-        let list_len = list.len();
-        if list.is_empty() && last_heartbeat.elapsed() > Duration::from_secs(3) {
-            let _ = client
-                .ok(
-                    Method::POST,
-                    &format!("/v1/miners/{id}/heartbeat"),
-                    Some(&json!({})),
-                    Some(&token),
+) -> Result<MinerRun, ClientError> {
+    let Some((id, token)) = register(&client, &spec, &stats, &mut stop).await? else {
+        return Ok(MinerRun {
+            id: None,
+            ended: Ended::Stopped,
+        });
+    };
+    let (gone_tx, mut gone_rx) = watch::channel(None::<String>);
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
+        client.clone(),
+        id.clone(),
+        token.clone(),
+        spec.heartbeat_timeout,
+        stats.clone(),
+        gone_tx,
+    )));
+    let ctx = Arc::new(Ctx {
+        client,
+        token,
+        spec,
+        stats,
+    });
+    let ended = work(&ctx, &id, &mut stop, &mut gone_rx).await;
+    match ended {
+        Ended::Gone(_) => {
+            ctx.stats.gone.fetch_add(1, Ordering::Relaxed);
+        }
+        // Asked to stop: leave, so its unfinished slots go to other miners now
+        // rather than at their timeouts (best effort: a stop must not hang).
+        Ended::Stopped => {
+            ctx.stats.leaves.fetch_add(1, Ordering::Relaxed);
+            let _ = ctx
+                .client
+                .call_within(
+                    Method::DELETE,
+                    &format!("/v1/miners/{id}"),
+                    None,
+                    Some(&ctx.token),
+                    Duration::from_secs(2),
                 )
                 .await;
-            last_heartbeat = tokio::time::Instant::now();
-        }
-        let live: std::collections::HashSet<String> = list
-            .iter()
-            .filter_map(|a| a["task_id"].as_str().map(str::to_string))
-            .collect();
-        secrets.retain(|t, _| live.contains(t));
-        let steps = list.into_iter().map(|a| {
-            let client = client.clone();
-            let token = token.clone();
-            let stats = stats.clone();
-            let spec = spec.clone();
-            let secret = a["task_id"].as_str().and_then(|t| secrets.get(t).cloned());
-            async move { step(&client, &token, &a, secret, &spec, &stats).await }
-        });
-        let worked = list_len > 0;
-        for (task, secret) in futures_util::future::join_all(steps)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            secrets.insert(task, secret);
-        }
-        // Any write of the miner counts as a heartbeat.
-        if worked {
-            last_heartbeat = tokio::time::Instant::now();
         }
     }
-    Ok(id)
+    Ok(MinerRun {
+        id: Some(id),
+        ended,
+    })
 }
 
-/// Advances one assignment as far as it can go now: an ack that opens the precommit
-/// phase is followed at once by the precommit, and a precommit that closes it by the
-/// reveal. Returns the (output, nonce) to remember while a reveal is still to come.
-async fn step(
+/// Runs a simulated miner until `stop`, registering a replacement (after a pause that
+/// grows while replacements keep being declared gone soon) each time the cluster
+/// declares it gone; `on_gone` is told of each. Errors when a registration is refused.
+pub async fn run_replacing(
+    client: Client,
+    spec: MinerSpec,
+    stats: Arc<MinerStats>,
+    stop: watch::Receiver<bool>,
+    on_gone: impl Fn(&MinerSpec, &MinerRun),
+) -> Result<(), ClientError> {
+    let mut pause = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut spec = spec;
+    loop {
+        let started = Instant::now();
+        let run = run(client.clone(), spec.clone(), stats.clone(), stop.clone()).await?;
+        if run.ended == Ended::Stopped {
+            return Ok(());
+        }
+        on_gone(&spec, &run);
+        // A replacement serves from its first assignment.
+        spec.ignore_first = 0;
+        if started.elapsed() > Duration::from_secs(60) {
+            pause.reset();
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(pause.fail()) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
+
+/// Registers, retrying with backoff while no node answers or the cluster is busy.
+/// `None` when stopped first.
+async fn register(
     client: &Client,
-    token: &str,
-    a: &Value,
-    mut secret: Option<(Vec<u8>, Vec<u8>)>,
     spec: &MinerSpec,
     stats: &MinerStats,
-) -> Option<(String, (Vec<u8>, Vec<u8>))> {
-    let task = string(a, "task_id").ok()?;
-    let mut slot = a["state"].as_str()?.to_string();
-    let remember = |secret: Option<(Vec<u8>, Vec<u8>)>| secret.map(|s| (task.clone(), s));
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<(String, String)>, ClientError> {
+    let mut body = json!({"name": spec.name, "capacity": spec.capacity, "tags": spec.tags});
+    if let Some(t) = spec.heartbeat_timeout {
+        body["heartbeat_timeout_ms"] = json!(t.as_millis() as u64);
+    }
+    let mut backoff = POLL_BACKOFF;
     loop {
-        let path = |what: &str| format!("/v1/tasks/{task}/{what}");
-        let result = match slot.as_str() {
-            "assigned" => client
-                .ok(Method::POST, &path("ack"), Some(&json!({})), Some(token))
-                .await
-                .map(|v| {
-                    stats.acks.fetch_add(1, Ordering::Relaxed);
-                    v
-                }),
-            "acked" => {
-                if !spec.work.is_zero() {
-                    tokio::time::sleep(spec.work).await;
+        if *stop.borrow() {
+            return Ok(None);
+        }
+        stats.registrations.fetch_add(1, Ordering::Relaxed);
+        match client
+            .ok_within(
+                Method::POST,
+                "/v1/miners",
+                Some(&body),
+                None,
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(v) => return Ok(Some((string(&v, "miner_id")?, string(&v, "token")?))),
+            Err(e) if e.is_transient() => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.fail()) => {}
+                    _ = stop.changed() => {}
                 }
-                let output = infer(&unb64(a["payload"].as_str()?)?);
-                let mut nonce = vec![0u8; 16];
-                rand::rng().fill_bytes(&mut nonce);
-                let hash = hex::encode(sha256(&[&output, &nonce]));
-                let r = client
-                    .ok(
-                        Method::POST,
-                        &path("precommit"),
-                        Some(&json!({"hash": hash})),
-                        Some(token),
-                    )
-                    .await;
-                if r.is_ok() {
-                    stats.precommits.fetch_add(1, Ordering::Relaxed);
-                    secret = Some((output, nonce));
-                }
-                r
             }
-            "precommitted" => {
-                let (mut output, nonce) = secret.clone()?;
-                let n = stats.attempted.fetch_add(1, Ordering::Relaxed) + 1;
-                if spec.wrong_every > 0 && n % spec.wrong_every == 0 {
-                    output.extend_from_slice(b"-tampered");
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The heartbeat interval for a heartbeat timeout: a quarter of it.
+pub fn heartbeat_every(timeout: Duration) -> Duration {
+    (timeout / 4).max(Duration::from_millis(20))
+}
+
+/// Heartbeats every quarter of the heartbeat timeout (learned from the first answer
+/// when not given), retrying sooner after a failure; ends when told the miner is gone,
+/// sending the reason.
+async fn heartbeat(
+    client: Client,
+    id: String,
+    token: String,
+    timeout: Option<Duration>,
+    stats: Arc<MinerStats>,
+    gone: watch::Sender<Option<String>>,
+) {
+    let path = format!("/v1/miners/{id}/heartbeat");
+    let mut every = timeout.map(heartbeat_every);
+    let mut retry = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    // Registering counted as the first heartbeat; without a known timeout, ask now.
+    let mut wait = every.unwrap_or(Duration::ZERO);
+    loop {
+        tokio::time::sleep(wait).await;
+        stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+        let limit = every.unwrap_or(Duration::from_secs(2));
+        match client
+            .ok_within(Method::POST, &path, Some(&json!({})), Some(&token), limit)
+            .await
+        {
+            Ok(v) => {
+                retry.reset();
+                if let Some(ms) = v["heartbeat_timeout_ms"].as_u64() {
+                    every = Some(heartbeat_every(Duration::from_millis(ms)));
                 }
-                let body = json!({"output": b64(&output), "nonce": b64(&nonce)});
-                let r = client
-                    .ok(Method::POST, &path("commit"), Some(&body), Some(token))
-                    .await;
-                match &r {
-                    Ok(_) => {
-                        stats.reveals.fetch_add(1, Ordering::Relaxed);
-                        return None;
-                    }
-                    Err(e) if e.status() == Some(422) => {
-                        stats.rejected.fetch_add(1, Ordering::Relaxed);
-                        return None;
-                    }
-                    _ => {}
-                }
-                r
+                wait = every.unwrap_or(Duration::from_secs(1));
             }
-            _ => return remember(secret),
-        };
-        match result {
-            // The task's state tells whether the next step is open yet.
-            Ok(v) => match (slot.as_str(), v["state"].as_str()) {
-                ("assigned", Some("acked")) => slot = "acked".into(),
-                ("acked", Some("precommitted" | "committed")) => slot = "precommitted".into(),
-                _ => return remember(secret),
-            },
-            // 409: the phase has not opened or closed yet, or the task moved on: try later.
-            Err(e) if e.status() == Some(409) => return remember(secret),
+            Err(e) if is_gone(&e) => {
+                gone.send_replace(Some(e.to_string()));
+                return;
+            }
             Err(_) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                return remember(secret);
+                // Sooner than the schedule, so one lost heartbeat does not cost the slots.
+                wait = retry.fail().min(every.unwrap_or(Duration::from_secs(1)));
             }
         }
+    }
+}
+
+/// One long poll of the miner's assignments.
+async fn poll(client: Client, path: String, token: String) -> Result<Value, ClientError> {
+    client
+        .ok_within(
+            Method::GET,
+            &path,
+            None,
+            Some(&token),
+            POLL_WAIT + Duration::from_secs(10),
+        )
+        .await
+}
+
+/// The miner's work loop: long-polls its list and drives each assignment, until
+/// stopped or gone.
+async fn work(
+    ctx: &Arc<Ctx>,
+    id: &str,
+    stop: &mut watch::Receiver<bool>,
+    gone: &mut watch::Receiver<Option<String>>,
+) -> Ended {
+    let mut book = Book::new(ctx.spec.ignore_first);
+    let mut drives: JoinSet<driver::DriveEnd> = JoinSet::new();
+    // At most one poll in flight.
+    let mut polls: JoinSet<Result<Value, ClientError>> = JoinSet::new();
+    let mut after: Option<u64> = None;
+    let mut poll_backoff = POLL_BACKOFF;
+    let mut poll_not_before = Instant::now();
+    // The drives started from the last list, which the next poll waits for (a while).
+    let mut fresh_list = false;
+    let mut gate: HashSet<String> = HashSet::new();
+    let mut gate_until = Instant::now();
+    loop {
+        if *stop.borrow() {
+            return Ended::Stopped;
+        }
+        if let Some(reason) = gone.borrow().clone() {
+            return Ended::Gone(reason);
+        }
+        let now = Instant::now();
+        let (due, next_retry) = book.due(now.into_std());
+        for d in due {
+            if fresh_list {
+                gate.insert(d.task.clone());
+            }
+            drives.spawn(driver::drive(ctx.clone(), d));
+        }
+        fresh_list = false;
+        let mut wake = next_retry.map(Instant::from_std);
+        if polls.is_empty() {
+            let gate_open = gate.is_empty() || now >= gate_until;
+            let at = if gate_open {
+                poll_not_before
+            } else {
+                poll_not_before.max(gate_until)
+            };
+            if at <= now {
+                let path = match after {
+                    Some(a) => format!(
+                        "/v1/miners/{id}/assignments?wait_ms={}&after={a}",
+                        POLL_WAIT.as_millis()
+                    ),
+                    None => format!(
+                        "/v1/miners/{id}/assignments?wait_ms={}",
+                        POLL_WAIT.as_millis()
+                    ),
+                };
+                ctx.stats.polls.fetch_add(1, Ordering::Relaxed);
+                polls.spawn(poll(ctx.client.clone(), path, ctx.token.clone()));
+            } else {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+        }
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() {
+                return Ended::Stopped;
+            },
+            Ok(()) = gone.changed() => {}
+            Some(joined) = drives.join_next() => {
+                let end = match joined {
+                    Ok(end) => end,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => continue,
+                };
+                gate.remove(&end.task);
+                if let Some(reason) = book.on_end(end, Instant::now().into_std()) {
+                    return Ended::Gone(reason);
+                }
+            }
+            Some(joined) = polls.join_next() => {
+                let answer = match joined {
+                    Ok(answer) => answer,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(_) => continue,
+                };
+                match answer {
+                    Ok(v) => {
+                        poll_backoff.reset();
+                        if let Some(index) = v["applied_index"].as_u64() {
+                            after = Some(index);
+                        }
+                        let now = Instant::now();
+                        let ignored = book.on_list(driver::parse_list(&v), now.into_std());
+                        ctx.stats.ignored.fetch_add(ignored as u64, Ordering::Relaxed);
+                        fresh_list = true;
+                        gate.clear();
+                        gate_until = now + POLL_GATE;
+                    }
+                    Err(e) if is_gone(&e) => return Ended::Gone(e.to_string()),
+                    Err(_) => {
+                        ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        poll_not_before = Instant::now() + poll_backoff.fail();
+                    }
+                }
+            }
+            _ = sleep_until(wake) => {}
+        }
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

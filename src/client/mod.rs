@@ -3,8 +3,12 @@
 //!
 //! It knows several nodes and fails over: a call that cannot connect, or is answered
 //! 503 without having been applied, goes to the next node. Calls return the status
-//! and JSON body; helpers wrap the common ones.
+//! and JSON body; helpers wrap the common ones. [`Client::call_within`] bounds one
+//! attempt in time, for callers that retry on their own schedule (the simulated
+//! miners, with [`backoff::Backoff`]).
 
+pub mod backoff;
+mod driver;
 pub mod miner;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +41,16 @@ impl ClientError {
         match self {
             ClientError::Api { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// Worth retrying later as it is: no node answered, or the cluster was busy or
+    /// between leaders (429, 5xx). Any other answer will not change by itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable(_) => true,
+            ClientError::Api { status, .. } => *status == 429 || *status >= 500,
+            ClientError::Unexpected(_) => false,
         }
     }
 }
@@ -101,6 +115,32 @@ impl Client {
         body: Option<&Value>,
         bearer: Option<&str>,
     ) -> Result<(StatusCode, Value), ClientError> {
+        self.call_inner(method, path, body, bearer, None).await
+    }
+
+    /// [`Client::call`] with each attempt bounded by `timeout`; an attempt that times
+    /// out moves this client to the next node and fails the call as unreachable (the
+    /// caller retries when it sees fit: the request may or may not have been applied).
+    pub async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        self.call_inner(method, path, body, bearer, Some(timeout))
+            .await
+    }
+
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, Value), ClientError> {
         let attempts = self.nodes.len() * 3;
         let mut last = String::new();
         for attempt in 0..attempts {
@@ -113,10 +153,17 @@ impl Client {
             if let Some(body) = body {
                 req = req.json(body);
             }
+            if let Some(timeout) = timeout {
+                req = req.timeout(timeout);
+            }
             match req.send().await {
                 Err(e) if e.is_connect() => {
                     last = format!("{url}: {e}");
                     self.current.store(i + 1, Ordering::Relaxed);
+                }
+                Err(e) if e.is_timeout() => {
+                    self.current.store(i + 1, Ordering::Relaxed);
+                    return Err(ClientError::Unreachable(format!("{url}: {e}")));
                 }
                 Err(e) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),
                 Ok(resp) => {
@@ -150,21 +197,22 @@ impl Client {
         bearer: Option<&str>,
     ) -> Result<Value, ClientError> {
         let (status, value) = self.call(method, path, body, bearer).await?;
-        if status.is_success() {
-            Ok(value)
-        } else {
-            Err(ClientError::Api {
-                status: status.as_u16(),
-                code: value["error"]["code"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                message: value["error"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            })
-        }
+        success(status, value)
+    }
+
+    /// [`Client::ok`] with each attempt bounded by `timeout` (see [`Client::call_within`]).
+    pub async fn ok_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let (status, value) = self
+            .call_within(method, path, body, bearer, timeout)
+            .await?;
+        success(status, value)
     }
 
     pub async fn create_session(&self, spec: &Value) -> Result<String, ClientError> {
@@ -213,6 +261,25 @@ impl Client {
             .ok(Method::POST, "/v1/miners", Some(&body), None)
             .await?;
         Ok((string(&v, "miner_id")?, string(&v, "token")?))
+    }
+}
+
+/// The body of a successful answer; an error status becomes [`ClientError::Api`].
+fn success(status: StatusCode, value: Value) -> Result<Value, ClientError> {
+    if status.is_success() {
+        Ok(value)
+    } else {
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code: value["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            message: value["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        })
     }
 }
 

@@ -26,6 +26,7 @@
 //! a purged entry.
 
 mod log_store;
+mod miner_changes;
 mod snapshot;
 mod state_store;
 

@@ -3,8 +3,9 @@
 //!
 //! See the module documentation of [`crate::store`] for why the state is held both in
 //! memory and in RocksDB. Readers go through [`AppliedState`]: a read lock held only
-//! for a lookup, the applied index as a `watch` (for long polls and read-index waits)
-//! and the task transitions as a `broadcast` (for event streams).
+//! for a lookup, the applied index as a `watch` (for long polls and read-index waits),
+//! the task transitions as a `broadcast` (for event streams) and, per miner, the index
+//! of the last change that concerned it ([`MinerChanges`], for miners' long polls).
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -15,10 +16,11 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use tokio::sync::{broadcast, watch};
 
+use super::miner_changes::{self, MinerChanges};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::{OpenError, CF_STATE};
 use crate::codec;
-use crate::machine::{Event, Key, State};
+use crate::machine::{Event, Key, MinerId, MinerState, State};
 use crate::raft::types::{
     BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -66,6 +68,7 @@ pub struct AppliedState {
     state: RwLock<State>,
     applied: watch::Sender<u64>,
     events: broadcast::Sender<Arc<Published>>,
+    miners: MinerChanges,
 }
 
 impl AppliedState {
@@ -75,7 +78,20 @@ impl AppliedState {
             state: RwLock::new(state),
             applied: watch::Sender::new(applied),
             events,
+            miners: MinerChanges::new(applied),
         }
+    }
+
+    /// The last applied index at which `miner`'s assignment list may have changed
+    /// (a transition of a task it holds or held a slot of, or the miner declared gone
+    /// or forgotten); derived on this node, never lower than where it started from.
+    pub fn miner_changed_at(&self, miner: MinerId) -> u64 {
+        self.miners.changed_at(miner)
+    }
+
+    /// Changes of [`Self::miner_changed_at`] for one miner.
+    pub fn watch_miner(&self, miner: MinerId) -> watch::Receiver<u64> {
+        self.miners.subscribe(miner)
     }
 
     /// Runs `f` on the applied state under a read lock; keep `f` short.
@@ -208,6 +224,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     {
         let mut results = Vec::new();
         let mut events = Vec::new();
+        // (miner, index) of every change that concerns a miner's assignment list.
+        let mut touched: Vec<(MinerId, u64)> = Vec::new();
         // Event streams and long polls are rare; skip building events nobody reads.
         let publish = self.shared.events.receiver_count() > 0;
         let dirty = {
@@ -219,6 +237,15 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                     EntryPayload::Blank => results.push(BatchResult::default()),
                     EntryPayload::Normal(batch) => {
                         let outcomes = state.apply_batch(&batch);
+                        for applied in outcomes.iter().flatten() {
+                            for event in &applied.events {
+                                touched.extend(
+                                    miner_changes::concerned(&state, event)
+                                        .into_iter()
+                                        .map(|m| (m, index)),
+                                );
+                            }
+                        }
                         let mut out = Vec::with_capacity(outcomes.len());
                         for outcome in outcomes {
                             out.push(outcome.map(|applied| {
@@ -240,13 +267,33 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             }
             state.take_dirty()
         };
+        let last_index = self.last_applied.map_or(0, |l| l.index);
+        // Miners declared gone (or forgotten) learn it from their long poll at once.
+        let mut forgotten = Vec::new();
         let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.shared.read(|state| {
             dirty
                 .into_iter()
-                .map(|key: Key| (keys::record(key), state.record_bytes(key)))
+                .map(|key: Key| {
+                    if let Key::Miner(id) = key {
+                        match state.miner(id) {
+                            None => forgotten.push(id),
+                            Some(m) if m.state == MinerState::Gone => {
+                                touched.push((id, last_index))
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    (keys::record(key), state.record_bytes(key))
+                })
                 .collect()
         });
         self.persist(records).await?;
+        for (miner, index) in touched {
+            self.shared.miners.touch(miner, index);
+        }
+        for miner in forgotten {
+            self.shared.miners.forget(miner);
+        }
         if let Some(last) = self.last_applied {
             self.shared.applied.send_replace(last.index);
         }
@@ -279,6 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         self.last_applied = last_applied;
         self.membership = membership;
         let index = last_applied.map_or(0, |l| l.index);
+        self.shared.miners.reset(index);
         self.shared.applied.send_replace(index);
         let _ = self
             .shared
