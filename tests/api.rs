@@ -507,9 +507,10 @@ async fn reads_wait_for_completion_and_events_stream_every_transition() {
         .unwrap();
     assert_eq!(events.status(), StatusCode::OK);
     let task = c.submit(&session, b"2+2", Some("once")).await.unwrap();
-    // The same key again: the same task, nothing new.
+    // The same key and task again: the same task, nothing new. (The same key with
+    // another payload is refused: see the idempotency test below.)
     assert_eq!(
-        c.submit(&session, b"other", Some("once")).await.unwrap(),
+        c.submit(&session, b"2+2", Some("once")).await.unwrap(),
         task
     );
 
