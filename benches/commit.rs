@@ -35,6 +35,8 @@ fn spec() -> SessionSpec {
         max_attempts: 3,
         retention_ms: 3_600_000,
         idle_release_ms: 60_000,
+        queue_timeout_ms: 0,
+        idempotency_window_ms: 3_600_000,
     }
 }
 
@@ -139,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
                             payload: vec![b'x'; 256],
                             priority: None,
                             idempotency_key: None,
+                            queue_timeout_ms: None,
                         }],
                     };
                     let t0 = Instant::now();

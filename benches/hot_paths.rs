@@ -30,6 +30,8 @@ fn spec(k: u8) -> SessionSpec {
         max_attempts: 3,
         retention_ms: 3_600_000,
         idle_release_ms: 60_000,
+        queue_timeout_ms: 0,
+        idempotency_window_ms: 3_600_000,
     }
 }
 
@@ -41,6 +43,7 @@ fn submit(session: SessionId, n: usize) -> Command {
                 payload: vec![b'x'; 256],
                 priority: None,
                 idempotency_key: None,
+                queue_timeout_ms: None,
             })
             .collect(),
     }

@@ -38,6 +38,8 @@ fn main() {
         max_attempts: 3,
         retention_ms: 24 * 3_600_000,
         idle_release_ms: 3_600_000,
+        queue_timeout_ms: 0,
+        idempotency_window_ms: 24 * 3_600_000,
     };
     let Response::SessionCreated { session } =
         s.apply(&Command::CreateSession(spec), 1).unwrap().response
@@ -59,6 +61,7 @@ fn main() {
                     payload: vec![b'p'; 256],
                     priority: None,
                     idempotency_key: None,
+                    queue_timeout_ms: None,
                 })
                 .collect(),
         };

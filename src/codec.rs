@@ -11,8 +11,10 @@ use serde::Serialize;
 
 use crate::machine::Record;
 
-/// The version byte written before every encoded value.
-pub const FORMAT_VERSION: u8 = 1;
+/// The version byte written before every encoded value. Version 2: sessions and tasks
+/// carry a queue timeout, sessions an idempotency window, and remembered idempotency
+/// keys are records of their own; a store or peer of version 1 is refused, not misread.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Decoding refuses values larger than this (1 GiB), whatever a length prefix claims.
 const DECODE_LIMIT: usize = 1 << 30;
@@ -90,6 +92,7 @@ mod tests {
                     payload: vec![1, 2, 3],
                     priority: Some(-4),
                     idempotency_key: Some("k".into()),
+                    queue_timeout_ms: None,
                 }],
             }],
         };

@@ -1,6 +1,6 @@
 //! The HTTP API against real node processes: a task's whole life with every write
-//! sent to a different node, reads from every node, every error status, and the
-//! leader killed mid-stream.
+//! sent to a different node, reads from every node, every error status, queue
+//! deadlines and idempotency conflicts, and the leader killed mid-stream.
 
 mod common;
 
@@ -507,9 +507,10 @@ async fn reads_wait_for_completion_and_events_stream_every_transition() {
         .unwrap();
     assert_eq!(events.status(), StatusCode::OK);
     let task = c.submit(&session, b"2+2", Some("once")).await.unwrap();
-    // The same key again: the same task, nothing new.
+    // The same key and task again: the same task, nothing new. (The same key with
+    // another payload is refused: see the idempotency test below.)
     assert_eq!(
-        c.submit(&session, b"other", Some("once")).await.unwrap(),
+        c.submit(&session, b"2+2", Some("once")).await.unwrap(),
         task
     );
 
@@ -724,5 +725,127 @@ async fn the_leader_killed_mid_stream_loses_no_acknowledged_task() {
     assert_eq!(
         v["submitted_total"].as_u64().unwrap(),
         acknowledged.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_deadlines_and_idempotency_keys_answer_as_documented() {
+    let cluster = TestCluster::start(3).await;
+    let c = cluster.client_of(0);
+    // Sent through another node, so refusals also cross the forwarding path.
+    let other = cluster.client_of(1);
+
+    // Session settings: defaults, and a window shorter than the retention refused.
+    let mut spec = session_spec(1, 1);
+    spec["queue_timeout_ms"] = json!(1000);
+    spec["retention_ms"] = json!(600_000);
+    let session = c.create_session(&spec).await.unwrap();
+    let v = c
+        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(v["queue_timeout_ms"], 1000, "{v}");
+    assert_eq!(
+        v["idempotency_window_ms"], 600_000,
+        "defaults to the retention: {v}"
+    );
+    let mut short = session_spec(1, 1);
+    short["retention_ms"] = json!(600_000);
+    short["idempotency_window_ms"] = json!(599_999);
+    let (s, v) = c
+        .call(Method::POST, "/v1/sessions", Some(&short), None)
+        .await
+        .unwrap();
+    expect_error(s, &v, StatusCode::BAD_REQUEST, "invalid");
+
+    // No miner: the task fails as expired at its queue deadline; one that overrides
+    // it with 0 keeps waiting.
+    let submit = format!("/v1/sessions/{session}/tasks");
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &submit,
+            Some(&json!({"payload": "YQ=="})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let expiring = v["task_id"].as_str().unwrap().to_string();
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &submit,
+            Some(&json!({"payload": "Yg==", "queue_timeout_ms": 0})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let waiting = v["task_id"].as_str().unwrap().to_string();
+    let v = c
+        .task(&expiring, "?wait=completed&timeout=20s")
+        .await
+        .unwrap();
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(
+        v["failure"].as_str().unwrap().starts_with("expired:"),
+        "{v}"
+    );
+    let v = c.task(&waiting, "?consistency=linearizable").await.unwrap();
+    assert_eq!(v["state"], "queued", "{v}");
+    assert_eq!(v["queue_timeout_ms"], 0, "{v}");
+    assert_eq!(v["queue_deadline_ms"], Value::Null, "{v}");
+
+    // Idempotency: a retry answers the first task; another payload under the key is
+    // a 409 idempotency_conflict, alone or in a batch (which then creates nothing).
+    let body = json!({"payload": "eA==", "idempotency_key": "k-1", "queue_timeout_ms": 0});
+    let (s, v) = c
+        .call(Method::POST, &submit, Some(&body), None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let first = v["task_id"].clone();
+    let (s, v) = other
+        .call(Method::POST, &submit, Some(&body), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, &v["task_id"], &v["created"]),
+        (StatusCode::OK, &first, &json!(false))
+    );
+    let (s, v) = other
+        .call(
+            Method::POST,
+            &submit,
+            Some(&json!({"payload": "eQ==", "idempotency_key": "k-1", "queue_timeout_ms": 0})),
+            None,
+        )
+        .await
+        .unwrap();
+    expect_error(s, &v, StatusCode::CONFLICT, "idempotency_conflict");
+    let batch = json!({"tasks": [
+        {"payload": "eg==", "idempotency_key": "k-2"},
+        {"payload": "eQ==", "idempotency_key": "k-1", "queue_timeout_ms": 0},
+    ]});
+    let (s, v) = c
+        .call(Method::POST, &format!("{submit}:batch"), Some(&batch), None)
+        .await
+        .unwrap();
+    expect_error(s, &v, StatusCode::CONFLICT, "idempotency_conflict");
+    // The batch's new key was not taken: submitting it now creates its task.
+    let (s, v) = c
+        .call(
+            Method::POST,
+            &submit,
+            Some(&json!({"payload": "eg==", "idempotency_key": "k-2"})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, &v["created"]),
+        (StatusCode::CREATED, &json!(true)),
+        "{v}"
     );
 }

@@ -518,27 +518,23 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
         let v = c.task(id, "?consistency=linearizable").await.unwrap();
         assert_eq!(v["idempotency_key"], key.as_str(), "{v}");
     }
-    // Each refused key, retried, gives exactly one task; a write answered
+    // Each refused key, retried (with the same request: another payload under the
+    // key would be an idempotency conflict), gives exactly one task; a write answered
     // `unavailable` ("nothing was written") must not have been; new writes succeed.
+    let path = format!("/v1/sessions/{session}/tasks");
     for (key, code) in &refused {
-        let body = json!({"payload": b64(b"again"), "idempotency_key": key});
-        let v = c
-            .ok(
-                Method::POST,
-                &format!("/v1/sessions/{session}/tasks"),
-                Some(&body),
-                None,
-            )
-            .await
-            .unwrap();
+        let i: usize = key["big-".len()..].parse().unwrap();
+        let body = big_payload(i);
+        let v = c.ok(Method::POST, &path, Some(&body), None).await.unwrap();
         if code == "unavailable" {
             assert_eq!(
                 v["created"], true,
                 "{key} was answered unavailable, yet it had been written: {v}"
             );
         }
-        let again = c.submit(&session, b"again", Some(key)).await.unwrap();
-        assert_eq!(v["task_id"], again.as_str());
+        let again = c.ok(Method::POST, &path, Some(&body), None).await.unwrap();
+        assert_eq!(v["task_id"], again["task_id"]);
+        assert_eq!(again["created"], false);
     }
     c.submit(&session, b"after the disk was freed", Some("after"))
         .await

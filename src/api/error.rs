@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// An idempotency key reused with another task (409 `idempotency_conflict`).
+    #[error("{0}")]
+    IdempotencyConflict(String),
     #[error("{0}")]
     TooLarge(String),
     /// A reveal that does not hash to its precommit (recorded; the assignment is rejected).
@@ -50,7 +53,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RevealMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::TooLarge(_) => "too_large",
             ApiError::RevealMismatch(_) => "reveal_mismatch",
             ApiError::Unavailable { code, .. } => code,
@@ -96,6 +100,7 @@ impl From<Rejection> for ApiError {
             Rejection::Forbidden(m) => ApiError::Forbidden(m),
             Rejection::Conflict(m) => ApiError::Conflict(m),
             Rejection::TooLarge(m) => ApiError::TooLarge(m),
+            Rejection::IdempotencyConflict(m) => ApiError::IdempotencyConflict(m),
         }
     }
 }

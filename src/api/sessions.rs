@@ -12,9 +12,11 @@ use super::{lookup, propose, ApiError, JsonBody};
 use crate::machine::{Command, Response, SessionId, SessionSpec};
 use crate::node::Node;
 
-/// Defaults of a new session (SPEC section 2): k = 1, q = majority of k.
+/// Defaults of a new session (SPEC section 2): k = 1, q = majority of k; no queue
+/// deadline; idempotency keys remembered as long as finished tasks are kept.
 fn spec(node: &Node, body: CreateSession) -> SessionSpec {
     let redundancy = body.redundancy.unwrap_or(1);
+    let retention_ms = body.retention_ms.unwrap_or(node.config.retention_ms);
     SessionSpec {
         owner: body.owner.unwrap_or_default(),
         redundancy,
@@ -26,8 +28,10 @@ fn spec(node: &Node, body: CreateSession) -> SessionSpec {
         precommit_timeout_ms: body.precommit_timeout_ms.unwrap_or(30_000),
         commit_timeout_ms: body.commit_timeout_ms.unwrap_or(30_000),
         max_attempts: body.max_attempts.unwrap_or(3),
-        retention_ms: body.retention_ms.unwrap_or(node.config.retention_ms),
+        retention_ms,
         idle_release_ms: body.idle_release_ms.unwrap_or(30_000),
+        queue_timeout_ms: body.queue_timeout_ms.unwrap_or(0),
+        idempotency_window_ms: body.idempotency_window_ms.unwrap_or(retention_ms),
     }
 }
 

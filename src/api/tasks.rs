@@ -51,6 +51,7 @@ fn new_task(node: &Node, t: SubmitTask) -> Result<NewTask, ApiError> {
         payload,
         priority: t.priority,
         idempotency_key: t.idempotency_key,
+        queue_timeout_ms: t.queue_timeout_ms,
     })
 }
 

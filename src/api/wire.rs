@@ -36,6 +36,10 @@ pub struct CreateSession {
     pub max_attempts: Option<u32>,
     pub retention_ms: Option<u64>,
     pub idle_release_ms: Option<u64>,
+    /// 0 or absent: tasks may wait in the queue without limit.
+    pub queue_timeout_ms: Option<u64>,
+    /// Absent: the session's retention.
+    pub idempotency_window_ms: Option<u64>,
 }
 
 /// One task of a submit.
@@ -45,6 +49,8 @@ pub struct SubmitTask {
     pub payload: String,
     pub priority: Option<i32>,
     pub idempotency_key: Option<String>,
+    /// Overrides the session's `queue_timeout_ms` (0: no limit).
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// `POST /v1/sessions/{id}/tasks:batch`.
@@ -118,6 +124,8 @@ pub fn session_json(s: &Session, applied_index: u64) -> Value {
         "max_attempts": s.spec.max_attempts,
         "retention_ms": s.spec.retention_ms,
         "idle_release_ms": s.spec.idle_release_ms,
+        "queue_timeout_ms": s.spec.queue_timeout_ms,
+        "idempotency_window_ms": s.spec.idempotency_window_ms,
         "state": match s.state { SessionState::Open => "open", SessionState::Closed => "closed" },
         "created_ms": s.created_ms,
         "closed_ms": s.closed_ms,
@@ -138,6 +146,8 @@ pub fn task_json(t: &Task, applied_index: u64) -> Value {
         "priority": t.priority,
         "attempts": t.attempts,
         "idempotency_key": t.idempotency_key,
+        "queue_timeout_ms": t.queue_timeout_ms,
+        "queue_deadline_ms": t.queue_deadline,
         "assignments": t.assignments.iter().map(|a| json!({
             "miner_id": a.miner.to_string(),
             "state": a.state.as_str(),

@@ -39,12 +39,19 @@ pub struct SessionSpec {
     pub ack_timeout_ms: u64,
     pub precommit_timeout_ms: u64,
     pub commit_timeout_ms: u64,
-    /// How many times a task is dispatched (first time plus re-dispatches) before it fails.
+    /// Attempts of a task: 1 at its first dispatch, one more each time lost slots go
+    /// back to the queue; a slot lost once a task has used them all fails it.
     pub max_attempts: u32,
     /// How long finished tasks are kept before a tick purges them.
     pub retention_ms: u64,
     /// How long the session must be idle before extra reserved miners go back to the pool.
     pub idle_release_ms: u64,
+    /// How long a task may wait in the queue (never dispatched, or requeued) before it
+    /// fails as expired; 0 for no limit. A task may override it.
+    pub queue_timeout_ms: u64,
+    /// How long an idempotency key is remembered after its task was submitted, even
+    /// once the task is purged; at least `retention_ms`.
+    pub idempotency_window_ms: u64,
 }
 
 /// One task of a submit.
@@ -55,6 +62,8 @@ pub struct NewTask {
     /// Defaults to the session's priority.
     pub priority: Option<i32>,
     pub idempotency_key: Option<String>,
+    /// Overrides the session's `queue_timeout_ms` for this task (0: no limit).
+    pub queue_timeout_ms: Option<u64>,
 }
 
 /// Proof that a call comes from a miner: the miner's id and the sha256 of the token it

@@ -26,6 +26,10 @@ pub enum Rejection {
     /// Over a size limit (HTTP 413).
     #[error("{0}")]
     TooLarge(String),
+    /// An idempotency key the session remembers was sent again with another task
+    /// (payload, priority or queue timeout) (HTTP 409).
+    #[error("{0}")]
+    IdempotencyConflict(String),
 }
 
 impl Rejection {
@@ -38,6 +42,7 @@ impl Rejection {
             Rejection::Forbidden(_) => "forbidden",
             Rejection::Conflict(_) => "conflict",
             Rejection::TooLarge(_) => "too_large",
+            Rejection::IdempotencyConflict(_) => "idempotency_conflict",
         }
     }
 }

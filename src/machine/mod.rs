@@ -8,11 +8,16 @@
 //! ([`State::encode`] shows it). Timeouts fire only when the leader proposes a
 //! [`Command::Tick`].
 //!
-//! The state is four ordered maps (a header, sessions, miners, tasks) plus indexes
-//! derived from them (the per-session queues, the deadline index, idempotency keys,
-//! the pool). Only the maps are encoded; the indexes are rebuilt on restore. Every
-//! mutation marks the entity it touched, so the store can write exactly the changed
-//! records after each entry ([`State::take_dirty`]).
+//! The state is five ordered maps (a header, sessions, miners, tasks, remembered
+//! idempotency keys) plus indexes derived from them (the per-session queues, the
+//! deadline index, the pool). Only the maps are encoded; the indexes are rebuilt on
+//! restore. Every mutation marks the entity it touched, so the store can write exactly
+//! the changed records after each entry ([`State::take_dirty`]).
+//!
+//! Each command is decided in two halves: a pure validation (`validate_*`, taking
+//! `&self`) that either refuses it or says what to do, then the mutation. [`State::check`]
+//! runs only the first half, so the leader can answer a refusal without a log entry,
+//! and it can never disagree with [`State::apply`], which runs both.
 //!
 //! The rules, briefly (see `SPEC.md` section 3 for the contract):
 //! - a session reserves at least `k` pooled miners (matching its tag), more while its
@@ -20,19 +25,30 @@
 //!   gives the extra ones back after `idle_release_ms` without work; sessions below
 //!   `k` are served first, and may take an idle miner a session holds beyond its `k`;
 //! - a queued task is dispatched all at once to `k` distinct reserved miners with
-//!   free capacity, least-loaded first, then fewest recent rejections, then id;
+//!   free capacity, least-loaded first, then fewest recent rejections, then id; a task
+//!   that cannot be served never holds back the ones behind it (see `dispatch`);
 //! - when every slot is acked the precommit phase opens; it closes when every slot
 //!   precommitted, or at its deadline if `q` did; reveals are taken only after it
 //!   closes and must hash to the miner's precommit;
 //! - a slot that times out (ack, late precommit, reveal) or reveals a wrong hash goes
-//!   back to the queue for another miner, counting one more attempt; `q` agreeing
-//!   reveals complete the task; when agreement becomes impossible it fails.
+//!   back to the queue for another miner (or, when none is free, to one whose earlier
+//!   slot of it merely expired), counting one more attempt; `q` agreeing reveals
+//!   complete the task; when agreement becomes impossible it fails;
+//! - every held slot has a deadline except while the precommit phase is open (the
+//!   phase's own deadline governs then), so no task can pin a miner forever; a task
+//!   may also fail for waiting in the queue longer than its `queue_timeout_ms`;
+//! - an idempotency key is remembered for the session's `idempotency_window_ms`, and
+//!   the same key with another task is refused.
 
 mod command;
+mod dispatch;
 mod error;
+mod idempotency;
 mod ids;
+mod lifecycle;
 mod pool;
 mod session;
+mod submit;
 mod task;
 mod tick;
 mod view;
@@ -46,12 +62,14 @@ pub use command::{
     Applied, Batch, Command, Digest, Event, EventKind, MinerAuth, NewTask, Response, SessionSpec,
 };
 pub use error::Rejection;
+pub use idempotency::RememberedKey;
 pub use ids::{MinerId, SessionId, TaskId};
 pub use pool::{Miner, MinerState};
 pub use session::{Session, SessionState, StateCounts};
 pub use task::{sha256, Assignment, SlotState, Task, TaskState};
 pub use view::{PoolView, QueueDepth};
 
+use dispatch::{Lane, Queue};
 use tick::Due;
 
 /// Hard limits of the machine itself. The HTTP layer enforces its own (configurable,
@@ -81,6 +99,9 @@ pub mod limits {
     pub const GONE_MINER_RETENTION_MS: u64 = 3600 * 1000;
     /// Throughput is measured over this window.
     pub const THROUGHPUT_WINDOW_MS: u64 = 60 * 1000;
+    /// Most deadlines one `Tick` fires; the rest stay due and fire in the next ticks,
+    /// so one entry's apply stays short however many deadlines pass at once.
+    pub const MAX_FIRED_PER_TICK: u64 = 1000;
 }
 
 /// Counters and the clock of the machine.
@@ -103,6 +124,8 @@ pub enum Key {
     Session(SessionId),
     Miner(MinerId),
     Task(TaskId),
+    /// A remembered idempotency key: its session and the sha256 of the key.
+    Idempotency(SessionId, Digest),
 }
 
 /// One record of the encoded state, as the store persists it.
@@ -112,6 +135,7 @@ pub enum Record {
     Session(Session),
     Miner(Miner),
     Task(Task),
+    Idempotency(RememberedKey),
 }
 
 /// A borrowed [`Record`], encoded to the same bytes without cloning the entity.
@@ -121,17 +145,18 @@ enum RecordRef<'a> {
     Session(&'a Session),
     Miner(&'a Miner),
     Task(&'a Task),
+    Idempotency(&'a RememberedKey),
 }
 
 /// Indexes derived from the entities; never encoded, rebuilt on restore.
 #[derive(Clone, Debug, Default)]
 struct Indexes {
-    /// Per session, the tasks with open slots, by priority (highest first) then id.
-    queues: HashMap<SessionId, BTreeSet<(std::cmp::Reverse<i32>, TaskId)>>,
+    /// Per session, the tasks with open slots (see `dispatch`).
+    queues: HashMap<SessionId, Queue>,
+    /// The lane each queued task is filed under, so it can be moved or removed.
+    queued: HashMap<TaskId, Lane>,
     /// Every pending deadline.
     deadlines: BTreeSet<(u64, Due)>,
-    /// (session, idempotency key) → task.
-    idempotency: HashMap<(SessionId, String), TaskId>,
     /// Miners in the pool, free to be reserved.
     pool: BTreeSet<MinerId>,
     /// Sessions holding fewer miners than they want.
@@ -151,6 +176,9 @@ struct Step {
     touched: BTreeSet<SessionId>,
     /// A miner came into the pool: needy sessions may take it.
     pool_grew: bool,
+    /// Queued tasks dispatch looked at, so tests can see a long queue costs little.
+    #[cfg(test)]
+    examined: usize,
 }
 
 /// The replicated state. See the module documentation.
@@ -160,6 +188,8 @@ pub struct State {
     sessions: BTreeMap<SessionId, Session>,
     miners: BTreeMap<MinerId, Miner>,
     tasks: BTreeMap<TaskId, Task>,
+    /// Remembered idempotency keys, by session and sha256 of the key.
+    keys: BTreeMap<(SessionId, Digest), RememberedKey>,
     idx: Indexes,
     step: Step,
     dirty: BTreeSet<Key>,
@@ -171,6 +201,7 @@ impl PartialEq for State {
             && self.sessions == other.sessions
             && self.miners == other.miners
             && self.tasks == other.tasks
+            && self.keys == other.keys
     }
 }
 
@@ -234,9 +265,39 @@ impl State {
     /// changing anything: the leader answers such a write at once instead of spending a
     /// log entry on it. `Ok` promises nothing (apply still checks everything); an `Err`
     /// is the rejection apply would give now.
+    ///
+    /// It runs the same validation as apply (the first half of each command), on the
+    /// same state, so an `Err` here is exactly the `Err` apply would return. Nothing
+    /// it looks at depends on the time, so the leader's stamp does not matter. A
+    /// reveal whose hash does not match its precommit passes: apply records it.
     pub fn check(&self, cmd: &Command) -> Result<(), Rejection> {
-        let _ = cmd;
-        Ok(())
+        match cmd {
+            Command::CreateSession(spec) => session::validate_spec(spec),
+            Command::CloseSession { session } => self.validate_close(*session),
+            Command::SubmitTasks { session, tasks } => {
+                self.validate_submit(*session, tasks).map(drop)
+            }
+            Command::CancelTask { task } => self.validate_cancel(*task),
+            Command::RegisterMiner {
+                name,
+                capacity,
+                tags,
+                token_hash,
+                heartbeat_timeout_ms,
+            } => self.validate_register(name, *capacity, tags, token_hash, *heartbeat_timeout_ms),
+            Command::Heartbeat { auth }
+            | Command::DrainMiner { auth }
+            | Command::DeregisterMiner { auth } => self.authenticate(auth).map(drop),
+            Command::Ack { task, auth } => self.validate_ack(*task, auth).map(drop),
+            Command::Precommit { task, auth, .. } => self.validate_precommit(*task, auth).map(drop),
+            Command::Reveal {
+                task,
+                auth,
+                output,
+                nonce,
+            } => self.validate_reveal(*task, auth, output, nonce).map(drop),
+            Command::Tick => Ok(()),
+        }
     }
 
     /// Applies every command of a batch in order.
@@ -294,6 +355,11 @@ impl State {
             Key::Session(id) => self.sessions.get(&id).cloned().map(Record::Session),
             Key::Miner(id) => self.miners.get(&id).cloned().map(Record::Miner),
             Key::Task(id) => self.tasks.get(&id).cloned().map(Record::Task),
+            Key::Idempotency(session, hash) => self
+                .keys
+                .get(&(session, hash))
+                .cloned()
+                .map(Record::Idempotency),
         }
     }
 
@@ -305,16 +371,20 @@ impl State {
             Key::Session(id) => RecordRef::Session(self.sessions.get(&id)?),
             Key::Miner(id) => RecordRef::Miner(self.miners.get(&id)?),
             Key::Task(id) => RecordRef::Task(self.tasks.get(&id)?),
+            Key::Idempotency(session, hash) => {
+                RecordRef::Idempotency(self.keys.get(&(session, hash))?)
+            }
         };
         Some(crate::codec::encode(&record))
     }
 
-    /// Every key, in order: header, sessions, miners, tasks.
-    fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+    /// Every key, in order: header, sessions, miners, tasks, idempotency keys.
+    fn record_keys(&self) -> impl Iterator<Item = Key> + '_ {
         std::iter::once(Key::Header)
             .chain(self.sessions.keys().map(|id| Key::Session(*id)))
             .chain(self.miners.keys().map(|id| Key::Miner(*id)))
             .chain(self.tasks.keys().map(|id| Key::Task(*id)))
+            .chain(self.keys.keys().map(|(s, h)| Key::Idempotency(*s, *h)))
     }
 
     /// Rebuilds a state from its records (in any order), deriving the indexes.
@@ -331,6 +401,9 @@ impl State {
                 }
                 Record::Task(t) => {
                     state.tasks.insert(t.id, t);
+                }
+                Record::Idempotency(k) => {
+                    state.keys.insert((k.session, k.key_hash), k);
                 }
             }
         }
@@ -359,17 +432,18 @@ impl State {
         }
         for t in self.tasks.values() {
             idx.depth.add(t.state, 1);
-            if t.open_slots > 0 && !t.state.is_terminal() {
+            if let Some(lane) = t.lane() {
                 idx.queues
                     .entry(t.session)
                     .or_default()
-                    .insert((std::cmp::Reverse(t.priority), t.id));
-            }
-            if let Some(key) = &t.idempotency_key {
-                idx.idempotency.insert((t.session, key.clone()), t.id);
+                    .insert(lane, t.queue_key());
+                idx.queued.insert(t.id, lane);
             }
             if let Some(at) = t.phase_deadline {
                 idx.deadlines.insert((at, Due::Phase(t.id)));
+            }
+            if let Some(at) = t.queue_deadline {
+                idx.deadlines.insert((at, Due::Queue(t.id)));
             }
             if let Some(at) = t.purge_at {
                 idx.deadlines.insert((at, Due::TaskPurge(t.id)));
@@ -379,6 +453,10 @@ impl State {
                     idx.deadlines.insert((at, Due::Slot(t.id, a.miner)));
                 }
             }
+        }
+        for k in self.keys.values() {
+            idx.deadlines
+                .insert((k.expires_ms, Due::KeyPurge(k.session, k.key_hash)));
         }
         self.idx = idx;
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
@@ -391,7 +469,7 @@ impl State {
     /// same commands return the same bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for key in self.keys() {
+        for key in self.record_keys() {
             let bytes = self.record_bytes(key).expect("listed keys exist");
             out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
             out.extend_from_slice(&bytes);

@@ -113,14 +113,14 @@ impl State {
         self.miners.get_mut(&id).expect("miner exists")
     }
 
-    pub(super) fn register_miner(
-        &mut self,
+    pub(super) fn validate_register(
+        &self,
         name: &str,
         capacity: u32,
         tags: &[String],
-        token_hash: Digest,
+        token_hash: &Digest,
         heartbeat_timeout_ms: u64,
-    ) -> Result<Response, Rejection> {
+    ) -> Result<(), Rejection> {
         validate_label("name", name)?;
         if capacity == 0 || capacity > limits::MAX_CAPACITY {
             return Err(invalid(format!(
@@ -137,9 +137,21 @@ impl State {
         if heartbeat_timeout_ms == 0 || heartbeat_timeout_ms > limits::MAX_DURATION_MS {
             return Err(invalid("heartbeat_timeout_ms out of range"));
         }
-        if self.idx.tokens.contains_key(&token_hash) {
+        if self.idx.tokens.contains_key(token_hash) {
             return Err(super::error::conflict("this token is already in use"));
         }
+        Ok(())
+    }
+
+    pub(super) fn register_miner(
+        &mut self,
+        name: &str,
+        capacity: u32,
+        tags: &[String],
+        token_hash: Digest,
+        heartbeat_timeout_ms: u64,
+    ) -> Result<Response, Rejection> {
+        self.validate_register(name, capacity, tags, &token_hash, heartbeat_timeout_ms)?;
         let now = self.step.now;
         self.header.next_miner += 1;
         self.mark(Key::Header);

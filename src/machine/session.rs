@@ -80,7 +80,8 @@ pub struct Session {
     pub open_slots: u64,
     /// Slots held by miners and not yet finished.
     pub active_slots: u64,
-    /// Extra miners the queue head needs because every reserved one already served it.
+    /// Extra miners the head of the queue needs beyond the reserved ones that never
+    /// held it (a miner that did takes it only when the pool has none to give).
     pub shortfall: u32,
     /// Since when the session has had no outstanding slot.
     pub idle_since: Option<u64>,
@@ -134,6 +135,23 @@ pub(super) fn validate_spec(spec: &SessionSpec) -> Result<(), Rejection> {
             )));
         }
     }
+    if spec.queue_timeout_ms > limits::MAX_DURATION_MS {
+        return Err(invalid(format!(
+            "queue_timeout_ms must be 0 (no limit)..={}",
+            limits::MAX_DURATION_MS
+        )));
+    }
+    // A key must outlive its task's retention, or a retry could create a second task
+    // while the first is still readable.
+    if spec.idempotency_window_ms < spec.retention_ms
+        || spec.idempotency_window_ms > limits::MAX_DURATION_MS
+    {
+        return Err(invalid(format!(
+            "idempotency_window_ms must be retention_ms ({})..={}",
+            spec.retention_ms,
+            limits::MAX_DURATION_MS
+        )));
+    }
     if spec.max_attempts == 0 || spec.max_attempts > limits::MAX_ATTEMPTS {
         return Err(invalid(format!(
             "max_attempts must be 1..={}",
@@ -181,7 +199,7 @@ impl State {
         Ok(Response::SessionCreated { session: id })
     }
 
-    pub(super) fn close_session(&mut self, id: SessionId) -> Result<Response, Rejection> {
+    pub(super) fn validate_close(&self, id: SessionId) -> Result<(), Rejection> {
         let session = self
             .sessions
             .get(&id)
@@ -189,6 +207,11 @@ impl State {
         if session.state == SessionState::Closed {
             return Err(conflict(format!("session {id} is already closed")));
         }
+        Ok(())
+    }
+
+    pub(super) fn close_session(&mut self, id: SessionId) -> Result<Response, Rejection> {
+        self.validate_close(id)?;
         let live: Vec<_> = self
             .tasks
             .range(..)
@@ -218,6 +241,8 @@ impl State {
         self.set_due(old_idle, None, Due::Idle(id));
         self.set_due(None, Some(purge_at), Due::SessionPurge(id));
         self.idx.needy.remove(&id);
+        // A closed session takes no submits, so its keys can answer nothing.
+        self.forget_session_keys(id);
         Ok(Response::SessionClosed {
             session: id,
             cancelled,
@@ -402,6 +427,7 @@ impl State {
             self.sessions.remove(&id);
             self.idx.queues.remove(&id);
             self.idx.needy.remove(&id);
+            self.forget_session_keys(id);
             self.mark(Key::Session(id));
         } else {
             let later = self.step.now.saturating_add(s.spec.retention_ms);

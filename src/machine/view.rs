@@ -56,12 +56,7 @@ impl State {
         m.active
             .iter()
             .filter_map(|t| self.tasks.get(t))
-            .filter_map(|t| {
-                t.assignments
-                    .iter()
-                    .find(|a| a.miner == id)
-                    .map(|a| (t, a.state))
-            })
+            .filter_map(|t| t.slot(id).map(|i| (t, t.assignments[i].state)))
             .collect()
     }
 

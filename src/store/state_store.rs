@@ -25,7 +25,8 @@ use crate::raft::types::{
     BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
-/// Keys of the `state` family. Records sort as header, sessions, miners, tasks.
+/// Keys of the `state` family. Records sort as header, sessions, miners, tasks,
+/// idempotency keys.
 pub(super) mod keys {
     use crate::machine::Key;
 
@@ -41,6 +42,13 @@ pub(super) mod keys {
             Key::Session(id) => (2, id.0),
             Key::Miner(id) => (3, id.0),
             Key::Task(id) => (4, id.0),
+            Key::Idempotency(session, hash) => {
+                let mut out = Vec::with_capacity(41);
+                out.push(5);
+                out.extend_from_slice(&session.0.to_be_bytes());
+                out.extend_from_slice(&hash);
+                return out;
+            }
         };
         let mut out = Vec::with_capacity(9);
         out.push(tag);

@@ -46,6 +46,8 @@ fn spec() -> SessionSpec {
         max_attempts: 3,
         retention_ms: 3_600_000,
         idle_release_ms: 1000,
+        queue_timeout_ms: 0,
+        idempotency_window_ms: 3_600_000,
     }
 }
 
@@ -59,14 +61,17 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry {
     }
 }
 
-fn submit(n: usize) -> Command {
+/// Submit number `batch` of `n` tasks; every other one carries an idempotency key,
+/// so remembered keys are records the store persists and snapshots too.
+fn submit(batch: u64, n: usize) -> Command {
     Command::SubmitTasks {
         session: crate::machine::SessionId(1),
         tasks: (0..n)
             .map(|i| NewTask {
                 payload: vec![i as u8; 256],
                 priority: None,
-                idempotency_key: None,
+                idempotency_key: (i % 2 == 0).then(|| format!("k-{batch}-{i}")),
+                queue_timeout_ms: None,
             })
             .collect(),
     }
@@ -80,7 +85,7 @@ fn workload(batches: u64) -> Vec<Entry> {
     }];
     entries.push(entry(2, vec![Command::CreateSession(spec())]));
     for i in 0..batches {
-        entries.push(entry(3 + i, vec![submit(10)]));
+        entries.push(entry(3 + i, vec![submit(i, 10)]));
     }
     entries
 }
