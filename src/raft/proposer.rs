@@ -546,3 +546,92 @@ async fn another_leader(mut metrics: watch::Receiver<RaftMetrics>, from: NodeId)
         std::future::pending::<()>().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{MinerAuth, MinerId, TaskId};
+
+    fn config(max_commands: usize, max_bytes: usize) -> ProposerConfig {
+        ProposerConfig {
+            max_commands,
+            max_bytes,
+            max_inflight: 1,
+            tick: Duration::from_millis(100),
+            quorum_lost_after: Duration::from_millis(500),
+            lease: Duration::from_millis(300),
+        }
+    }
+
+    fn ack(task: u64) -> Command {
+        Command::Ack {
+            task: TaskId(task),
+            auth: MinerAuth {
+                miner: MinerId(1),
+                token_hash: [0; 32],
+            },
+        }
+    }
+
+    fn queue(sizes: &[usize]) -> VecDeque<Proposal> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let commands = (0..*n).map(|j| ack((i * 100 + j) as u64)).collect();
+                Proposal::new(commands, deadline, false).0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_takes_proposals_in_order_up_to_its_bounds() {
+        let mut pending = queue(&[2, 3, 1, 4]);
+        let (taken, refused) = take_batch(&mut pending, &config(6, 1 << 20), None);
+        assert!(refused.is_empty());
+        assert_eq!(
+            taken.iter().map(|p| p.commands.len()).collect::<Vec<_>>(),
+            [2, 3, 1]
+        );
+        assert!(taken.iter().all(|p| p.fate.maybe_applied()), "marked sent");
+        assert_eq!(pending.len(), 1);
+        // By bytes (64 per ack here), and the first proposal always goes, even alone
+        // over the bound.
+        let mut pending = queue(&[4, 1]);
+        let (taken, _) = take_batch(&mut pending, &config(100, 128), None);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn proposals_whose_callers_gave_up_are_dropped_unsent() {
+        let mut pending = queue(&[1, 1, 1]);
+        assert!(pending[1].fate.give_up("late").is_some());
+        let (taken, _) = take_batch(&mut pending, &config(100, 1 << 20), None);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[1].commands, vec![ack(200)]);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn what_the_state_accepts_is_taken_and_ticks_are_never_checked() {
+        let state = State::new();
+        assert_eq!(all_refused(&state, &[]), None);
+        assert_eq!(all_refused(&state, &[Command::Tick]), None);
+        // Whatever State::check refuses is set apart with apply's shape of result;
+        // what it lets through is proposed.
+        let mut pending = queue(&[1, 2]);
+        let (taken, refused) = take_batch(&mut pending, &config(100, 1 << 20), Some(&state));
+        let expected_refused = [vec![ack(0)], vec![ack(100), ack(101)]]
+            .iter()
+            .filter(|cmds| cmds.iter().all(|c| state.check(c).is_err()))
+            .count();
+        assert_eq!(refused.len(), expected_refused);
+        assert_eq!(taken.len() + refused.len(), 2);
+        for (p, results) in &refused {
+            assert_eq!(results.len(), p.commands.len());
+            assert!(results.iter().all(Result::is_err));
+        }
+    }
+}
