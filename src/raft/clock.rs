@@ -14,7 +14,11 @@
 //! state's time (the previous leader's last stamp), or at the wall clock when the
 //! state has never been stamped. Stamps never go backwards and never below the
 //! state's time. The time an election takes is not counted (no monotonic clock
-//! spans two leaders); the steering recovers it slowly.
+//! spans two leaders); the steering recovers it slowly. The same holds after the
+//! whole cluster was down: cluster time resumes where it stopped, so every deadline
+//! still gets its full running time, and it catches up with the wall clock at 1 %
+//! (a day of downtime takes a hundred days to recover). Jumping to the wall clock
+//! instead would let one node's wrong clock fire every deadline at once.
 //!
 //! Time is kept in microseconds inside, so that frequent stamps (a batch every few
 //! milliseconds) can still be steered by their 1 %.
