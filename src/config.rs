@@ -332,6 +332,42 @@ pub fn args_with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeConfig,
+    }
+
+    fn node(extra: &[&str]) -> NodeConfig {
+        let mut args = vec!["sq", "--id", "1", "--cluster-secret", "0123456789abcdef"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).expect("flags parse").node
+    }
+
+    #[test]
+    fn raft_timing_is_checked_and_the_refusal_lease_stays_inside_openrafts() {
+        let defaults = node(&[]);
+        defaults.validate().unwrap();
+        let raft = defaults.raft_config().unwrap();
+        assert_eq!(raft.heartbeat_interval, 100);
+        assert_eq!(
+            (raft.election_timeout_min, raft.election_timeout_max),
+            (250, 500)
+        );
+        // openraft's leader lease is the election max; the metrics are at most about
+        // 1.5 heartbeats old.
+        assert_eq!(defaults.refusal_lease(), Duration::from_millis(300));
+        for bad in [
+            &["--heartbeat-ms", "200"][..],
+            &["--election-min-ms", "600"],
+            &["--heartbeat-ms", "0"],
+            &["--replication-timeout-ms", "50"],
+        ] {
+            assert!(node(bad).validate().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn members_parse_and_bad_ones_are_refused() {
