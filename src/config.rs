@@ -77,18 +77,26 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
 
-    /// Raft heartbeat interval, ms. openraft also uses it as the AppendEntries timeout,
-    /// so one replication request (at most --max-batch-bytes × 16 entries) plus the
-    /// follower's fsync must fit in it.
-    #[arg(long, env = "SQ_HEARTBEAT_MS", default_value_t = 150)]
+    /// Raft heartbeat interval, ms. openraft sends a heartbeat every 1.5 intervals
+    /// and gives an empty AppendEntries (a heartbeat) this long to be answered;
+    /// replication requests carrying entries get --replication-timeout-ms instead.
+    #[arg(long, env = "SQ_HEARTBEAT_MS", default_value_t = 100)]
     pub heartbeat_ms: u64,
 
-    /// Election timeout range, ms: a follower that hears no leader for a random time in
-    /// [min, max] starts an election.
-    #[arg(long, env = "SQ_ELECTION_MIN_MS", default_value_t = 1000)]
+    /// Election timeout range, ms. Each node draws its timeout t in [min, max] once.
+    /// A follower that hears no leader for max + t starts an election (openraft 0.9
+    /// adds the leader lease, which is the max, to the drawn timeout), and a node that
+    /// heard a leader within max votes for no one else. So a dead leader is replaced
+    /// after roughly max + min to 2 × max.
+    #[arg(long, env = "SQ_ELECTION_MIN_MS", default_value_t = 250)]
     pub election_min_ms: u64,
-    #[arg(long, env = "SQ_ELECTION_MAX_MS", default_value_t = 2000)]
+    #[arg(long, env = "SQ_ELECTION_MAX_MS", default_value_t = 500)]
     pub election_max_ms: u64,
+
+    /// How long one replication request carrying entries (at most 16 entries of at
+    /// most --max-batch-bytes each) may take, the follower's fsync included, ms.
+    #[arg(long, env = "SQ_REPLICATION_TIMEOUT_MS", default_value_t = 2_000)]
+    pub replication_timeout_ms: u64,
 
     /// Build a snapshot (and purge the log before it) every this many log entries.
     #[arg(long, env = "SQ_SNAPSHOT_ENTRIES", default_value_t = 20_000)]
@@ -162,10 +170,14 @@ impl NodeConfig {
         if self.api_key.as_deref().is_some_and(str::is_empty) {
             bail!("--api-key must not be empty when given");
         }
-        if self.election_min_ms <= self.heartbeat_ms * 2
+        if self.heartbeat_ms == 0
+            || self.election_min_ms <= self.heartbeat_ms * 2
             || self.election_max_ms <= self.election_min_ms
         {
-            bail!("need heartbeat × 2 < election-min < election-max");
+            bail!("need 0 < heartbeat × 2 < election-min < election-max");
+        }
+        if self.replication_timeout_ms < self.heartbeat_ms {
+            bail!("--replication-timeout-ms must be at least --heartbeat-ms");
         }
         if self.max_batch_commands == 0 || self.max_inflight == 0 || self.max_batch_bytes < 1024 {
             bail!("group-commit limits must be positive (max-batch-bytes at least 1024)");
@@ -200,6 +212,19 @@ impl NodeConfig {
         Duration::from_millis(self.write_timeout_ms)
     }
 
+    pub fn replication_timeout(&self) -> Duration {
+        Duration::from_millis(self.replication_timeout_ms)
+    }
+
+    /// How recently the leader must have heard from a quorum to answer refusals from
+    /// its applied state: openraft's leader lease (the longest election timeout, during
+    /// which the nodes that answered it vote for no one else) less two heartbeat
+    /// intervals, for the age of the metrics the proposer reads (openraft reports them
+    /// at least every 1.5 intervals).
+    pub fn refusal_lease(&self) -> Duration {
+        Duration::from_millis(self.election_max_ms.saturating_sub(2 * self.heartbeat_ms))
+    }
+
     /// openraft's configuration from these settings.
     pub fn raft_config(&self) -> anyhow::Result<openraft::Config> {
         let config = openraft::Config {
@@ -209,7 +234,7 @@ impl NodeConfig {
             election_timeout_max: self.election_max_ms,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
             // One replication request carries at most this many entries (each at most
-            // --max-batch-bytes), so it stays within the heartbeat-long timeout.
+            // --max-batch-bytes), so it stays within --replication-timeout-ms.
             max_payload_entries: 16,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_entries),
             snapshot_max_chunk_size: 4 << 20,
@@ -307,6 +332,42 @@ pub fn args_with_config_file(args: Vec<String>) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeConfig,
+    }
+
+    fn node(extra: &[&str]) -> NodeConfig {
+        let mut args = vec!["sq", "--id", "1", "--cluster-secret", "0123456789abcdef"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).expect("flags parse").node
+    }
+
+    #[test]
+    fn raft_timing_is_checked_and_the_refusal_lease_stays_inside_openrafts() {
+        let defaults = node(&[]);
+        defaults.validate().unwrap();
+        let raft = defaults.raft_config().unwrap();
+        assert_eq!(raft.heartbeat_interval, 100);
+        assert_eq!(
+            (raft.election_timeout_min, raft.election_timeout_max),
+            (250, 500)
+        );
+        // openraft's leader lease is the election max; the metrics are at most about
+        // 1.5 heartbeats old.
+        assert_eq!(defaults.refusal_lease(), Duration::from_millis(300));
+        for bad in [
+            &["--heartbeat-ms", "200"][..],
+            &["--election-min-ms", "600"],
+            &["--heartbeat-ms", "0"],
+            &["--replication-timeout-ms", "50"],
+        ] {
+            assert!(node(bad).validate().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn members_parse_and_bad_ones_are_refused() {

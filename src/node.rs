@@ -148,7 +148,7 @@ pub async fn start(
     let raft = Raft::new(
         id,
         raft_config,
-        Network::new(peers.clone()),
+        Network::new(peers.clone(), config.replication_timeout()),
         log_store,
         state_store,
     )
@@ -174,6 +174,7 @@ pub async fn start(
             max_inflight: config.max_inflight,
             tick: std::time::Duration::from_millis(config.tick_ms),
             quorum_lost_after: std::time::Duration::from_millis(config.election_max_ms),
+            lease: config.refusal_lease(),
         },
         &mut tasks,
     );

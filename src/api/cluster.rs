@@ -277,6 +277,10 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     metrics::gauge!("sq_proposer_forwarded_batches_total", &labels)
         .set(stats.forwarded_batches.load(Relaxed) as f64);
     metrics::gauge!("sq_proposer_ticks_total", &labels).set(stats.ticks.load(Relaxed) as f64);
+    metrics::gauge!("sq_proposer_refused_commands_total", &labels)
+        .set(stats.refused.load(Relaxed) as f64);
+    metrics::gauge!("sq_proposer_ambiguous_batches_total", &labels)
+        .set(stats.ambiguous.load(Relaxed) as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics.render(),

@@ -1,7 +1,11 @@
 //! The Raft layer: openraft's types and configuration, the peer network client,
-//! group commit (the proposer), linearizable reads, and cluster membership.
+//! group commit (the proposer, with its cluster clock, its proposals and the
+//! classification of their outcomes), linearizable reads, and cluster membership.
 
+pub mod clock;
 pub mod network;
+pub mod outcome;
+pub mod proposal;
 pub mod proposer;
 pub mod read;
 pub mod types;

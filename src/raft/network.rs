@@ -6,11 +6,24 @@
 //! the receiver refuses a wrong secret (401) and a request meant for another node
 //! (421), so a node restarted at a reused address is never mistaken for its
 //! predecessor. The server side is [`crate::peer`].
+//!
+//! Replication gets a timeout of its own. openraft 0.9 bounds every AppendEntries
+//! call with the heartbeat interval (`replication/mod.rs`: `C::timeout(heartbeat,
+//! network.append_entries(..))`), so a short heartbeat, which fast failover needs,
+//! would cut off a large append before the follower has stored it, and openraft
+//! would send it again and again. So a request carrying entries runs in a task of
+//! its own, bounded by `--replication-timeout-ms`; when openraft gives up on it
+//! (after a heartbeat interval) it keeps running, and openraft's next try of the
+//! same range waits for it instead of sending it again. A try of a longer range
+//! from the same point is answered `PayloadTooLarge` with the running request's
+//! length, which makes openraft retry at once with that range. Heartbeats (no
+//! entries) keep openraft's short timeout.
 
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,7 +33,9 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::types::{NodeAddr, NodeId, TypeConfig};
+use tokio::task::JoinHandle;
+
+use super::types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 use crate::codec;
 
 /// Header carrying the cluster secret.
@@ -117,11 +132,16 @@ impl PeerClient {
 #[derive(Clone)]
 pub struct Network {
     client: PeerClient,
+    replication_timeout: Duration,
 }
 
 impl Network {
-    pub fn new(client: PeerClient) -> Self {
-        Network { client }
+    /// `replication_timeout` bounds a replication request that carries entries.
+    pub fn new(client: PeerClient, replication_timeout: Duration) -> Self {
+        Network {
+            client,
+            replication_timeout,
+        }
     }
 }
 
@@ -133,15 +153,68 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.client.clone(),
             target,
             addr: node.peer.clone(),
+            replication_timeout: self.replication_timeout,
+            append: None,
         }
     }
 }
 
-/// openraft's view of one peer.
+type AppendResult = Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, PeerError>;
+
+/// What identifies a replication request: the same key means the same request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AppendKey {
+    vote: Vote,
+    prev: Option<LogId>,
+    last: Option<LogId>,
+    entries: usize,
+}
+
+impl AppendKey {
+    fn of(rpc: &AppendEntriesRequest<TypeConfig>) -> Self {
+        AppendKey {
+            vote: rpc.vote,
+            prev: rpc.prev_log_id,
+            last: rpc.entries.last().map(|e| e.log_id),
+            entries: rpc.entries.len(),
+        }
+    }
+}
+
+/// A replication request with entries, running in a task of its own.
+struct RunningAppend {
+    key: AppendKey,
+    task: JoinHandle<AppendResult>,
+}
+
+/// openraft's view of one peer (one per replication stream and per vote round).
 pub struct Connection {
     client: PeerClient,
     target: NodeId,
     addr: String,
+    replication_timeout: Duration,
+    append: Option<RunningAppend>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(running) = &self.append {
+            running.task.abort();
+        }
+    }
+}
+
+fn rpc_error<E: std::error::Error>(
+    e: PeerError,
+) -> RPCError<NodeId, NodeAddr, RaftError<NodeId, E>> {
+    match e {
+        PeerError::Unreachable(_, msg) => {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
+        }
+        PeerError::Failed(_, msg) => {
+            RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
+        }
+    }
 }
 
 impl Connection {
@@ -162,15 +235,55 @@ impl Connection {
             .client
             .call(self.target, &self.addr, path, req, timeout, None)
             .await
-            .map_err(|e| match e {
-                PeerError::Unreachable(_, msg) => {
-                    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
-                }
-                PeerError::Failed(_, msg) => {
-                    RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
-                }
-            })?;
+            .map_err(rpc_error)?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// A replication request with entries: joins the running one if it is the same,
+    /// else starts it in a task bounded by the replication timeout (see the module doc).
+    async fn append_with_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        let key = AppendKey::of(&rpc);
+        match &self.append {
+            Some(running) if running.key == key => {}
+            Some(running)
+                if running.key.vote == key.vote
+                    && running.key.prev == key.prev
+                    && running.key.entries < key.entries
+                    && !running.task.is_finished() =>
+            {
+                // The same start with more entries: have openraft send the running
+                // request's range again, which joins it.
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(running.key.entries as u64),
+                ));
+            }
+            _ => {
+                if let Some(stale) = self.append.take() {
+                    stale.task.abort();
+                }
+                let (client, target, addr) = (self.client.clone(), self.target, self.addr.clone());
+                let timeout = self.replication_timeout;
+                let task = tokio::spawn(async move {
+                    client
+                        .call(target, &addr, paths::APPEND, &rpc, timeout, None)
+                        .await
+                });
+                self.append = Some(RunningAppend { key, task });
+            }
+        }
+        let running = self.append.as_mut().expect("set above");
+        // If openraft's timeout drops this future here, the task runs on.
+        let joined = (&mut running.task).await;
+        self.append = None;
+        let result = joined.map_err(|e| {
+            RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+        })?;
+        result
+            .map_err(rpc_error)?
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
@@ -180,7 +293,12 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        self.rpc(paths::APPEND, &rpc, &option).await
+        if rpc.entries.is_empty() {
+            // A heartbeat: openraft's short timeout is the point.
+            self.rpc(paths::APPEND, &rpc, &option).await
+        } else {
+            self.append_with_entries(rpc).await
+        }
     }
 
     async fn install_snapshot(

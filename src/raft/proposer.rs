@@ -9,32 +9,46 @@
 //! `max_inflight`), the next one fills. Each caller gets the results of its own
 //! commands back, in order.
 //!
-//! The leader stamps each batch with its clock and, when the state's earliest
-//! deadline has passed, appends a [`Command::Tick`].
+//! On the leader:
+//! - each batch is stamped with cluster time ([`super::clock`]: the leader's
+//!   monotonic clock, steered slowly toward the wall clock), and when the state's
+//!   earliest deadline has passed by that time a [`Command::Tick`] is appended;
+//! - a proposal whose every command the applied state already refuses
+//!   ([`crate::machine::State::check`]) is answered at once and costs no log entry.
+//!   This holds only while the applied state holds every acknowledged write: the
+//!   leader has applied an entry of its own term (so everything committed before
+//!   it), and heard from a quorum within `lease` (so no newer leader can have
+//!   acknowledged anything). Otherwise everything is proposed, as on a follower,
+//!   which forwards.
 //!
-//! Failures: a batch that certainly did not commit (no leader, the leader stepped
-//! down before appending, the peer was unreachable) is retried until the caller's
-//! deadline, then answered [`ProposeError::NoLeader`]. A batch whose fate is unknown
-//! (a timeout after it was sent) is answered [`ProposeError::Unknown`]: retrying it
-//! blindly could apply it twice.
+//! Failures, per caller ([`super::proposal`]): each proposal keeps its own deadline.
+//! A batch that certainly did not reach the log is sent again until the deadline;
+//! one whose outcome nobody can tell is sent again only for writes safe to apply
+//! twice ([`super::outcome`]), the others get [`ProposeError::Unknown`]. A forward
+//! in flight is abandoned (as ambiguous) as soon as another leader is known, rather
+//! than waiting on a dead or paused one.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::network::{paths, PeerClient, PeerError};
-use super::types::{CommandResult, NodeId, Raft};
-use crate::machine::{Batch, Command};
+use super::clock::ClusterClock;
+use super::network::{paths, PeerClient};
+use super::outcome::{self, Outcome};
+use super::proposal::{Answer, Proposal};
+use super::types::{CommandResult, NodeId, Raft, RaftMetrics};
+use crate::machine::{Batch, Command, State};
 use crate::store::AppliedState;
 
 /// Why a write was not done.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ProposeError {
+    /// Never sent to Raft: nothing was written.
     #[error("no leader could be reached in time; retry later")]
     NoLeader,
     /// Answered to a forwarded batch by a node that is not (or no longer) the leader.
@@ -58,17 +72,11 @@ pub struct ProposerConfig {
     /// A leader that has not heard from a quorum for this long (the longest election
     /// timeout: by then the others may have elected someone else) proposes nothing new.
     pub quorum_lost_after: Duration,
-}
-
-type Reply = oneshot::Sender<Result<Vec<CommandResult>, ProposeError>>;
-
-struct Proposal {
-    commands: Vec<Command>,
-    bytes: usize,
-    deadline: Instant,
-    /// Came from another node: only ever proposed locally, by the leader.
-    forwarded: bool,
-    reply: Reply,
+    /// A leader that heard from a quorum within this long answers writes its applied
+    /// state refuses without proposing them. It must stay below openraft's leader lease
+    /// (the longest election timeout), during which the nodes that answered grant no
+    /// vote to another candidate, by more than the age of the metrics it reads.
+    pub lease: Duration,
 }
 
 /// The handle every writer uses. Cheap to clone.
@@ -81,10 +89,14 @@ pub struct Proposer {
 /// Counters of the proposer, for metrics.
 #[derive(Default)]
 pub struct Stats {
-    pub batches: std::sync::atomic::AtomicU64,
-    pub commands: std::sync::atomic::AtomicU64,
-    pub forwarded_batches: std::sync::atomic::AtomicU64,
-    pub ticks: std::sync::atomic::AtomicU64,
+    pub batches: AtomicU64,
+    pub commands: AtomicU64,
+    pub forwarded_batches: AtomicU64,
+    pub ticks: AtomicU64,
+    /// Commands the leader answered with a refusal without proposing them.
+    pub refused: AtomicU64,
+    /// Batches whose outcome could not be told (sent again or answered `Unknown`).
+    pub ambiguous: AtomicU64,
 }
 
 impl Proposer {
@@ -110,54 +122,31 @@ impl Proposer {
             inflight: JoinSet::new(),
             last_tick: Instant::now(),
             retry_at: None,
+            clock: ClusterClock::default(),
             stats: stats.clone(),
         };
         tasks.spawn(worker.run());
         Proposer { tx, stats }
     }
 
-    /// Proposes commands and waits until they are committed and applied (or refused).
-    pub async fn propose(
-        &self,
-        commands: Vec<Command>,
-        timeout: Duration,
-    ) -> Result<Vec<CommandResult>, ProposeError> {
+    /// Proposes commands and waits until they are committed and applied (or refused),
+    /// at most `timeout`.
+    pub async fn propose(&self, commands: Vec<Command>, timeout: Duration) -> Answer {
         self.submit(commands, timeout, false).await
     }
 
     /// A batch forwarded by another node: proposed only if this node leads.
-    pub async fn propose_forwarded(
-        &self,
-        commands: Vec<Command>,
-        timeout: Duration,
-    ) -> Result<Vec<CommandResult>, ProposeError> {
+    pub async fn propose_forwarded(&self, commands: Vec<Command>, timeout: Duration) -> Answer {
         self.submit(commands, timeout, true).await
     }
 
-    async fn submit(
-        &self,
-        commands: Vec<Command>,
-        timeout: Duration,
-        forwarded: bool,
-    ) -> Result<Vec<CommandResult>, ProposeError> {
-        let (reply, rx) = oneshot::channel();
-        let bytes = commands.iter().map(Command::approx_size).sum();
-        let proposal = Proposal {
-            commands,
-            bytes,
-            deadline: Instant::now() + timeout,
-            forwarded,
-            reply,
-        };
+    async fn submit(&self, commands: Vec<Command>, timeout: Duration, forwarded: bool) -> Answer {
+        let (proposal, waiter) = Proposal::new(commands, Instant::now() + timeout, forwarded);
         self.tx
             .send(proposal)
             .await
             .map_err(|_| ProposeError::ShuttingDown)?;
-        // Pending proposals are answered ShuttingDown when the proposer stops; a reply
-        // dropped unanswered belonged to a batch in flight, which may have committed.
-        rx.await.map_err(|_| {
-            ProposeError::Unknown("the node stopped while the write was in flight".into())
-        })?
+        waiter.wait().await
     }
 
     pub fn stats(&self) -> &Stats {
@@ -167,18 +156,17 @@ impl Proposer {
 
 /// Where a batch goes.
 enum Route {
-    Local,
+    /// This node leads `term`; `fresh`: its applied state holds every acknowledged write.
+    Local {
+        term: u64,
+        fresh: bool,
+    },
     Forward(NodeId, String),
     Nowhere,
 }
 
-/// What came of a batch.
-enum Outcome {
-    Done(Vec<CommandResult>),
-    /// Certainly not applied: try again.
-    Retry,
-    Failed(ProposeError),
-}
+/// How long a batch of nothing but a tick may wait for its commit.
+const TICK_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Worker {
     id: NodeId,
@@ -188,16 +176,11 @@ struct Worker {
     config: ProposerConfig,
     rx: mpsc::Receiver<Proposal>,
     pending: VecDeque<Proposal>,
-    inflight: JoinSet<(Vec<(usize, Proposal)>, Outcome)>,
+    inflight: JoinSet<(Vec<Proposal>, Outcome)>,
     last_tick: Instant,
     retry_at: Option<Instant>,
+    clock: ClusterClock,
     stats: Arc<Stats>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Worker {
@@ -240,27 +223,37 @@ impl Worker {
                 self.dispatch();
             }
         }
-        // Proposals never sent anywhere: certainly not applied.
         self.rx.close();
         while let Ok(p) = self.rx.try_recv() {
             self.pending.push_back(p);
         }
         for p in self.pending.drain(..) {
-            let _ = p.reply.send(Err(ProposeError::ShuttingDown));
+            p.end("the node stopped", ProposeError::ShuttingDown);
         }
     }
 
-    /// Answers proposals whose deadline passed while they waited for a leader.
+    /// Drops the proposals whose callers gave up and answers those whose deadline
+    /// passed while they waited (for a leader, or to be sent again).
     fn expire(&mut self) {
         let now = Instant::now();
         // The common case, nothing expired, costs a scan and no moves.
-        if !self.pending.iter().any(|p| p.deadline <= now) {
+        if !self
+            .pending
+            .iter()
+            .any(|p| p.deadline <= now || p.fate.given_up())
+        {
             return;
         }
         let mut kept = VecDeque::with_capacity(self.pending.len());
         for p in self.pending.drain(..) {
+            if p.fate.given_up() {
+                continue;
+            }
             if p.deadline <= now {
-                let _ = p.reply.send(Err(ProposeError::NoLeader));
+                p.end(
+                    "timed out before the outcome of the write was known",
+                    ProposeError::NoLeader,
+                );
             } else {
                 kept.push_back(p);
             }
@@ -273,13 +266,20 @@ impl Worker {
         let m = m.borrow();
         match m.current_leader {
             Some(leader) if leader == self.id && m.state.is_leader() => {
-                let lost = m
-                    .millis_since_quorum_ack
-                    .is_some_and(|ms| ms > self.config.quorum_lost_after.as_millis() as u64);
-                if lost {
-                    Route::Nowhere
-                } else {
-                    Route::Local
+                let since_quorum = m.millis_since_quorum_ack;
+                if since_quorum
+                    .is_some_and(|ms| ms > self.config.quorum_lost_after.as_millis() as u64)
+                {
+                    return Route::Nowhere;
+                }
+                let own_term_applied = m
+                    .last_applied
+                    .is_some_and(|l| l.leader_id.get_term() == m.current_term);
+                let heard =
+                    since_quorum.is_some_and(|ms| ms <= self.config.lease.as_millis() as u64);
+                Route::Local {
+                    term: m.current_term,
+                    fresh: own_term_applied && heard,
                 }
             }
             Some(leader) if leader != self.id => {
@@ -292,138 +292,142 @@ impl Worker {
         }
     }
 
-    fn tick_due(&self) -> bool {
-        self.last_tick.elapsed() >= self.config.tick
-            && self
-                .state
-                .read(|s| s.next_deadline())
-                .is_some_and(|at| at <= now_ms())
+    fn tick_due(&self, term: u64) -> bool {
+        if self.last_tick.elapsed() < self.config.tick {
+            return false;
+        }
+        let (now_ms, next) = self.state.read(|s| (s.now_ms(), s.next_deadline()));
+        next.is_some_and(|at| at <= self.clock.peek(term, now_ms))
     }
 
     fn dispatch(&mut self) {
         while self.inflight.len() < self.config.max_inflight {
             let route = self.route();
-            if !matches!(route, Route::Local) {
+            if !matches!(route, Route::Local { .. }) {
                 // Forwarded batches run only on the leader.
                 let (forwarded, rest): (VecDeque<_>, VecDeque<_>) =
                     self.pending.drain(..).partition(|p| p.forwarded);
                 self.pending = rest;
                 for p in forwarded {
-                    let _ = p.reply.send(Err(ProposeError::NotLeader));
+                    p.end("this node lost the leadership", ProposeError::NotLeader);
                 }
             }
-            let tick = matches!(route, Route::Local) && self.tick_due();
-            if self.pending.is_empty() && !tick {
-                return;
-            }
-            let mut taken: Vec<(usize, Proposal)> = Vec::new();
-            let (mut count, mut bytes) = (0usize, 0usize);
-            while let Some(p) = self.pending.front() {
-                let fits = count + p.commands.len() <= self.config.max_commands
-                    && bytes + p.bytes <= self.config.max_bytes;
-                if !taken.is_empty() && !fits {
-                    break;
-                }
-                let p = self.pending.pop_front().expect("front exists");
-                count += p.commands.len();
-                bytes += p.bytes;
-                taken.push((p.commands.len(), p));
-            }
-            let deadline = taken.iter().map(|(_, p)| p.deadline).min();
-            match route {
+            let (term, fresh) = match route {
                 Route::Nowhere => {
                     // Wait for a leader: metrics changes wake us; retry a little later anyway.
-                    for (_, p) in taken.into_iter().rev() {
-                        self.pending.push_front(p);
+                    if !self.pending.is_empty() {
+                        self.retry_at = Some(Instant::now() + Duration::from_millis(50));
                     }
-                    self.retry_at = Some(Instant::now() + Duration::from_millis(50));
                     return;
                 }
-                Route::Local => {
-                    // Cloned, not moved: a batch the leader refuses before appending is retried.
-                    let mut commands: Vec<Command> = Vec::with_capacity(count + 1);
-                    for (_, p) in taken.iter() {
-                        commands.extend(p.commands.iter().cloned());
-                    }
-                    if tick {
-                        commands.push(Command::Tick);
-                        self.last_tick = Instant::now();
-                        self.stats
-                            .ticks
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    self.count_batch(count, false);
-                    let raft = self.raft.clone();
-                    let timeout = deadline.map_or(Duration::from_secs(10), |d| {
-                        d.saturating_duration_since(Instant::now())
-                    });
-                    self.inflight.spawn(async move {
-                        let batch = Batch {
-                            now_ms: now_ms(),
-                            commands,
-                        };
-                        let outcome =
-                            match tokio::time::timeout(timeout, raft.client_write(batch)).await {
-                                Ok(Ok(resp)) => Outcome::Done(resp.data.0),
-                                Ok(Err(RaftError::APIError(
-                                    ClientWriteError::ForwardToLeader(_),
-                                ))) => Outcome::Retry,
-                                // Raft stopped (a storage error) with the batch handed to it:
-                                // it may have been appended and replicated, so it may commit.
-                                Ok(Err(e)) => Outcome::Failed(ProposeError::Unknown(format!(
-                                    "raft failed: {e}"
-                                ))),
-                                Err(_) => Outcome::Failed(ProposeError::Unknown(
-                                    "timed out waiting for commit".into(),
-                                )),
-                            };
-                        (taken, outcome)
-                    });
-                }
-                Route::Forward(leader, addr) => {
-                    let mut commands: Vec<Command> = Vec::with_capacity(count);
-                    for (_, p) in taken.iter() {
-                        commands.extend(p.commands.iter().cloned());
-                    }
-                    self.count_batch(count, true);
-                    let peers = self.peers.clone();
-                    let budget = deadline.map_or(Duration::from_secs(10), |d| {
-                        d.saturating_duration_since(Instant::now())
-                    });
-                    self.inflight.spawn(async move {
-                        let result: Result<Result<Vec<CommandResult>, ProposeError>, PeerError> =
-                            peers
-                                .call(
-                                    leader,
-                                    &addr,
-                                    paths::PROPOSE,
-                                    &commands,
-                                    budget + Duration::from_millis(200),
-                                    Some(budget),
-                                )
-                                .await;
-                        let outcome = match result {
-                            Ok(Ok(results)) => Outcome::Done(results),
-                            Ok(Err(
-                                ProposeError::NotLeader
-                                | ProposeError::NoLeader
-                                | ProposeError::ShuttingDown,
-                            )) => Outcome::Retry,
-                            Ok(Err(e)) => Outcome::Failed(e),
-                            Err(PeerError::Unreachable(..)) => Outcome::Retry,
-                            Err(e @ PeerError::Failed(..)) => {
-                                Outcome::Failed(ProposeError::Unknown(e.to_string()))
-                            }
-                        };
-                        (taken, outcome)
-                    });
-                }
+                Route::Local { term, fresh } => (Some(term), fresh),
+                Route::Forward(..) => (None, false),
+            };
+            let tick = term.is_some_and(|t| self.tick_due(t));
+            let taken = self.pack(fresh);
+            if taken.is_empty() && !tick {
+                return;
+            }
+            match (route, term) {
+                (Route::Local { .. }, Some(term)) => self.propose_here(term, taken, tick),
+                (Route::Forward(leader, addr), _) => self.forward(leader, addr, taken),
+                _ => unreachable!("routes without a destination returned above"),
             }
         }
     }
 
+    /// Takes the next batch's proposals off the queue. With `check`, a proposal whose
+    /// every command the applied state refuses is answered here and not taken.
+    fn pack(&mut self, check: bool) -> Vec<Proposal> {
+        let (config, pending) = (&self.config, &mut self.pending);
+        let (taken, refused) = if check && !pending.is_empty() {
+            self.state.read(|s| take_batch(pending, config, Some(s)))
+        } else {
+            take_batch(pending, config, None)
+        };
+        if !refused.is_empty() {
+            let n: usize = refused.iter().map(|(p, _)| p.commands.len()).sum();
+            self.stats.refused.fetch_add(n as u64, Relaxed);
+            for (p, rejections) in refused {
+                p.answer(Ok(rejections));
+            }
+        }
+        taken
+    }
+
+    /// Proposes a batch through this node's Raft, stamped with cluster time.
+    fn propose_here(&mut self, term: u64, taken: Vec<Proposal>, tick: bool) {
+        let count: usize = taken.iter().map(|p| p.commands.len()).sum();
+        // Cloned, not moved: a batch that must be sent again still has its commands.
+        let mut commands: Vec<Command> = Vec::with_capacity(count + 1);
+        for p in taken.iter() {
+            commands.extend(p.commands.iter().cloned());
+        }
+        if tick {
+            commands.push(Command::Tick);
+            self.last_tick = Instant::now();
+            self.stats.ticks.fetch_add(1, Relaxed);
+        }
+        self.count_batch(count, false);
+        let state_ms = self.state.read(|s| s.now_ms());
+        let batch = Batch {
+            now_ms: self.clock.stamp(term, state_ms),
+            commands,
+        };
+        // Awaited as long as any of its callers still waits.
+        let until = taken
+            .iter()
+            .map(|p| p.deadline)
+            .max()
+            .unwrap_or_else(|| Instant::now() + TICK_BATCH_TIMEOUT);
+        let raft = self.raft.clone();
+        self.inflight.spawn(async move {
+            let outcome =
+                match tokio::time::timeout_at(until.into(), raft.client_write(batch)).await {
+                    Ok(result) => outcome::of_local(result),
+                    Err(_) => Outcome::Ambiguous("timed out waiting for commit".into()),
+                };
+            (taken, outcome)
+        });
+    }
+
+    /// Sends a batch to the leader's peer channel; abandons it if another leader
+    /// becomes known meanwhile.
+    fn forward(&mut self, leader: NodeId, addr: String, taken: Vec<Proposal>) {
+        let count: usize = taken.iter().map(|p| p.commands.len()).sum();
+        let mut commands: Vec<Command> = Vec::with_capacity(count);
+        for p in taken.iter() {
+            commands.extend(p.commands.iter().cloned());
+        }
+        self.count_batch(count, true);
+        let until = taken
+            .iter()
+            .map(|p| p.deadline)
+            .max()
+            .expect("a forwarded batch has proposals");
+        let budget = until.saturating_duration_since(Instant::now());
+        let peers = self.peers.clone();
+        let metrics = self.raft.metrics();
+        self.inflight.spawn(async move {
+            let call = peers.call(
+                leader,
+                &addr,
+                paths::PROPOSE,
+                &commands,
+                budget + Duration::from_millis(200),
+                Some(budget),
+            );
+            let outcome = tokio::select! {
+                result = call => outcome::of_forward(result),
+                _ = another_leader(metrics, leader) => Outcome::Ambiguous(
+                    "the leader changed while the write was forwarded to it".into(),
+                ),
+            };
+            (taken, outcome)
+        });
+    }
+
     fn count_batch(&self, commands: usize, forwarded: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
         self.stats.batches.fetch_add(1, Relaxed);
         self.stats.commands.fetch_add(commands as u64, Relaxed);
         if forwarded {
@@ -432,33 +436,202 @@ impl Worker {
         metrics::histogram!("sq_proposer_batch_commands").record(commands as f64);
     }
 
-    /// Hands each proposal its share of the results, or requeues them for a retry.
-    fn deliver(&mut self, proposals: Vec<(usize, Proposal)>, outcome: Outcome) {
+    /// Hands each proposal its share of the results, or queues them to be sent again.
+    fn deliver(&mut self, proposals: Vec<Proposal>, outcome: Outcome) {
         match outcome {
             Outcome::Done(results) => {
                 let mut results = results.into_iter();
-                for (n, p) in proposals {
-                    let mine: Vec<CommandResult> = results.by_ref().take(n).collect();
-                    if mine.len() != n {
-                        let _ = p
-                            .reply
-                            .send(Err(ProposeError::Fatal("result count mismatch".into())));
+                for p in proposals {
+                    let mine: Vec<CommandResult> =
+                        results.by_ref().take(p.commands.len()).collect();
+                    if mine.len() != p.commands.len() {
+                        p.answer(Err(ProposeError::Fatal("result count mismatch".into())));
                     } else {
-                        let _ = p.reply.send(Ok(mine));
+                        p.answer(Ok(mine));
                     }
                 }
             }
-            Outcome::Retry => {
-                for (_, p) in proposals.into_iter().rev() {
-                    self.pending.push_front(p);
+            Outcome::NotSent => self.requeue(proposals, false),
+            Outcome::Ambiguous(why) => {
+                self.stats.ambiguous.fetch_add(1, Relaxed);
+                tracing::info!(reason = %why, "a batch's outcome is unknown");
+                let (again, unknown): (Vec<_>, Vec<_>) = proposals
+                    .into_iter()
+                    .partition(|p| outcome::all_retry_safe(&p.commands));
+                for p in unknown {
+                    p.answer(Err(ProposeError::Unknown(why.clone())));
                 }
-                self.retry_at = Some(Instant::now() + Duration::from_millis(20));
+                self.requeue(again, true);
             }
             Outcome::Failed(e) => {
-                for (_, p) in proposals {
-                    let _ = p.reply.send(Err(e.clone()));
+                for p in proposals {
+                    p.answer(Err(e.clone()));
                 }
             }
+        }
+    }
+
+    /// Puts proposals back at the head of the queue, in order, to be sent again.
+    fn requeue(&mut self, proposals: Vec<Proposal>, maybe_applied: bool) {
+        for p in proposals.into_iter().rev() {
+            if p.fate.back(maybe_applied) {
+                self.pending.push_front(p);
+            }
+        }
+        self.retry_at = Some(Instant::now() + Duration::from_millis(20));
+    }
+}
+
+/// Takes proposals off the head of `pending` up to the batch bounds, skipping those
+/// whose callers gave up. With a `state`, proposals it refuses entirely are set
+/// apart with their rejections instead.
+#[allow(clippy::type_complexity)]
+fn take_batch(
+    pending: &mut VecDeque<Proposal>,
+    config: &ProposerConfig,
+    state: Option<&State>,
+) -> (Vec<Proposal>, Vec<(Proposal, Vec<CommandResult>)>) {
+    let mut taken: Vec<Proposal> = Vec::new();
+    let mut refused = Vec::new();
+    let (mut count, mut bytes) = (0usize, 0usize);
+    while let Some(p) = pending.front() {
+        if p.fate.given_up() {
+            pending.pop_front();
+            continue;
+        }
+        if let Some(rejections) = state.and_then(|s| all_refused(s, &p.commands)) {
+            let p = pending.pop_front().expect("front exists");
+            refused.push((p, rejections));
+            continue;
+        }
+        let fits =
+            count + p.commands.len() <= config.max_commands && bytes + p.bytes <= config.max_bytes;
+        if !taken.is_empty() && !fits {
+            break;
+        }
+        let p = pending.pop_front().expect("front exists");
+        if !p.fate.take() {
+            continue;
+        }
+        count += p.commands.len();
+        bytes += p.bytes;
+        taken.push(p);
+    }
+    (taken, refused)
+}
+
+/// The rejections of `commands` if the state refuses every one of them. Checked one
+/// after the other on the same state: a refused command changes nothing, so each
+/// later one would meet exactly this state.
+fn all_refused(state: &State, commands: &[Command]) -> Option<Vec<CommandResult>> {
+    if commands.is_empty() {
+        return None;
+    }
+    commands
+        .iter()
+        .map(|c| match c {
+            Command::Tick => None,
+            c => state.check(c).err().map(Err),
+        })
+        .collect()
+}
+
+/// Resolves once a leader other than `from` is known; never if Raft stops.
+async fn another_leader(mut metrics: watch::Receiver<RaftMetrics>, from: NodeId) {
+    let moved = metrics
+        .wait_for(|m| m.current_leader.is_some_and(|l| l != from))
+        .await
+        .is_ok();
+    if !moved {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{MinerAuth, MinerId, TaskId};
+
+    fn config(max_commands: usize, max_bytes: usize) -> ProposerConfig {
+        ProposerConfig {
+            max_commands,
+            max_bytes,
+            max_inflight: 1,
+            tick: Duration::from_millis(100),
+            quorum_lost_after: Duration::from_millis(500),
+            lease: Duration::from_millis(300),
+        }
+    }
+
+    fn ack(task: u64) -> Command {
+        Command::Ack {
+            task: TaskId(task),
+            auth: MinerAuth {
+                miner: MinerId(1),
+                token_hash: [0; 32],
+            },
+        }
+    }
+
+    fn queue(sizes: &[usize]) -> VecDeque<Proposal> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let commands = (0..*n).map(|j| ack((i * 100 + j) as u64)).collect();
+                Proposal::new(commands, deadline, false).0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_takes_proposals_in_order_up_to_its_bounds() {
+        let mut pending = queue(&[2, 3, 1, 4]);
+        let (taken, refused) = take_batch(&mut pending, &config(6, 1 << 20), None);
+        assert!(refused.is_empty());
+        assert_eq!(
+            taken.iter().map(|p| p.commands.len()).collect::<Vec<_>>(),
+            [2, 3, 1]
+        );
+        assert!(taken.iter().all(|p| p.fate.maybe_applied()), "marked sent");
+        assert_eq!(pending.len(), 1);
+        // By bytes (64 per ack here), and the first proposal always goes, even alone
+        // over the bound.
+        let mut pending = queue(&[4, 1]);
+        let (taken, _) = take_batch(&mut pending, &config(100, 128), None);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn proposals_whose_callers_gave_up_are_dropped_unsent() {
+        let mut pending = queue(&[1, 1, 1]);
+        assert!(pending[1].fate.give_up("late").is_some());
+        let (taken, _) = take_batch(&mut pending, &config(100, 1 << 20), None);
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[1].commands, vec![ack(200)]);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn what_the_state_accepts_is_taken_and_ticks_are_never_checked() {
+        let state = State::new();
+        assert_eq!(all_refused(&state, &[]), None);
+        assert_eq!(all_refused(&state, &[Command::Tick]), None);
+        // Whatever State::check refuses is set apart with apply's shape of result;
+        // what it lets through is proposed.
+        let mut pending = queue(&[1, 2]);
+        let (taken, refused) = take_batch(&mut pending, &config(100, 1 << 20), Some(&state));
+        let expected_refused = [vec![ack(0)], vec![ack(100), ack(101)]]
+            .iter()
+            .filter(|cmds| cmds.iter().all(|c| state.check(c).is_err()))
+            .count();
+        assert_eq!(refused.len(), expected_refused);
+        assert_eq!(taken.len() + refused.len(), 2);
+        for (p, results) in &refused {
+            assert_eq!(results.len(), p.commands.len());
+            assert!(results.iter().all(Result::is_err));
         }
     }
 }
