@@ -114,6 +114,7 @@ mod tests {
             payload: b"p".to_vec(),
             priority: None,
             idempotency_key: key.map(str::to_string),
+            queue_timeout_ms: None,
         }
     }
 
