@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building Session Queue needs and a fresh Debian/Ubuntu machine may lack:
 # a C++ compiler and libclang (RocksDB is built from source), curl, Rust itself, and
-# for the tests libfaketime (the `faketime` package).
+# for the tests libfaketime (the `faketime` package) and fusermount3 (`fuse3`).
 # Installs only what is missing; safe to run again.
 set -euo pipefail
 
@@ -18,6 +18,9 @@ have_pkg ca-certificates || missing+=(ca-certificates)
 # The clock test (tests/clock.rs) steps the nodes' wall clocks with libfaketime
 # (preloaded into the node processes only).
 have_pkg libfaketime || missing+=(faketime)
+# The power-loss tests (tests/lossyfs, tests/power_loss_cluster.rs, the fault run)
+# mount FUSE filesystems with fusermount3.
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then

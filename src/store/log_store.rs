@@ -30,9 +30,12 @@ const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 
 /// The newest entries, decoded: a contiguous suffix of the log.
+///
+/// Each entry is kept with the size it was counted with, and `bytes` is always the
+/// sum of those sizes: every removal subtracts exactly what was added.
 #[derive(Default)]
 struct EntryCache {
-    entries: BTreeMap<u64, Entry>,
+    entries: BTreeMap<u64, (Entry, usize)>,
     bytes: usize,
 }
 
@@ -41,11 +44,13 @@ const CACHE_BYTES: usize = 64 << 20;
 
 impl EntryCache {
     fn push(&mut self, entry: Entry, size: usize) {
-        self.entries.insert(entry.log_id.index, entry);
+        if let Some((_, old)) = self.entries.insert(entry.log_id.index, (entry, size)) {
+            self.bytes -= old;
+        }
         self.bytes += size;
         while self.bytes > CACHE_BYTES && self.entries.len() > 1 {
-            let (_, old) = self.entries.pop_first().expect("non-empty");
-            self.bytes = self.bytes.saturating_sub(approx_size(&old));
+            let (_, (_, old)) = self.entries.pop_first().expect("non-empty");
+            self.bytes -= old;
         }
     }
 
@@ -60,33 +65,25 @@ impl EntryCache {
             Some(end) => self.entries.range(start..end),
             None => self.entries.range(start..),
         };
-        Some(range.map(|(_, e)| e.clone()).collect())
+        Some(range.map(|(_, (e, _))| e.clone()).collect())
     }
 
     fn truncate_from(&mut self, index: u64) {
         let removed = self.entries.split_off(&index);
-        self.bytes = self
-            .bytes
-            .saturating_sub(removed.values().map(approx_size).sum());
+        self.bytes -= removed.values().map(|(_, size)| size).sum::<usize>();
     }
 
     fn purge_upto(&mut self, index: u64) {
         let kept = self.entries.split_off(&(index + 1));
-        self.entries = kept;
-        self.bytes = self.entries.values().map(approx_size).sum();
+        let purged = std::mem::replace(&mut self.entries, kept);
+        self.bytes -= purged.values().map(|(_, size)| size).sum::<usize>();
     }
-}
 
-fn approx_size(entry: &Entry) -> usize {
-    match &entry.payload {
-        openraft::EntryPayload::Normal(batch) => {
-            64 + batch
-                .commands
-                .iter()
-                .map(crate::machine::Command::approx_size)
-                .sum::<usize>()
-        }
-        _ => 256,
+    /// What the cache believes it holds, and the encoded size of what it does hold.
+    #[cfg(test)]
+    fn accounting(&self) -> (usize, usize) {
+        let encoded = self.entries.values().map(|(e, _)| codec::encode(e).len());
+        (self.bytes, encoded.sum())
     }
 }
 
@@ -115,6 +112,15 @@ fn synced() -> WriteOptions {
 }
 
 impl LogStore {
+    /// The cache's byte count and the encoded size of the entries it holds (equal
+    /// unless its accounting drifted), and how many entries it holds.
+    #[cfg(test)]
+    pub(super) fn cache_accounting(&self) -> (usize, usize, usize) {
+        let cache = self.cache.lock().expect("cache lock");
+        let (bytes, encoded) = cache.accounting();
+        (bytes, encoded, cache.entries.len())
+    }
+
     pub(super) fn new(db: Arc<DB>) -> Self {
         LogStore {
             db,

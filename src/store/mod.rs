@@ -22,8 +22,10 @@
 //! skip the write-ahead log (half the bytes on the fsync path): a crash loses at most
 //! the newest applied state, consistently (one column family, whole batches), and
 //! openraft replays it from the synced log. The log is purged only up to a snapshot,
-//! and building a snapshot first flushes the state family, so a replay never needs
-//! a purged entry.
+//! and building a snapshot flushes the state family right after taking its view, so
+//! the durable state is never older than a snapshot and a replay never needs a
+//! purged entry. Every rename (identity file, snapshot files) is followed by an fsync
+//! of its directory, so a power loss cannot undo it after it was relied upon.
 
 mod log_store;
 mod miner_changes;
@@ -101,7 +103,12 @@ pub async fn open(
         path: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            snapshot::sync_dir(parent).map_err(io)?;
+        }
+    }
     check_identity(dir, node_id, cluster)?;
     let db = open_db(&dir.join("db"))?;
     let db = Arc::new(db);
@@ -149,10 +156,13 @@ fn check_identity(dir: &Path, node_id: u64, cluster: &str) -> Result<(), OpenErr
                     reason: format!("it is not empty and has no {IDENTITY_FILE} file"),
                 });
             }
+            // Written, synced, renamed into place and the rename made durable: a power
+            // loss leaves either no identity (and nothing else) or the whole file.
             let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
             std::fs::write(&tmp, expected.as_bytes())
                 .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
                 .and_then(|_| std::fs::rename(&tmp, &path))
+                .and_then(|_| snapshot::sync_dir(dir))
                 .map_err(|source| OpenError::Io {
                     path: dir.to_path_buf(),
                     source,
@@ -200,5 +210,7 @@ pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+#[cfg(test)]
+mod power_tests;
 #[cfg(test)]
 mod tests;

@@ -36,7 +36,29 @@ pub struct SnapshotFiles {
     seq: AtomicU64,
     /// The file a snapshot is being received into.
     receiving: Mutex<Option<PathBuf>>,
+    /// Held while the current snapshot is compared and replaced, so a build that
+    /// began before an install cannot put its older snapshot back over it.
+    current_lock: Mutex<()>,
+    /// Tests run this between taking a build's view and flushing the state, where
+    /// apply may write concurrently.
+    #[cfg(test)]
+    pub(super) between_view_and_flush: Mutex<Option<Box<dyn FnOnce(&DB) + Send>>>,
 }
+
+/// Makes a directory's entries (a rename, a create, an unlink in it) durable.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    SYNCED_DIRS
+        .lock()
+        .expect("synced dirs")
+        .push(dir.to_path_buf());
+    Ok(())
+}
+
+/// Every directory [`sync_dir`] synced, in order (tests check renames are followed).
+#[cfg(test)]
+pub(super) static SYNCED_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Builds a snapshot off the apply path (openraft runs it in its own task).
 pub struct SnapshotBuilder {
@@ -50,15 +72,12 @@ impl SnapshotBuilder {
 
     pub(super) async fn build(&mut self) -> Result<Snapshot, StorageError> {
         let files = self.files.clone();
-        let (meta, path) = tokio::task::spawn_blocking(move || files.build_blocking())
+        let (meta, file) = tokio::task::spawn_blocking(move || files.build_blocking())
             .await
             .expect("snapshot task panicked")?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -88,7 +107,12 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 
 impl SnapshotFiles {
     pub(super) fn open(db: Arc<DB>, dir: PathBuf) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "tmp") {
@@ -100,6 +124,9 @@ impl SnapshotFiles {
             dir,
             seq: AtomicU64::new(0),
             receiving: Mutex::new(None),
+            current_lock: Mutex::new(()),
+            #[cfg(test)]
+            between_view_and_flush: Mutex::new(None),
         })
     }
 
@@ -150,8 +177,33 @@ impl SnapshotFiles {
         }
     }
 
-    /// Makes `name` the current snapshot (synced) and deletes the older files.
-    fn set_current(&self, meta: &SnapshotMeta, name: &str) -> std::io::Result<()> {
+    /// The meta of the current snapshot, if any.
+    fn current_meta(&self) -> std::io::Result<Option<(SnapshotMeta, String)>> {
+        let cf = self.db.cf_handle(CF_RAFT).expect("raft column family");
+        match self.db.get_cf(cf, KEY_CURRENT).map_err(io_err)? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes).map_err(io_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes `name` (already synced, its directory too) the current snapshot, unless
+    /// the current one is newer: a build that took its view before an install must
+    /// not replace the installed snapshot. Deletes the files that are not current.
+    /// Returns whether `name` became current.
+    fn set_current(&self, meta: &SnapshotMeta, name: &str) -> std::io::Result<bool> {
+        let _guard = self.current_lock.lock().expect("current lock");
+        let current = self.current_meta()?;
+        if let Some((cur, _)) = &current {
+            if cur.last_log_id > meta.last_log_id {
+                tracing::info!(
+                    snapshot = %meta.snapshot_id, current = %cur.snapshot_id,
+                    "dropping a snapshot older than the current one"
+                );
+                std::fs::remove_file(self.dir.join(name))?;
+                sync_dir(&self.dir)?;
+                return Ok(false);
+            }
+        }
         let cf = self.db.cf_handle(CF_RAFT).expect("raft column family");
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
@@ -168,16 +220,26 @@ impl SnapshotFiles {
                 std::fs::remove_file(&path)?;
             }
         }
-        Ok(())
+        sync_dir(&self.dir)?;
+        Ok(true)
     }
 
-    fn build_blocking(&self) -> Result<(SnapshotMeta, PathBuf), StorageError> {
+    fn build_blocking(&self) -> Result<(SnapshotMeta, File), StorageError> {
         let err = |e: std::io::Error| StorageError::from(StorageIOError::write_snapshot(None, &e));
         let cf = self.db.cf_handle(CF_STATE).expect("state column family");
-        // The state is written without a write-ahead log; make everything applied so
-        // far durable before openraft purges the log entries this snapshot covers.
-        self.db.flush_cf(cf).map_err(io_err).map_err(err)?;
+        // The view first, then the flush: the state is written without a write-ahead
+        // log, and openraft purges the log entries this snapshot covers (but for the
+        // last 1,000), so the durable state must be at least as new as the view.
+        // Flushing after the view writes out everything the view holds (and whatever
+        // was applied since); flushing before it would leave entries applied in
+        // between in the snapshot but only in the memtable, and a crash would then
+        // leave a state older than the oldest log entry.
         let view = self.db.snapshot();
+        #[cfg(test)]
+        if let Some(hook) = self.between_view_and_flush.lock().expect("hook").take() {
+            hook(&self.db);
+        }
+        self.db.flush_cf(cf).map_err(io_err).map_err(err)?;
         let get = |key: &[u8]| view.get_cf(cf, key).map_err(io_err);
         let last_applied: Option<LogId> = match get(keys::APPLIED).map_err(err)? {
             Some(b) => codec::decode(&b).map_err(io_err).map_err(err)?,
@@ -214,14 +276,23 @@ impl SnapshotFiles {
         file.sync_all().map_err(err)?;
         let path = self.dir.join(&name);
         std::fs::rename(&tmp, &path).map_err(err)?;
+        sync_dir(&self.dir).map_err(err)?;
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
             snapshot_id: id,
         };
-        self.set_current(&meta, &name).map_err(err)?;
+        let file = File::open(&path).map_err(err)?;
+        if !self.set_current(&meta, &name).map_err(err)? {
+            // An install replaced the state meanwhile: hand back the newer snapshot.
+            let _guard = self.current_lock.lock().expect("current lock");
+            return match self.current_meta().map_err(err)? {
+                Some((meta, name)) => Ok((meta, File::open(self.dir.join(name)).map_err(err)?)),
+                None => Err(err(io_err("the current snapshot vanished"))),
+            };
+        }
         tracing::info!(snapshot = %meta.snapshot_id, records = count, "built snapshot");
-        Ok((meta, path))
+        Ok((meta, file))
     }
 
     /// Checks a received snapshot, replaces the `state` family with it in one synced
@@ -253,6 +324,7 @@ impl SnapshotFiles {
             copy.sync_all()?;
             let installed = replace_state(&db, copy, expected)?;
             std::fs::rename(&tmp, &path)?;
+            sync_dir(path.parent().expect("snapshot dir"))?;
             Ok::<_, std::io::Error>(installed)
         })
         .await

@@ -208,7 +208,7 @@ impl StateStore {
         // durably, so a crash that loses the newest memtable only rolls the state
         // back to an older (consistent: one column family, whole batches) applied
         // id, and openraft re-applies from there. Entries are purged from the log
-        // only up to a snapshot, and building one first flushes this family to disk.
+        // only up to a snapshot, and building one flushes this family after its view.
         let mut opts = rocksdb::WriteOptions::default();
         opts.disable_wal(true);
         self.db
@@ -366,6 +366,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 impl StateStore {
+    /// The snapshot files, for tests that interleave a build with other work.
+    #[cfg(test)]
+    pub(super) fn snapshot_files(&self) -> Arc<SnapshotFiles> {
+        self.files.clone()
+    }
+
     /// The records of the current state, for tests comparing replicas.
     pub fn state_bytes(&self) -> Vec<u8> {
         self.shared.read(|s| s.encode())

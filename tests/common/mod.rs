@@ -5,10 +5,12 @@
 //!
 //! Started with a [`netns::NetLab`] ([`TestCluster::start_with_net`]), each node runs
 //! in a network namespace of its own with its own address, and links between nodes
-//! can be cut (network partitions).
+//! can be cut (network partitions). With [`lossy::LossyDisks`] (their root as
+//! `data_root`), each node's data directory is a power-loss filesystem.
 
 #![allow(dead_code)]
 
+pub mod lossy;
 pub mod netns;
 
 use std::net::TcpListener;

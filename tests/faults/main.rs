@@ -6,7 +6,7 @@
 //! unique marker in each payload), readers read them linearizably and simulated
 //! miners (honest, one liar, one tamperer) drive them to completion, every request
 //! through a random node, while the nemesis kills, pauses, restarts and partitions
-//! nodes. Every operation goes to a history file; after healing and a drain, a
+//! nodes and cuts their power (each data directory on a lossyfs power-loss disk). Every operation goes to a history file; after healing and a drain, a
 //! final scan reads every task and the checker ([`checker`]) reads the history back
 //! and fails the test on any violation. See docs/FAULTS.md.
 //!
@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::lossy::LossyDisks;
 use common::netns::NetLab;
 use common::{Options, TestCluster};
 use futures_util::StreamExt;
@@ -103,10 +104,23 @@ async fn fault_run_loses_nothing() {
             None
         }
     };
+    // Each node's data directory on a power-loss filesystem, for the power-loss kinds.
+    let disks = match LossyDisks::create(nodes) {
+        Ok(disks) => Some(disks),
+        Err(e) => {
+            assert!(
+                !common::under_ci(),
+                "fault_run_loses_nothing: cannot mount power-loss disks under CI ({e})"
+            );
+            eprintln!("[faults] no power-loss disks ({e}): running WITHOUT power-loss faults");
+            None
+        }
+    };
     let report = run(RunConfig {
         nodes,
         duration: Duration::from_secs(env_u64("SQ_FAULT_SECS", 45)),
         net,
+        disks,
         kinds: kinds_from_env(),
         submitters: 3,
         unkeyed_submitters: 2,
@@ -144,6 +158,7 @@ async fn five_nodes_lose_nothing_and_apply_nothing_twice_when_leaders_are_depose
         nodes: 5,
         duration: Duration::from_secs(env_u64("SQ_FAULT5_SECS", 30)),
         net: Some(net),
+        disks: None,
         kinds: kinds_from_env().or(Some(vec![
             Fault::LeaderMinority,
             Fault::IsolateLeader,
@@ -169,6 +184,8 @@ struct RunConfig {
     duration: Duration,
     /// The nodes' network namespaces (partitions), if any.
     net: Option<NetLab>,
+    /// The nodes' power-loss disks (power-loss faults), if any.
+    disks: Option<LossyDisks>,
     /// The fault kinds (all that apply if `None`).
     kinds: Option<Vec<Fault>>,
     /// Submitters with idempotency keys, and without.
@@ -212,12 +229,13 @@ async fn run(config: RunConfig) -> checker::Report {
     let options = Options {
         nodes: config.nodes,
         flags: vec!["--snapshot-entries=1000".into()],
+        data_root: config.disks.as_ref().map(LossyDisks::root),
         ..Options::default()
     };
     let mut cluster = TestCluster::start_with_net(options, config.net).await;
     let (out, tmp) = output_dir();
     let history_path = out.join("history.jsonl");
-    let mut nemesis = Nemesis::new(seed, partitions, config.nodes, config.kinds);
+    let mut nemesis = Nemesis::new(seed, partitions, config.disks, config.nodes, config.kinds);
     eprintln!(
         "[faults] {} nodes, {} s of faults ({}), seed {seed}; history: {}; node logs: {}",
         config.nodes,
@@ -363,6 +381,9 @@ async fn run(config: RunConfig) -> checker::Report {
             eprintln!("[faults] kept {}", tmp.keep().display());
         }
     }
+    // The nodes go before their disks (the nemesis holds those).
+    drop(cluster);
+    drop(nemesis);
     report
 }
 

@@ -13,10 +13,14 @@
 //!   never commit, writers write through both sides, and when the links heal the
 //!   old leader steps down with entries in flight (the ambiguous outcomes that only
 //!   idempotent writes may retry);
-//! - `bridge`: two nodes cannot talk, the third talks to both (non-transitive).
+//! - `bridge`: two nodes cannot talk, the third talks to both (non-transitive);
+//! - `power-loss`: a random node loses power: SIGKILL, and its disk (a lossyfs
+//!   mount, [`crate::common::lossy`]) drops every write, create, rename and unlink
+//!   it did not fsync; restarted on what is left;
+//! - `power-loss-all`: every node at once loses power, then all restart.
 //!
-//! The last four need the network namespaces of [`crate::common::netns`]; without
-//! them those kinds are skipped. The order is shuffled round by round from a seed,
+//! `isolate` to `bridge` need the network namespaces of [`crate::common::netns`],
+//! the power losses need lossyfs disks; without them those kinds are skipped. The order is shuffled round by round from a seed,
 //! so every kind comes up about as often and a schedule can be replayed.
 
 use std::time::{Duration, Instant};
@@ -26,6 +30,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::history::{Event, Recorder};
+use crate::common::lossy::LossyDisks;
 use crate::common::TestCluster;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,10 +44,12 @@ pub enum Fault {
     IsolateLeader,
     LeaderMinority,
     Bridge,
+    PowerLoss,
+    PowerLossAll,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 11] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
@@ -52,6 +59,8 @@ impl Fault {
         Fault::IsolateLeader,
         Fault::LeaderMinority,
         Fault::Bridge,
+        Fault::PowerLoss,
+        Fault::PowerLossAll,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +74,8 @@ impl Fault {
             Fault::IsolateLeader => "isolate-leader",
             Fault::LeaderMinority => "leader-minority",
             Fault::Bridge => "bridge",
+            Fault::PowerLoss => "power-loss",
+            Fault::PowerLossAll => "power-loss-all",
         }
     }
 
@@ -79,6 +90,10 @@ impl Fault {
         )
     }
 
+    fn needs_disks(self) -> bool {
+        matches!(self, Fault::PowerLoss | Fault::PowerLossAll)
+    }
+
     /// Fewest nodes the fault makes sense with (a leader and a follower are a
     /// minority only from five nodes on).
     fn min_nodes(self) -> usize {
@@ -89,9 +104,11 @@ impl Fault {
     }
 
     /// Whether the fault can be injected into `nodes` nodes, with or without network
-    /// namespaces.
-    pub fn possible(self, nodes: usize, network: bool) -> bool {
-        nodes >= self.min_nodes() && (network || !self.needs_network())
+    /// namespaces and power-loss disks.
+    pub fn possible(self, nodes: usize, network: bool, disks: bool) -> bool {
+        nodes >= self.min_nodes()
+            && (network || !self.needs_network())
+            && (disks || !self.needs_disks())
     }
 }
 
@@ -149,16 +166,25 @@ pub struct Nemesis {
     kinds: Vec<Fault>,
     /// Faults begun, by kind.
     pub injected: std::collections::BTreeMap<&'static str, u64>,
+    /// The nodes' power-loss disks, when they run on them.
+    disks: Option<LossyDisks>,
 }
 
 impl Nemesis {
     /// A nemesis for `nodes` nodes injecting `kinds` (every possible kind if
-    /// `None`); kinds that need network namespaces are left out without them.
-    pub fn new(seed: u64, network: bool, nodes: usize, kinds: Option<Vec<Fault>>) -> Self {
+    /// `None`); kinds that need network namespaces or power-loss disks are left out
+    /// without them. `disks` must be those the cluster's data directories are on.
+    pub fn new(
+        seed: u64,
+        network: bool,
+        disks: Option<LossyDisks>,
+        nodes: usize,
+        kinds: Option<Vec<Fault>>,
+    ) -> Self {
         let mut kinds: Vec<Fault> = kinds
             .unwrap_or_else(|| Fault::ALL.to_vec())
             .into_iter()
-            .filter(|f| f.possible(nodes, network))
+            .filter(|f| f.possible(nodes, network, disks.is_some()))
             .collect();
         let mut seen = Vec::new();
         kinds.retain(|f| {
@@ -172,6 +198,7 @@ impl Nemesis {
             round: Vec::new(),
             kinds,
             injected: Default::default(),
+            disks,
         }
     }
 
@@ -228,15 +255,17 @@ impl Nemesis {
                     let ends: Vec<usize> = (0..n).filter(|&i| i != mid).collect();
                     (ends, Duration::ZERO)
                 }
-                Fault::Restart | Fault::Isolate => {
+                Fault::Restart | Fault::Isolate | Fault::PowerLoss => {
                     (vec![self.rng.random_range(0..n)], Duration::ZERO)
                 }
+                Fault::PowerLossAll => ((0..n).collect(), Duration::ZERO),
                 Fault::KillFollower | Fault::PauseFollower => {
                     (vec![follower(&mut self.rng)], Duration::ZERO)
                 }
             };
             let hold = match fault {
                 Fault::KillLeader | Fault::KillFollower => self.ms(1000, 4000),
+                Fault::PowerLoss | Fault::PowerLossAll => self.ms(500, 3000),
                 // Longer than the longest election timeout (2 s).
                 Fault::PauseLeader | Fault::PauseFollower => self.ms(2500, 5000),
                 Fault::Isolate | Fault::IsolateLeader | Fault::LeaderMinority | Fault::Bridge => {
@@ -279,11 +308,27 @@ impl Nemesis {
                     .as_mut()
                     .expect("network")
                     .cut(targets[0], targets[1]),
+                Fault::PowerLoss | Fault::PowerLossAll => {
+                    // The process dies first (nothing more reaches the disk), then
+                    // the disk forgets what was not synced.
+                    for &t in &targets {
+                        cluster.kill(t);
+                    }
+                    let disks = self.disks.as_ref().expect("power-loss disks");
+                    for &t in &targets {
+                        disks.lose_power(t);
+                    }
+                }
             }
             tokio::time::sleep(hold).await;
             match fault {
                 Fault::KillLeader | Fault::KillFollower | Fault::Restart => {
                     cluster.restart(targets[0])
+                }
+                Fault::PowerLoss | Fault::PowerLossAll => {
+                    for &t in &targets {
+                        cluster.restart(t);
+                    }
                 }
                 Fault::PauseLeader | Fault::PauseFollower => cluster.resume(targets[0]),
                 Fault::Isolate | Fault::IsolateLeader | Fault::LeaderMinority | Fault::Bridge => {

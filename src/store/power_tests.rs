@@ -1,0 +1,224 @@
+//! Storage tests of what a crash or power loss may leave: the durable state never
+//! older than a snapshot (whose log entries may be purged), a snapshot build racing
+//! an install, renames followed by a directory sync, and the log cache's accounting.
+//!
+//! A crash image is a copy of the database files taken while it is open: what the
+//! operating system has, without the memtables (the state family has no write-ahead
+//! log, so what only a memtable holds is lost).
+
+use std::path::Path;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use tempfile::TempDir;
+
+use super::snapshot::SYNCED_DIRS;
+use super::state_store::keys;
+use super::*;
+use crate::machine::{Batch, Command, SessionSpec};
+use crate::raft::types::{Entry, LogId};
+
+fn log_id(index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+/// Entries 1..=n: a membership, a session, then empty batches.
+fn entries(n: u64) -> Vec<Entry> {
+    let spec = SessionSpec {
+        owner: "o".into(),
+        redundancy: 1,
+        quorum: 1,
+        priority: 0,
+        tag: None,
+        max_nodes: 4,
+        ack_timeout_ms: 1000,
+        precommit_timeout_ms: 1000,
+        commit_timeout_ms: 1000,
+        max_attempts: 3,
+        retention_ms: 3_600_000,
+        idle_release_ms: 1000,
+    };
+    (1..=n)
+        .map(|i| Entry {
+            log_id: log_id(i),
+            payload: match i {
+                1 => EntryPayload::Membership(Membership::new(
+                    vec![[1u64].into()],
+                    std::collections::BTreeMap::new(),
+                )),
+                2 => EntryPayload::Normal(Batch {
+                    now_ms: 1000,
+                    commands: vec![Command::CreateSession(spec.clone())],
+                }),
+                _ => EntryPayload::Normal(Batch {
+                    now_ms: 1000 + i,
+                    commands: vec![],
+                }),
+            },
+        })
+        .collect()
+}
+
+/// Copies the database files as they are now (a crash image) and opens the copy.
+fn crash_image(db_dir: &Path, into: &Path) -> rocksdb::DB {
+    std::fs::create_dir_all(into).unwrap();
+    for entry in std::fs::read_dir(db_dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), into.join(entry.file_name())).unwrap();
+    }
+    open_db(into).unwrap()
+}
+
+fn durable_applied(db: &rocksdb::DB) -> Option<LogId> {
+    let cf = db.cf_handle(CF_STATE).unwrap();
+    let bytes = db.get_cf(cf, keys::APPLIED).unwrap()?;
+    crate::codec::decode(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_never_covers_state_that_is_not_on_disk() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
+    sm.apply(entries(20)).await.unwrap();
+    // Apply goes on while the snapshot is built: it writes a newer applied id (as
+    // every apply does: no write-ahead log) between the build's view and its flush.
+    *sm.snapshot_files().between_view_and_flush.lock().unwrap() = Some(Box::new(|db| {
+        let cf = db.cf_handle(CF_STATE).unwrap();
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(true);
+        db.put_cf_opt(
+            cf,
+            keys::APPLIED,
+            crate::codec::encode(&Some(log_id(40))),
+            &opts,
+        )
+        .unwrap();
+    }));
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let image = TempDir::new().unwrap();
+    let crashed = crash_image(&dir.path().join("db"), image.path());
+    // openraft may now purge the log up to the snapshot: a restart from the durable
+    // state must not need an entry at or before the snapshot's last one.
+    let durable = durable_applied(&crashed);
+    assert!(
+        durable >= snapshot.meta.last_log_id,
+        "the snapshot covers up to {:?}, the durable state only {durable:?}",
+        snapshot.meta.last_log_id
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_began_before_an_install_does_not_replace_it() {
+    // A snapshot at 30 from another node.
+    let leader_dir = TempDir::new().unwrap();
+    let (_llog, mut leader) = open(leader_dir.path(), 1, "test").await.unwrap();
+    leader.apply(entries(30)).await.unwrap();
+    let newer = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut newer_bytes = Vec::new();
+    let mut source = newer.snapshot;
+    tokio::io::AsyncReadExt::read_to_end(&mut source, &mut newer_bytes)
+        .await
+        .unwrap();
+
+    // This node, at 10, begins a build; the newer snapshot is installed while the
+    // build has its view but has not finished.
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path(), 2, "test").await.unwrap();
+    sm.apply(entries(10)).await.unwrap();
+    let files = sm.snapshot_files();
+    let (meta, bytes) = (newer.meta.clone(), newer_bytes.clone());
+    let installer = files.clone();
+    let received = dir.path().join("received");
+    *files.between_view_and_flush.lock().unwrap() = Some(Box::new(move |_db| {
+        std::fs::write(&received, &bytes).unwrap();
+        let file = tokio::fs::File::from_std(std::fs::File::open(&received).unwrap());
+        tokio::runtime::Handle::current()
+            .block_on(installer.install(&meta, file))
+            .unwrap();
+    }));
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    // The build hands back the installed snapshot, which stays current, file and all.
+    assert_eq!(built.meta, newer.meta);
+    let current = sm.get_current_snapshot().await.unwrap().expect("current");
+    assert_eq!(current.meta, newer.meta);
+    let mut current_bytes = Vec::new();
+    let mut source = current.snapshot;
+    tokio::io::AsyncReadExt::read_to_end(&mut source, &mut current_bytes)
+        .await
+        .unwrap();
+    assert_eq!(current_bytes, newer_bytes);
+    let snaps = std::fs::read_dir(dir.path().join("snapshots"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "snap")
+        })
+        .count();
+    assert_eq!(snaps, 1, "the older built snapshot was left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renames_are_followed_by_a_sync_of_their_directory() {
+    let root = TempDir::new().unwrap();
+    let dir = root.path().join("node");
+    let synced = |path: &Path| SYNCED_DIRS.lock().unwrap().iter().any(|d| d == path);
+    let (_log, mut sm) = open(&dir, 1, "test").await.unwrap();
+    // The identity file was renamed into the new data directory.
+    assert!(synced(&dir), "the data directory was not synced");
+    assert!(
+        synced(root.path()),
+        "the data directory's creation was not synced"
+    );
+    sm.apply(entries(5)).await.unwrap();
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert!(
+        synced(&dir.join("snapshots")),
+        "the snapshot directory was not synced after a snapshot's rename"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_cache_counts_exactly_what_it_holds() {
+    let dir = TempDir::new().unwrap();
+    let (mut log, _sm) = open(dir.path(), 1, "test").await.unwrap();
+    let check = |log: &LogStore, entries: usize| {
+        let (bytes, encoded, held) = log.cache_accounting();
+        assert_eq!(held, entries);
+        assert_eq!(bytes, encoded, "the cache's byte count drifted");
+    };
+    let all = entries(60);
+    log.blocking_append(all[..40].to_vec()).await.unwrap();
+    check(&log, 40);
+    // A new leader overwrites the tail.
+    log.truncate(log_id(31)).await.unwrap();
+    check(&log, 30);
+    log.blocking_append(all[30..50].to_vec()).await.unwrap();
+    check(&log, 50);
+    // Appending over cached entries (a follower re-receiving them).
+    log.blocking_append(all[45..60].to_vec()).await.unwrap();
+    check(&log, 60);
+    log.purge(log_id(20)).await.unwrap();
+    check(&log, 40);
+}
