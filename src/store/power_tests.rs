@@ -37,6 +37,8 @@ fn entries(n: u64) -> Vec<Entry> {
         max_attempts: 3,
         retention_ms: 3_600_000,
         idle_release_ms: 1000,
+        queue_timeout_ms: 0,
+        idempotency_window_ms: 3_600_000,
     };
     (1..=n)
         .map(|i| Entry {
