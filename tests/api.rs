@@ -604,6 +604,11 @@ async fn without_a_quorum_writes_answer_503_with_retry_after() {
         .unwrap();
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let survivor = (leader + 1) % 3;
+    // The survivor must have applied the session before the others die: its reads
+    // below are local, and it cannot learn of the commit alone.
+    cluster
+        .wait_caught_up(survivor, leader, Duration::from_secs(10))
+        .await;
     for i in 0..3 {
         if i != survivor {
             cluster.kill(i);
