@@ -21,7 +21,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The example cluster secret `cluster/compose.env` ships with: public, so a node
+/// The example cluster secret `cluster/docker-compose.yml` ships with: public, so a node
 /// refuses it unless told this is a demo (`--demo` / `SQ_DEMO=1`).
 pub const EXAMPLE_CLUSTER_SECRET: &str = "dev-only-cluster-secret-change-me";
 
@@ -72,9 +72,9 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: String,
 
-    /// Accept the example cluster secret of `cluster/compose.env` (a demo only: that
+    /// Accept the example cluster secret of `cluster/docker-compose.yml` (a demo only: that
     /// secret is public).
-    #[arg(long, env = "SQ_DEMO")]
+    #[arg(long, env = "SQ_DEMO", value_parser = clap::builder::FalseyValueParser::new())]
     pub demo: bool,
 
     /// When set, user and router calls, operator reads (and miner registration, unless
@@ -215,7 +215,7 @@ impl NodeConfig {
         }
         if self.cluster_secret == EXAMPLE_CLUSTER_SECRET && !self.demo {
             bail!(
-                "--cluster-secret is the public example value of cluster/compose.env: \
+                "--cluster-secret is the public example value of cluster/docker-compose.yml: \
                  set SQ_CLUSTER_SECRET to a secret of your own (e.g. \
                  `head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \\n'`), or SQ_DEMO=1 \
                  for a throwaway demo"
