@@ -68,9 +68,22 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_CLUSTER_NAME", default_value = "session-queue")]
     pub cluster_name: String,
 
-    /// The secret every node-to-node request must carry (at least 16 bytes).
-    #[arg(long, env = "SQ_CLUSTER_SECRET", hide_env_values = true)]
+    /// The secret every node-to-node request must carry (at least 16 bytes). Required,
+    /// unless --cluster-secret-file gives it.
+    #[arg(
+        long,
+        env = "SQ_CLUSTER_SECRET",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub cluster_secret: String,
+
+    /// A file holding the cluster secret (e.g. a Docker secret,
+    /// `/run/secrets/cluster_secret`); surrounding whitespace is ignored. When given,
+    /// it wins over --cluster-secret.
+    #[arg(long, env = "SQ_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 
     /// Accept the example cluster secret of `cluster/docker-compose.yml` (a demo only: that
     /// secret is public).
@@ -185,6 +198,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("initial_cluster", &self.initial_cluster)
             .field("cluster_name", &self.cluster_name)
             .field("cluster_secret", &"<redacted>")
+            .field("cluster_secret_file", &self.cluster_secret_file)
             .field("demo", &self.demo)
             .field("api_key", &hidden(&self.api_key))
             .field("admin_key", &hidden(&self.admin_key))
@@ -205,13 +219,23 @@ impl std::fmt::Debug for NodeConfig {
 }
 
 impl NodeConfig {
+    /// Reads the cluster secret from --cluster-secret-file, when given.
+    pub fn read_secret_file(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.cluster_secret_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --cluster-secret-file {}", path.display()))?;
+            self.cluster_secret = text.trim().to_string();
+        }
+        Ok(())
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.id == 0 {
             bail!("--id must be a positive integer");
         }
         if self.cluster_secret.len() < 16 {
-            bail!("--cluster-secret must be at least 16 bytes");
+            bail!("--cluster-secret (or --cluster-secret-file) is required, at least 16 bytes");
         }
         if self.cluster_secret == EXAMPLE_CLUSTER_SECRET && !self.demo {
             bail!(

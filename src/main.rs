@@ -224,8 +224,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Cmd::Node(config) => {
+        Cmd::Node(mut config) => {
             init_logging(config.log_format);
+            config.read_secret_file()?;
             node::run(config, shutdown::signals()).await
         }
         Cmd::Bench(args) => {
