@@ -7,7 +7,13 @@
 #   data and logs under cluster/data/     (SQ_CLUSTER_DATA)
 #
 # Idempotent: run again, it starts only the nodes that are not running; a restarted
-# node rejoins with its data. SQ_API_KEY, when set, is required by the API.
+# node rejoins with its data. SQ_API_KEY, when set, is required by the API;
+# SQ_MINER_KEY, when set, gates miner registration.
+#
+# Secrets, kept with the data (mode 0600) so restarts reuse them:
+#   cluster-secret  the node-to-node secret (or SQ_CLUSTER_SECRET)
+#   admin-key       the operator key for `cluster add` / `cluster remove` (or
+#                   SQ_ADMIN_KEY): SQ_ADMIN_KEY=$(cat cluster/data/admin-key)
 # Stop with cluster/down.sh (--wipe also deletes the data).
 set -euo pipefail
 
@@ -35,6 +41,20 @@ else
   secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
   (umask 077 && printf '%s' "$secret" >"$data/cluster-secret")
 fi
+# The operator key, likewise: membership changes need it.
+if [ -n "${SQ_ADMIN_KEY:-}" ]; then
+  admin_key=$SQ_ADMIN_KEY
+  admin_where="SQ_ADMIN_KEY"
+elif [ -s "$data/admin-key" ]; then
+  admin_key=$(cat "$data/admin-key")
+  admin_where="$data/admin-key"
+else
+  admin_key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  (umask 077 && printf '%s' "$admin_key" >"$data/admin-key")
+  admin_where="$data/admin-key"
+fi
+# Files from before these were made private, too.
+chmod 600 "$data/cluster-secret" "$data/admin-key" 2>/dev/null || true
 
 members=""
 for i in 1 2 3; do
@@ -48,7 +68,7 @@ for i in 1 2 3; do
     echo "node $i already running (pid $(cat "$data/node$i.pid"))"
     continue
   fi
-  SQ_CLUSTER_SECRET="$secret" nohup "$SQ_BIN" node \
+  SQ_CLUSTER_SECRET="$secret" SQ_ADMIN_KEY="$admin_key" nohup "$SQ_BIN" node \
     --id "$i" \
     --api-addr "127.0.0.1:$((api_base + i))" \
     --peer-addr "127.0.0.1:$((peer_base + i))" \
@@ -83,3 +103,8 @@ do
 done
 leader=$(curl -fsS "http://127.0.0.1:$((api_base + 1))/v1/cluster?local=true" ${SQ_API_KEY:+-H "Authorization: Bearer $SQ_API_KEY"} | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
 echo "cluster ready: leader is node ${leader:-?}; try: curl -s http://127.0.0.1:$((api_base + 1))/v1/cluster"
+if [ "$admin_where" = SQ_ADMIN_KEY ]; then
+  echo "admin key (for cluster add/remove): the SQ_ADMIN_KEY you gave"
+else
+  echo "admin key (for cluster add/remove): in $admin_where (mode 0600); e.g. SQ_ADMIN_KEY=\$(cat $admin_where) session-queue cluster add ..."
+fi

@@ -21,8 +21,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `session-queue node`.
-#[derive(Args, Clone, Debug)]
+/// The example cluster secret `cluster/docker-compose.yml` ships with: public, so a node
+/// refuses it unless told this is a demo (`--demo` / `SQ_DEMO=1`).
+pub const EXAMPLE_CLUSTER_SECRET: &str = "dev-only-cluster-secret-change-me";
+
+/// Flags of `session-queue node`. Its `Debug` form redacts the secret and the keys.
+#[derive(Args, Clone)]
 pub struct NodeConfig {
     /// A TOML file with any of these settings (keys as the long flag names, with `_` or `-`).
     #[arg(long, env = "SQ_CONFIG")]
@@ -64,14 +68,42 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_CLUSTER_NAME", default_value = "session-queue")]
     pub cluster_name: String,
 
-    /// The secret every node-to-node request must carry (at least 16 bytes).
-    #[arg(long, env = "SQ_CLUSTER_SECRET", hide_env_values = true)]
+    /// The secret every node-to-node request must carry (at least 16 bytes). Required,
+    /// unless --cluster-secret-file gives it.
+    #[arg(
+        long,
+        env = "SQ_CLUSTER_SECRET",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true
+    )]
     pub cluster_secret: String,
 
-    /// When set, user, router and operator calls (and miner registration) must carry
-    /// `Authorization: Bearer <key>`.
+    /// A file holding the cluster secret (e.g. a Docker secret,
+    /// `/run/secrets/cluster_secret`); surrounding whitespace is ignored. When given,
+    /// it wins over --cluster-secret.
+    #[arg(long, env = "SQ_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// Accept the example cluster secret of `cluster/docker-compose.yml` (a demo only: that
+    /// secret is public).
+    #[arg(long, env = "SQ_DEMO", value_parser = clap::builder::FalseyValueParser::new())]
+    pub demo: bool,
+
+    /// When set, user and router calls, operator reads (and miner registration, unless
+    /// --miner-key is set) must carry `Authorization: Bearer <key>`.
     #[arg(long, env = "SQ_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// The operator key: membership changes must carry `Authorization: Bearer <key>`.
+    /// Unset, they are refused over HTTP (403). The API key does not grant them.
+    #[arg(long, env = "SQ_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// When set, miner registration (`POST /v1/miners`) takes this key (or the API
+    /// key), so miners need not hold the API key.
+    #[arg(long, env = "SQ_MINER_KEY", hide_env_values = true)]
+    pub miner_key: Option<String>,
 
     /// Log format.
     #[arg(long, env = "SQ_LOG_FORMAT", value_enum, default_value = "plain")]
@@ -158,17 +190,85 @@ pub struct NodeConfig {
     pub max_wait_ms: u64,
 }
 
+impl std::fmt::Debug for NodeConfig {
+    /// Every setting but the secret and the keys, which show as `<redacted>`: the
+    /// config may be logged, they must not be.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |key: &Option<String>| key.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NodeConfig")
+            .field("config", &self.config)
+            .field("id", &self.id)
+            .field("api_addr", &self.api_addr)
+            .field("peer_addr", &self.peer_addr)
+            .field("advertise_api", &self.advertise_api)
+            .field("advertise_peer", &self.advertise_peer)
+            .field("data_dir", &self.data_dir)
+            .field("initial_cluster", &self.initial_cluster)
+            .field("cluster_name", &self.cluster_name)
+            .field("cluster_secret", &"<redacted>")
+            .field("cluster_secret_file", &self.cluster_secret_file)
+            .field("demo", &self.demo)
+            .field("api_key", &hidden(&self.api_key))
+            .field("admin_key", &hidden(&self.admin_key))
+            .field("miner_key", &hidden(&self.miner_key))
+            .field("log_format", &self.log_format)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("election_min_ms", &self.election_min_ms)
+            .field("election_max_ms", &self.election_max_ms)
+            .field("snapshot_entries", &self.snapshot_entries)
+            .field("max_batch_commands", &self.max_batch_commands)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("max_inflight", &self.max_inflight)
+            .field("write_timeout_ms", &self.write_timeout_ms)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodeConfig {
+    /// Reads the cluster secret from --cluster-secret-file, when given.
+    pub fn read_secret_file(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.cluster_secret_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --cluster-secret-file {}", path.display()))?;
+            self.cluster_secret = text.trim().to_string();
+        }
+        Ok(())
+    }
+
     /// Checks what clap cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.id == 0 {
             bail!("--id must be a positive integer");
         }
         if self.cluster_secret.len() < 16 {
-            bail!("--cluster-secret must be at least 16 bytes");
+            bail!("--cluster-secret (or --cluster-secret-file) is required, at least 16 bytes");
         }
-        if self.api_key.as_deref().is_some_and(str::is_empty) {
-            bail!("--api-key must not be empty when given");
+        if self.cluster_secret == EXAMPLE_CLUSTER_SECRET && !self.demo {
+            bail!(
+                "--cluster-secret is the public example value of cluster/docker-compose.yml: \
+                 set SQ_CLUSTER_SECRET to a secret of your own (e.g. \
+                 `head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \\n'`), or SQ_DEMO=1 \
+                 for a throwaway demo"
+            );
+        }
+        let keys = [
+            ("--api-key", &self.api_key),
+            ("--admin-key", &self.admin_key),
+            ("--miner-key", &self.miner_key),
+        ];
+        for (flag, key) in keys {
+            if key.as_deref().is_some_and(str::is_empty) {
+                bail!("{flag} must not be empty when given");
+            }
+        }
+        for (i, (a, x)) in keys.iter().enumerate() {
+            for (b, y) in &keys[i + 1..] {
+                if x.is_some() && x == y {
+                    bail!("{a} and {b} must differ: each grants a different role");
+                }
+            }
         }
         if self.heartbeat_ms == 0
             || self.election_min_ms <= self.heartbeat_ms * 2
@@ -367,6 +467,56 @@ mod tests {
         ] {
             assert!(node(bad).validate().is_err(), "{bad:?}");
         }
+    }
+
+    fn config(args: &[&str]) -> NodeConfig {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeConfig,
+        }
+        let mut all = vec!["node", "--id=1"];
+        all.extend_from_slice(args);
+        <Cli as clap::Parser>::try_parse_from(all).unwrap().node
+    }
+
+    #[test]
+    fn debug_redacts_the_secret_and_keys() {
+        let c = config(&[
+            "--cluster-secret=s3cret-s3cret-s3cret",
+            "--api-key=user-key-xyz",
+            "--admin-key=admin-key-xyz",
+            "--miner-key=miner-key-xyz",
+        ]);
+        let text = format!("{c:?} {c:#?}");
+        for secret in [
+            "s3cret-s3cret",
+            "user-key-xyz",
+            "admin-key-xyz",
+            "miner-key-xyz",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("<redacted>"), "{text}");
+    }
+
+    #[test]
+    fn the_example_secret_needs_demo_and_keys_must_differ() {
+        let example = format!("--cluster-secret={EXAMPLE_CLUSTER_SECRET}");
+        let err = config(&[&example]).validate().unwrap_err().to_string();
+        assert!(err.contains("SQ_DEMO=1"), "{err}");
+        config(&[&example, "--demo"]).validate().unwrap();
+        let same = config(&[
+            "--cluster-secret=0123456789abcdef",
+            "--api-key=k1",
+            "--admin-key=k1",
+        ]);
+        assert!(same.validate().is_err());
+        assert!(
+            config(&["--cluster-secret=0123456789abcdef", "--admin-key="])
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

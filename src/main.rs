@@ -41,11 +41,30 @@ struct Target {
     /// API key, when the nodes require one.
     #[arg(long, env = "SQ_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Admin key, for `cluster add` and `cluster remove`.
+    #[arg(long, env = "SQ_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
+    /// Miner key, for miner registration (`miner simulate`); the API key otherwise.
+    #[arg(long, env = "SQ_MINER_KEY", hide_env_values = true)]
+    miner_key: Option<String>,
 }
 
 impl Target {
     fn client(&self) -> Client {
         Client::new(&self.nodes, self.api_key.clone())
+    }
+
+    /// A client calling with the admin key (operator writes).
+    fn admin_client(&self) -> Client {
+        Client::new(&self.nodes, self.admin_key.clone())
+    }
+
+    /// A client registering miners with the miner key, or the API key without one.
+    fn miner_client(&self) -> Client {
+        Client::new(
+            &self.nodes,
+            self.miner_key.clone().or_else(|| self.api_key.clone()),
+        )
     }
 }
 
@@ -136,9 +155,9 @@ enum SessionCmd {
 enum ClusterCmd {
     /// Members, leader, term, applied index per node.
     Status,
-    /// Add a node (started without --initial-cluster) as a voter.
+    /// Add a node (started without --initial-cluster) as a voter (needs --admin-key).
     Add { id: u64, api: String, peer: String },
-    /// Remove a node.
+    /// Remove a node (needs --admin-key).
     Remove { id: u64 },
 }
 
@@ -205,8 +224,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Cmd::Node(config) => {
+        Cmd::Node(mut config) => {
             init_logging(config.log_format);
+            config.read_secret_file()?;
             node::run(config, shutdown::signals()).await
         }
         Cmd::Bench(args) => {
@@ -327,7 +347,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Watch { target, session } => watch(target, &session).await,
         Cmd::Cluster { target, command } => {
-            let c = target.client();
+            let c = match command {
+                ClusterCmd::Status => target.client(),
+                ClusterCmd::Add { .. } | ClusterCmd::Remove { .. } => target.admin_client(),
+            };
             let v = match command {
                 ClusterCmd::Status => c.ok(Method::GET, "/v1/cluster", None, None).await?,
                 ClusterCmd::Add { id, api, peer } => {
@@ -363,7 +386,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             init_logging(LogFormat::Plain);
-            let client = target.client();
+            let client = target.miner_client();
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let stats = Arc::new(miner::MinerStats::default());
             let mut miners = tokio::task::JoinSet::new();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{session_spec, Options, TestCluster};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use session_queue::client::Client;
 
 /// A metric's value from a node's Prometheus text.
 async fn metric(cluster: &TestCluster, i: usize, name: &str) -> f64 {
@@ -96,15 +97,19 @@ async fn a_restarted_node_catches_up_from_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_readded_is_brought_up_by_snapshot() {
+    // Membership changes take the admin key.
+    let admin = "cluster-test-admin-key";
     let mut cluster = TestCluster::start_with(Options {
         nodes: 3,
         flags: vec!["--snapshot-entries=50".into()],
+        env: vec![("SQ_ADMIN_KEY".into(), admin.into())],
         ..Options::default()
     })
     .await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let victim = (leader + 2) % 3;
     let c = cluster.client_of(leader);
+    let operator = Client::new(&[cluster.api(leader)], Some(admin.to_string()));
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
     let first = c
         .submit(&session, b"the very first", Some("first"))
@@ -115,7 +120,7 @@ async fn a_wiped_node_readded_is_brought_up_by_snapshot() {
     cluster.kill(victim);
     cluster.wipe(victim);
     let victim_id = cluster.nodes[victim].id;
-    let v = c
+    let v = operator
         .ok(
             Method::DELETE,
             &format!("/v1/cluster/members/{victim_id}"),
@@ -149,8 +154,7 @@ async fn a_wiped_node_readded_is_brought_up_by_snapshot() {
         "peer": format!("127.0.0.1:{}", cluster.nodes[fresh].peer_port),
     });
     let other = (0..3).find(|&i| i != leader && i != victim).unwrap();
-    let v = cluster
-        .client_of(other)
+    let v = Client::new(&[cluster.api(other)], Some(admin.to_string()))
         .ok(Method::POST, "/v1/cluster/members", Some(&body), None)
         .await
         .unwrap();

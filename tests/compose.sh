@@ -42,6 +42,9 @@ export SQ_IMAGE=${SQ_IMAGE:-session-queue:latest}
 # The test restarts containers itself; no restart policy may do it behind its back.
 export SQ_RESTART=no
 export SQ_PUBLISH_ADDR=127.0.0.1
+# A cluster secret of this run's own: the compose file refuses its public example.
+SQ_CLUSTER_SECRET=${SQ_CLUSTER_SECRET:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+export SQ_CLUSTER_SECRET
 read -r SQ_NODE1_API_PORT SQ_NODE2_API_PORT SQ_NODE3_API_PORT < <(python3 -c '
 import socket
 socks = [socket.socket() for _ in range(3)]

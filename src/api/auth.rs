@@ -1,5 +1,14 @@
-//! Who may call what: the API key for user, router and operator calls (when the node
-//! has one), and a miner's own bearer token for miner calls.
+//! Who may call what (SPEC section 8, "Roles"):
+//!
+//! - the API key (`--api-key`), when the node has one, for user and router calls and
+//!   operator reads (`GET /v1/cluster`, `/metrics`);
+//! - the admin key (`--admin-key`) for operator writes (membership changes); without
+//!   one, they are refused over HTTP (403), and no other key grants them;
+//! - the miner key (`--miner-key`), when set, for miner registration, which then also
+//!   accepts the API key;
+//! - a miner's own bearer token for miner calls.
+//!
+//! Keys are compared in constant time and never logged.
 //!
 //! A miner token is random, returned once at registration; only its sha256 enters
 //! the log. The token alone identifies its miner.
@@ -26,6 +35,65 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Whether `given` is `key`, in constant time.
+fn matches(given: &str, key: Option<&str>) -> bool {
+    key.is_some_and(|key| bool::from(given.as_bytes().ct_eq(key.as_bytes())))
+}
+
+/// Refuses an operator write unless it carries the admin key: 403 when the node has
+/// no admin key (with how to set one) or when the caller holds only the API or miner
+/// key; 401 when the call carries no key or an unknown one.
+pub async fn require_admin_key(
+    State(node): State<Arc<Node>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = &node.config;
+    let Some(admin) = config.admin_key.as_deref() else {
+        return ApiError::Forbidden(
+            "operator writes (membership changes) are disabled: this node has no admin key; \
+             start every node with --admin-key (or SQ_ADMIN_KEY) and call with \
+             Authorization: Bearer <admin key>"
+                .into(),
+        )
+        .into_response();
+    };
+    let given = bearer(request.headers()).unwrap_or_default();
+    if matches(given, Some(admin)) {
+        return next.run(request).await;
+    }
+    if matches(given, config.api_key.as_deref()) || matches(given, config.miner_key.as_deref()) {
+        return ApiError::Forbidden(
+            "this key does not grant operator writes: use the admin key (--admin-key)".into(),
+        )
+        .into_response();
+    }
+    ApiError::Unauthorized("missing or wrong admin key (Authorization: Bearer <admin key>)".into())
+        .into_response()
+}
+
+/// Miner registration: with a miner key set, the call must carry it or the API key
+/// (401 otherwise); without one, the API key when the node has one.
+pub async fn require_registration_key(
+    State(node): State<Arc<Node>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let config = &node.config;
+    if config.miner_key.is_some() {
+        let given = bearer(request.headers()).unwrap_or_default();
+        if matches(given, config.miner_key.as_deref()) || matches(given, config.api_key.as_deref())
+        {
+            return next.run(request).await;
+        }
+        return ApiError::Unauthorized(
+            "missing or wrong miner key (Authorization: Bearer <miner key>)".into(),
+        )
+        .into_response();
+    }
+    require_api_key(State(node), request, next).await
+}
+
 /// Refuses the call (401) unless it carries the node's API key, when it has one.
 pub async fn require_api_key(
     State(node): State<Arc<Node>>,
@@ -34,7 +102,7 @@ pub async fn require_api_key(
 ) -> Response {
     if let Some(key) = &node.config.api_key {
         let given = bearer(request.headers()).unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        if !matches(given, Some(key)) {
             return ApiError::Unauthorized(
                 "missing or wrong API key (Authorization: Bearer <key>)".into(),
             )

@@ -141,6 +141,8 @@ async fn on_leader(
                     .to_string();
                 Err(match status.as_u16() {
                     400 => ApiError::BadRequest(message),
+                    401 => ApiError::Unauthorized(message),
+                    403 => ApiError::Forbidden(message),
                     404 => ApiError::NotFound(message),
                     409 => ApiError::Conflict(message),
                     _ => ApiError::Unavailable {

@@ -49,11 +49,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sessions/{id}/events", get(events::stream))
         .route("/v1/tasks/{id}", get(tasks::read))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v1/miners", post(miners::register))
         .route("/v1/pool", get(miners::pool))
         .route("/v1/cluster", get(cluster::status))
-        .route("/v1/cluster/members", post(cluster::add_member))
-        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
         .route("/metrics", get(cluster::metrics));
     // Without an API key there is nothing to check: no layer, no cost per request.
     let keyed = match node.config.api_key {
@@ -62,6 +59,23 @@ pub fn router(node: Arc<Node>) -> Router {
             auth::require_api_key,
         )),
         None => keyed,
+    };
+    // Operator writes: the admin key, and none without one (SPEC section 8).
+    let admin = Router::new()
+        .route("/v1/cluster/members", post(cluster::add_member))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::require_admin_key,
+        ));
+    // Miner registration: the miner key or the API key, when either is set.
+    let registration = Router::new().route("/v1/miners", post(miners::register));
+    let registration = match (&node.config.miner_key, &node.config.api_key) {
+        (None, None) => registration,
+        _ => registration.layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::require_registration_key,
+        )),
     };
     // Miner calls: the miner's own token.
     let miner = Router::new()
@@ -77,6 +91,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/tasks/{id}/commit", post(tasks::commit));
     Router::new()
         .merge(keyed)
+        .merge(admin)
+        .merge(registration)
         .merge(miner)
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
