@@ -121,6 +121,13 @@ impl From<ProposeError> for ApiError {
                 retry_after: 1,
             },
             ProposeError::Fatal(m) => ApiError::Internal(m),
+            // Refused by the leader's peer listener before processing: nothing written.
+            ProposeError::Refused { status: 413, .. } => ApiError::TooLarge(e.to_string()),
+            ProposeError::Refused { .. } => ApiError::Unavailable {
+                code: "unavailable",
+                message: e.to_string(),
+                retry_after: 1,
+            },
         }
     }
 }

@@ -63,6 +63,11 @@ pub enum PeerError {
     /// It may or may not have been processed.
     #[error("peer {0}: {1}")]
     Failed(NodeId, String),
+    /// The peer answered with this HTTP status before processing the request (an
+    /// undecodable or too large body, an unknown path): nothing was done, and sending
+    /// the same request again would be refused the same way.
+    #[error("peer {0} refused the request ({1}): {2}")]
+    Refused(NodeId, u16, String),
 }
 
 /// A pooled HTTP client for the peer channel, shared by every connection.
@@ -118,11 +123,18 @@ impl PeerClient {
             .map_err(|e| PeerError::Failed(target, e.to_string()))?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
-            // Refused before any processing: wrong node, bad secret, or overloaded.
+            // The peer's handlers answer every request they process with 200 and an
+            // encoded result, so any other status was given before processing: the
+            // wrong node, a bad secret or overload (another node, or later, may take
+            // it), or a request this peer can never take (400, 413, ...).
             if matches!(status.as_u16(), 401 | 421 | 503) {
                 return Err(PeerError::Unreachable(target, format!("{status}: {text}")));
             }
-            return Err(PeerError::Failed(target, format!("{status}: {text}")));
+            return Err(PeerError::Refused(
+                target,
+                status.as_u16(),
+                text.into_owned(),
+            ));
         }
         codec::decode(&body).map_err(|e| PeerError::Failed(target, format!("bad response: {e}")))
     }
@@ -213,6 +225,9 @@ fn rpc_error<E: std::error::Error>(
         }
         PeerError::Failed(_, msg) => {
             RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
+        }
+        e @ PeerError::Refused(..) => {
+            RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
         }
     }
 }

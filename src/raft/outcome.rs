@@ -95,11 +95,15 @@ pub fn of_forward(result: Result<Result<Vec<CommandResult>, ProposeError>, PeerE
             Outcome::NotSent
         }
         Ok(Err(ProposeError::Unknown(why))) => Outcome::Ambiguous(why),
-        Ok(Err(e @ ProposeError::Fatal(_))) => Outcome::Failed(e),
+        Ok(Err(e @ (ProposeError::Fatal(_) | ProposeError::Refused { .. }))) => Outcome::Failed(e),
         // Never reached the leader's handlers (connection refused, refused unread).
         Err(PeerError::Unreachable(..)) => Outcome::NotSent,
         // Timed out, reset, or garbled: the leader may have proposed it.
         Err(e @ PeerError::Failed(..)) => Outcome::Ambiguous(e.to_string()),
+        // Answered before processing, and would be again: nothing was written.
+        Err(PeerError::Refused(_, status, message)) => {
+            Outcome::Failed(ProposeError::Refused { status, message })
+        }
     }
 }
 
@@ -196,6 +200,18 @@ mod tests {
             of_forward(Err(PeerError::Failed(2, "timed out".into()))),
             Outcome::Ambiguous(_)
         ));
+        // A 413 or 400 of the leader's peer listener: refused, certainly not applied.
+        assert_eq!(
+            of_forward(Err(PeerError::Refused(
+                2,
+                413,
+                "length limit exceeded".into()
+            ))),
+            Outcome::Failed(ProposeError::Refused {
+                status: 413,
+                message: "length limit exceeded".into()
+            })
+        );
         assert_eq!(
             of_forward(Ok(Err(ProposeError::Unknown("x".into())))),
             Outcome::Ambiguous("x".into())

@@ -60,6 +60,10 @@ pub enum ProposeError {
     ShuttingDown,
     #[error("raft failed: {0}")]
     Fatal(String),
+    /// The leader's peer listener refused the forwarded batch before processing it
+    /// (with this HTTP status): nothing was written.
+    #[error("the leader refused the forwarded write ({status}): {message}")]
+    Refused { status: u16, message: String },
 }
 
 /// Tuning of the proposer.
