@@ -204,6 +204,9 @@ impl TestCluster {
             .args(&self.options.flags)
             .env("SQ_CLUSTER_SECRET", &self.secret)
             .env("RUST_LOG", "info,openraft=warn")
+            // An error that stops a node ends its log as one message, not a backtrace
+            // that pushes the message out of the tail a failing test prints.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
