@@ -40,6 +40,8 @@ pub struct CreateSession {
     pub queue_timeout_ms: Option<u64>,
     /// Absent: the session's retention.
     pub idempotency_window_ms: Option<u64>,
+    /// Most unfinished tasks the session may hold (absent: `--max-queued-tasks`).
+    pub max_queued_tasks: Option<u64>,
 }
 
 /// One task of a submit.
@@ -126,6 +128,7 @@ pub fn session_json(s: &Session, applied_index: u64) -> Value {
         "idle_release_ms": s.spec.idle_release_ms,
         "queue_timeout_ms": s.spec.queue_timeout_ms,
         "idempotency_window_ms": s.spec.idempotency_window_ms,
+        "max_queued_tasks": s.spec.max_queued_tasks,
         "state": match s.state { SessionState::Open => "open", SessionState::Closed => "closed" },
         "created_ms": s.created_ms,
         "closed_ms": s.closed_ms,

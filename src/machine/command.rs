@@ -52,6 +52,10 @@ pub struct SessionSpec {
     /// How long an idempotency key is remembered after its task was submitted, even
     /// once the task is purged; at least `retention_ms`.
     pub idempotency_window_ms: u64,
+    /// Most unfinished tasks (queued or in progress) the session may hold; a submit
+    /// that would go past it is refused as `queue_full`, so a session's backlog, and
+    /// the payloads it keeps in every replica's memory, stays bounded.
+    pub max_queued_tasks: u64,
 }
 
 /// One task of a submit.

@@ -91,6 +91,8 @@ pub mod limits {
     pub const MAX_CAPACITY: u32 = 4096;
     /// Longest timeout or retention of any kind: 30 days.
     pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
+    /// Largest `max_queued_tasks` of a session.
+    pub const MAX_QUEUED_TASKS: u64 = 100_000_000;
     /// Largest `max_attempts`.
     pub const MAX_ATTEMPTS: u32 = 1000;
     /// A rejection counts as recent for this long.

@@ -158,6 +158,12 @@ pub(super) fn validate_spec(spec: &SessionSpec) -> Result<(), Rejection> {
             limits::MAX_ATTEMPTS
         )));
     }
+    if spec.max_queued_tasks == 0 || spec.max_queued_tasks > limits::MAX_QUEUED_TASKS {
+        return Err(invalid(format!(
+            "max_queued_tasks must be 1..={}",
+            limits::MAX_QUEUED_TASKS
+        )));
+    }
     if spec.owner.len() > limits::MAX_LABEL_BYTES {
         return Err(invalid("owner is too long"));
     }

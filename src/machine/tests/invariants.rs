@@ -132,6 +132,11 @@ pub(super) fn check_invariants(s: &State) {
             sess.id
         );
         assert!(sess.reserved.len() as u32 <= sess.spec.max_nodes);
+        assert!(
+            sess.counts.live() <= sess.spec.max_queued_tasks,
+            "{} holds more unfinished tasks than its max_queued_tasks",
+            sess.id
+        );
         for m in &sess.reserved {
             let miner = &s.miners[m];
             assert_eq!(miner.reserved_by, Some(sess.id));

@@ -1,0 +1,72 @@
+//! Bounds the machine keeps on what a client can grow: a session's queue
+//! (`max_queued_tasks`, refused as `queue_full` by every replica alike).
+
+use super::*;
+
+fn bounded(w: &mut World, max: u64) -> SessionId {
+    let mut sp = spec(1, 1);
+    sp.max_queued_tasks = max;
+    w.session_with(sp)
+}
+
+fn submit_cmd(session: SessionId, payloads: &[&str], key: Option<&str>) -> Command {
+    Command::SubmitTasks {
+        session,
+        tasks: payloads.iter().map(|p| new_task(p, None, key)).collect(),
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_submits_all_or_nothing() {
+    let mut w = World::new();
+    let s = bounded(&mut w, 3);
+    let other = bounded(&mut w, 3);
+    w.submit(s, "a");
+    w.submit_with(s, "b", None, Some("kb"));
+    // A batch of two would make four: refused whole, nothing created.
+    let full = w.refused(submit_cmd(s, &["c", "d"], None));
+    assert!(matches!(full, Rejection::QueueFull(_)), "{full}");
+    assert_eq!(full.code(), "queue_full");
+    assert!(full.to_string().contains("max_queued_tasks of 3"), "{full}");
+    assert_eq!(w.s.session(s).unwrap().counts.queued, 2);
+    // One more fits; then even one is refused.
+    w.submit(s, "c");
+    let one = w.refused(submit_cmd(s, &["d"], None));
+    assert_eq!(one.code(), "queue_full");
+    // A retry of an accepted key adds nothing, so a full queue still answers it.
+    let retry = w.ok(submit_cmd(s, &["b"], Some("kb")));
+    assert!(matches!(retry, Response::TasksSubmitted { ref tasks } if !tasks[0].1));
+    // Another session's queue is its own.
+    w.submit(other, "x");
+}
+
+#[test]
+fn finishing_or_cancelling_frees_room_in_the_queue() {
+    let mut w = World::new();
+    let s = bounded(&mut w, 2);
+    let m = w.miner(1);
+    let t1 = w.submit(s, "a");
+    let t2 = w.submit(s, "b");
+    assert_eq!(w.holders(t1), vec![m]);
+    // Dispatched but unfinished tasks count too: the bound is on unfinished work.
+    w.refused(submit_cmd(s, &["c"], None));
+    w.complete(t1, "out");
+    let t3 = w.submit(s, "c");
+    w.refused(submit_cmd(s, &["d"], None));
+    w.ok(Command::CancelTask { task: t2 });
+    w.submit(s, "d");
+    assert_eq!(w.s.session(s).unwrap().counts.live(), 2);
+    assert_ne!(t3, t2);
+}
+
+#[test]
+fn the_queue_bound_is_validated() {
+    let mut w = World::new();
+    for bad in [0, limits::MAX_QUEUED_TASKS + 1] {
+        let mut sp = spec(1, 1);
+        sp.max_queued_tasks = bad;
+        let r = w.refused(Command::CreateSession(sp));
+        assert_eq!(r.code(), "invalid", "{r}");
+        assert!(r.to_string().contains("max_queued_tasks"), "{r}");
+    }
+}
