@@ -150,6 +150,12 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_MAX_QUEUED_TASKS", default_value_t = 1_000_000)]
     pub max_queued_tasks: u64,
 
+    /// Keep the payload of a finished task until it is purged, unless a session says
+    /// otherwise; by default a task drops its payload when it finishes.
+    #[arg(long, env = "SQ_KEEP_FINISHED_PAYLOADS", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub keep_finished_payloads: bool,
+
     /// Longest long poll (`wait`, `wait_ms`, `timeout`) a client may ask for, ms.
     #[arg(long, env = "SQ_MAX_WAIT_MS", default_value_t = 60_000)]
     pub max_wait_ms: u64,

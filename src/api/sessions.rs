@@ -35,6 +35,9 @@ fn spec(node: &Node, body: CreateSession) -> SessionSpec {
         max_queued_tasks: body
             .max_queued_tasks
             .unwrap_or(node.config.max_queued_tasks),
+        keep_finished_payloads: body
+            .keep_finished_payloads
+            .unwrap_or(node.config.keep_finished_payloads),
     }
 }
 

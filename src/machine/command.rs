@@ -56,6 +56,9 @@ pub struct SessionSpec {
     /// that would go past it is refused as `queue_full`, so a session's backlog, and
     /// the payloads it keeps in every replica's memory, stays bounded.
     pub max_queued_tasks: u64,
+    /// Whether a finished task keeps its payload until it is purged; by default it is
+    /// dropped when the task finishes.
+    pub keep_finished_payloads: bool,
 }
 
 /// One task of a submit.

@@ -320,7 +320,8 @@ impl State {
         let now = self.step.now;
         let t = &self.tasks[&id];
         let sid = t.session;
-        let retention = self.sessions[&sid].spec.retention_ms;
+        let spec = &self.sessions[&sid].spec;
+        let (retention, keep_payload) = (spec.retention_ms, spec.keep_finished_payloads);
         let (open, phase) = (t.open_slots, t.phase_deadline);
         let held: Vec<(MinerId, Option<u64>)> = t
             .assignments
@@ -341,6 +342,9 @@ impl State {
         for a in t.assignments.iter_mut() {
             a.deadline = None;
             a.output = None;
+        }
+        if !keep_payload {
+            t.payload = None;
         }
         t.result = result;
         t.failure = failure;

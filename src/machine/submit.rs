@@ -155,7 +155,7 @@ impl State {
             let task = Task {
                 id,
                 session,
-                payload: new.payload.clone(),
+                payload: Some(new.payload.clone()),
                 priority,
                 idempotency_key: new.idempotency_key.clone(),
                 state: TaskState::Queued,

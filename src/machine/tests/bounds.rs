@@ -1,5 +1,6 @@
 //! Bounds the machine keeps on what a client can grow: a session's queue
-//! (`max_queued_tasks`, refused as `queue_full` by every replica alike).
+//! (`max_queued_tasks`, refused as `queue_full` by every replica alike), and the
+//! payloads of finished tasks (dropped unless the session keeps them).
 
 use super::*;
 
@@ -69,4 +70,40 @@ fn the_queue_bound_is_validated() {
         assert_eq!(r.code(), "invalid", "{r}");
         assert!(r.to_string().contains("max_queued_tasks"), "{r}");
     }
+}
+
+#[test]
+fn a_finished_task_drops_its_payload_but_keeps_its_result_and_history() {
+    let mut w = World::new();
+    let s = w.session(1, 1);
+    let _m = w.miner(2);
+    let done = w.submit(s, "done");
+    let cancelled = w.submit(s, "cancelled");
+    assert_eq!(w.task(done).payload.as_deref(), Some(&b"done"[..]));
+    w.complete(done, "out");
+    w.ok(Command::CancelTask { task: cancelled });
+    let t = w.task(done);
+    assert_eq!(t.payload, None);
+    assert_eq!(t.result.as_deref(), Some(&b"out"[..]));
+    assert!(!t.assignments.is_empty() && t.history.len() > 2);
+    assert_eq!(w.task(cancelled).payload, None);
+    // The dropped payload is written: a restored replica agrees.
+    let restored = State::decode(&w.s.encode()).unwrap();
+    assert_eq!(restored.task(done).unwrap().payload, None);
+    assert_eq!(restored.encode(), w.s.encode());
+}
+
+#[test]
+fn a_session_may_keep_finished_payloads() {
+    let mut w = World::new();
+    let mut sp = spec(1, 1);
+    sp.keep_finished_payloads = true;
+    let s = w.session_with(sp);
+    let _m = w.miner(1);
+    let t = w.submit(s, "kept");
+    w.complete(t, "out");
+    assert_eq!(w.task(t).payload.as_deref(), Some(&b"kept"[..]));
+    // Until retention purges the task.
+    w.advance(RETENTION_MS + 1);
+    assert!(w.s.task(t).is_none());
 }

@@ -50,6 +50,15 @@ pub(super) fn check_invariants(s: &State) {
             t.queue_deadline,
             t.lane()
         );
+        // A payload is held while the task is unfinished, and after only if kept.
+        assert_eq!(
+            t.payload.is_some(),
+            !t.state.is_terminal() || session.spec.keep_finished_payloads,
+            "{}: payload held {} in state {:?}",
+            t.id,
+            t.payload.is_some(),
+            t.state
+        );
         if t.state.is_terminal() {
             assert_eq!(t.open_slots, 0);
             assert!(

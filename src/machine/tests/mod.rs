@@ -41,6 +41,7 @@ fn spec(k: u8, q: u8) -> SessionSpec {
         queue_timeout_ms: 0,
         idempotency_window_ms: RETENTION_MS,
         max_queued_tasks: 1_000_000,
+        keep_finished_payloads: false,
     }
 }
 

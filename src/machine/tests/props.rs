@@ -159,6 +159,7 @@ impl Driver {
             } => {
                 let mut sp = spec(k, q);
                 sp.max_queued_tasks = max_queued;
+                sp.keep_finished_payloads = max_queued == 5;
                 sp.max_nodes = max_nodes;
                 sp.max_attempts = 3;
                 sp.retention_ms = 200_000;
