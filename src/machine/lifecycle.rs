@@ -336,6 +336,12 @@ impl State {
         self.set_due(phase, None, Due::Phase(id));
         let purge_at = now.saturating_add(retention);
         self.set_due(None, Some(purge_at), Due::TaskPurge(id));
+        if let Some(live) = self.idx.unfinished.get_mut(&sid) {
+            live.remove(&id);
+            if live.is_empty() {
+                self.idx.unfinished.remove(&sid);
+            }
+        }
         let t = self.task_mut(id);
         t.open_slots = 0;
         t.phase_deadline = None;

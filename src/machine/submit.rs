@@ -178,6 +178,7 @@ impl State {
             }
             self.idx.depth.add(TaskState::Queued, 1);
             self.tasks.insert(id, task);
+            self.idx.unfinished.entry(session).or_default().insert(id);
             self.sync_queue(id);
             self.emit(id, None, EventKind::Submitted);
             self.mark(Key::Task(id));

@@ -1,6 +1,7 @@
 //! Bounds the machine keeps on what a client can grow: a session's queue
 //! (`max_queued_tasks`, refused as `queue_full` by every replica alike), and the
-//! payloads of finished tasks (dropped unless the session keeps them).
+//! payloads of finished tasks (dropped unless the session keeps them); and the work of
+//! closing a session (only its own unfinished tasks are visited).
 
 use super::*;
 
@@ -106,4 +107,57 @@ fn a_session_may_keep_finished_payloads() {
     // Until retention purges the task.
     w.advance(RETENTION_MS + 1);
     assert!(w.s.task(t).is_none());
+}
+
+#[test]
+fn closing_one_session_of_many_visits_only_its_own_unfinished_tasks() {
+    let mut w = World::new();
+    let _m = w.miner(1);
+    let sessions: Vec<SessionId> = (0..20).map(|_| w.session(1, 1)).collect();
+    let target = sessions[7];
+    for (i, &s) in sessions.iter().enumerate() {
+        w.ok(Command::SubmitTasks {
+            session: s,
+            tasks: (0..50)
+                .map(|j| new_task(&format!("{i}-{j}"), None, None))
+                .collect(),
+        });
+    }
+    // Two of the target's tasks finish first: the close has no work with them.
+    let mine: Vec<TaskId> =
+        w.s.tasks
+            .values()
+            .filter(|t| t.session == target)
+            .map(|t| t.id)
+            .collect();
+    w.ok(Command::CancelTask { task: mine[0] });
+    w.ok(Command::CancelTask { task: mine[1] });
+    assert_eq!(w.s.tasks.len(), 1000);
+    w.s.take_dirty();
+
+    let r = w.ok(Command::CloseSession { session: target });
+    assert_eq!(
+        r,
+        Response::SessionClosed {
+            session: target,
+            cancelled: 48
+        }
+    );
+    assert_eq!(
+        w.s.step.visited, 48,
+        "close visited tasks of other sessions"
+    );
+    // And it wrote only the target's tasks.
+    let written: Vec<TaskId> =
+        w.s.take_dirty()
+            .into_iter()
+            .filter_map(|k| match k {
+                Key::Task(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(written, mine[2..].to_vec());
+    for s in sessions.iter().filter(|s| **s != target) {
+        assert_eq!(w.s.session(*s).unwrap().counts.live(), 50);
+    }
 }
