@@ -88,3 +88,86 @@ async fn a_full_session_queue_is_a_429_through_a_follower_with_nothing_written()
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_lists_come_in_pages() {
+    let cluster = TestCluster::start(3).await;
+    let c = cluster.client_of(1);
+    let session = c.create_session(&session_spec(1, 1)).await.unwrap();
+    let (miner, token) = c.register_miner("pager", 5, &[]).await.unwrap();
+    let tasks: Vec<Value> = (0..5).map(|i| json!({"payload": b64(&[i])})).collect();
+    c.ok(
+        reqwest::Method::POST,
+        &format!("/v1/sessions/{session}/tasks:batch"),
+        Some(&json!({ "tasks": tasks })),
+        None,
+    )
+    .await
+    .unwrap();
+    let list = |query: String| {
+        let c = c.clone();
+        let token = token.clone();
+        let miner = miner.clone();
+        async move {
+            c.call(
+                reqwest::Method::GET,
+                &format!("/v1/miners/{miner}/assignments?{query}"),
+                None,
+                Some(&token),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Wait until all five are assigned.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, v) = list("wait_ms=1000".into()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        if v["assignments"].as_array().unwrap().len() == 5 {
+            assert_eq!(v["next_after_task"], Value::Null, "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all assigned: {v}"
+        );
+    }
+    // Pages of two: 2, 2, 1, in task order, the last without a next.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let query = match &after {
+            Some(a) => format!("limit=2&after_task={a}"),
+            None => "limit=2".into(),
+        };
+        let (status, v) = list(query).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let page = v["assignments"].as_array().unwrap();
+        assert!(page.len() <= 2, "{v}");
+        seen.extend(
+            page.iter()
+                .map(|a| a["task_id"].as_str().unwrap().to_string()),
+        );
+        pages += 1;
+        match v["next_after_task"].as_str() {
+            Some(next) => {
+                assert_eq!(Some(next), page.last().and_then(|a| a["task_id"].as_str()));
+                after = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort_by_key(|t| t.trim_start_matches("t-").parse::<u64>().unwrap());
+    sorted.dedup();
+    assert_eq!(seen, sorted, "pages overlap or are out of order");
+    assert_eq!(seen.len(), 5);
+    // Out-of-range limits and a bad cursor are 400.
+    for query in ["limit=0", "limit=4097", "after_task=nope"] {
+        let (status, v) = list(query.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {v}");
+    }
+}
