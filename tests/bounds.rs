@@ -171,3 +171,65 @@ async fn assignment_lists_come_in_pages() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {v}");
     }
 }
+
+/// Sends only the head of a request announcing a 10 MiB body, and reads the answer:
+/// a node that answers has not waited for (or read) the body.
+async fn head_only(addr: &str, path: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        10 << 20
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered before the body was sent")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_miner_token_is_refused_before_the_body_is_read() {
+    let cluster = TestCluster::start(3).await;
+    let c = cluster.client_of(0);
+    let (miner, token) = c.register_miner("real", 1, &[]).await.unwrap();
+    let unknown = format!("sqm_{}", "ab".repeat(32));
+    for (path, token) in [
+        ("/v1/tasks/t-1/commit".to_string(), unknown.as_str()),
+        (format!("/v1/miners/{miner}/heartbeat"), unknown.as_str()),
+        ("/v1/tasks/t-1/ack".to_string(), "not-a-token"),
+    ] {
+        let answer = head_only(&cluster.api(1), &path, token).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(answer.contains("unauthorized"), "{path}: {answer}");
+    }
+    // A known token gets past the check, and then the small body limit of an ack
+    // applies: a 10 MiB ack is 413 (the body is refused, not applied).
+    let big = json!({"pad": "x".repeat(1 << 20)});
+    let (status, v) = cluster
+        .client_of(1)
+        .call(
+            reqwest::Method::POST,
+            "/v1/tasks/t-1/ack",
+            Some(&big),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    // A miner registered through node 0 is known on node 2 without a read-index round.
+    let (status, v) = cluster
+        .client_of(2)
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/miners/{miner}/heartbeat"),
+            Some(&json!({})),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
