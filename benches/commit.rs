@@ -37,6 +37,8 @@ fn spec() -> SessionSpec {
         idle_release_ms: 60_000,
         queue_timeout_ms: 0,
         idempotency_window_ms: 3_600_000,
+        max_queued_tasks: 100_000_000,
+        keep_finished_payloads: false,
     }
 }
 

@@ -40,6 +40,8 @@ fn main() {
         idle_release_ms: 3_600_000,
         queue_timeout_ms: 0,
         idempotency_window_ms: 24 * 3_600_000,
+        max_queued_tasks: 100_000_000,
+        keep_finished_payloads: false,
     };
     let Response::SessionCreated { session } =
         s.apply(&Command::CreateSession(spec), 1).unwrap().response

@@ -13,8 +13,10 @@ use crate::machine::Record;
 
 /// The version byte written before every encoded value. Version 2: sessions and tasks
 /// carry a queue timeout, sessions an idempotency window, and remembered idempotency
-/// keys are records of their own; a store or peer of version 1 is refused, not misread.
-pub const FORMAT_VERSION: u8 = 2;
+/// keys are records of their own. Version 3: sessions carry their queue bound and
+/// whether finished tasks keep their payloads. A store or peer of an older version is
+/// refused, not misread.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Decoding refuses values larger than this (1 GiB), whatever a length prefix claims.
 const DECODE_LIMIT: usize = 1 << 30;

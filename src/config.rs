@@ -185,6 +185,17 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 
+    /// Most unfinished tasks a session may hold, unless it says otherwise (HTTP 429
+    /// `queue_full` above).
+    #[arg(long, env = "SQ_MAX_QUEUED_TASKS", default_value_t = 1_000_000)]
+    pub max_queued_tasks: u64,
+
+    /// Keep the payload of a finished task until it is purged, unless a session says
+    /// otherwise; by default a task drops its payload when it finishes.
+    #[arg(long, env = "SQ_KEEP_FINISHED_PAYLOADS", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub keep_finished_payloads: bool,
+
     /// Longest long poll (`wait`, `wait_ms`, `timeout`) a client may ask for, ms.
     #[arg(long, env = "SQ_MAX_WAIT_MS", default_value_t = 60_000)]
     pub max_wait_ms: u64,
@@ -286,6 +297,14 @@ impl NodeConfig {
             bail!(
                 "--max-payload-bytes is above the hard limit of {}",
                 crate::machine::limits::MAX_BLOB_BYTES
+            );
+        }
+        if self.max_queued_tasks == 0
+            || self.max_queued_tasks > crate::machine::limits::MAX_QUEUED_TASKS
+        {
+            bail!(
+                "--max-queued-tasks must be 1..={}",
+                crate::machine::limits::MAX_QUEUED_TASKS
             );
         }
         if let Some(spec) = &self.initial_cluster {

@@ -12,8 +12,16 @@
 //!
 //! A miner token is random, returned once at registration; only its sha256 enters
 //! the log. The token alone identifies its miner.
+//!
+//! Miner routes check the token before their body is read ([`require_miner_token`]),
+//! from this node's applied state only: a token it does not know never starts a
+//! read-index round on the leader (a random token would otherwise make the leader
+//! work). A miner registered through another node may not be applied here yet, so
+//! a well-formed unknown token waits, at most [`UNKNOWN_TOKEN_WAIT`], for this
+//! node's own apply to move on before the 401; a malformed one is refused at once.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
@@ -22,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
-use super::{lookup, ApiError};
+use super::ApiError;
 use crate::machine::{sha256, Digest, MinerAuth, MinerId};
 use crate::node::Node;
 
@@ -121,16 +129,54 @@ pub fn new_miner_token() -> (String, Digest) {
     (token, hash)
 }
 
-/// The calling miner, from its bearer token (401 if absent or unknown).
+/// How long a well-formed miner token this node does not know waits for the node's
+/// applied state to move on (a registration through another node, not yet applied
+/// here; a follower applies a committed entry within a heartbeat or two) before 401.
+pub const UNKNOWN_TOKEN_WAIT: Duration = Duration::from_millis(500);
+
+/// Whether `token` has the shape [`new_miner_token`] gives: `sqm_` and 64 hex digits.
+fn well_formed(token: &str) -> bool {
+    token
+        .strip_prefix("sqm_")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The calling miner, from its bearer token (401 if absent or unknown), from this
+/// node's applied state: no read-index round (see the module documentation).
 pub async fn miner(node: &Node, headers: &HeaderMap) -> Result<MinerAuth, ApiError> {
     let token = bearer(headers).ok_or_else(|| {
         ApiError::Unauthorized("missing miner token (Authorization: Bearer)".into())
     })?;
+    let unknown = || ApiError::Unauthorized("unknown miner token".into());
+    if !well_formed(token) {
+        return Err(unknown());
+    }
     let token_hash = sha256(&[token.as_bytes()]);
-    let miner = lookup(node, |s| s.miner_by_token(&token_hash))
-        .await?
-        .ok_or_else(|| ApiError::Unauthorized("unknown miner token".into()))?;
-    Ok(MinerAuth { miner, token_hash })
+    let find = |s: &crate::machine::State| s.miner_by_token(&token_hash);
+    let mut applied = node.state.watch_applied();
+    let deadline = Instant::now() + UNKNOWN_TOKEN_WAIT;
+    loop {
+        if let Some(miner) = node.state.read(find) {
+            return Ok(MinerAuth { miner, token_hash });
+        }
+        match tokio::time::timeout_at(deadline.into(), applied.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Err(unknown()),
+        }
+    }
+}
+
+/// Refuses a miner call (401) whose token this node does not know, before its body
+/// is read.
+pub async fn require_miner_token(
+    State(node): State<Arc<Node>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(e) = miner(&node, request.headers()).await {
+        return e.into_response();
+    }
+    next.run(request).await
 }
 
 /// The calling miner, who must be the one named in the path (403 otherwise).

@@ -10,6 +10,9 @@ use crate::machine::Rejection;
 use crate::raft::proposer::ProposeError;
 use crate::raft::read::ReadError;
 
+/// Seconds a client is told to wait before retrying a submit refused as `queue_full`.
+const QUEUE_FULL_RETRY_AFTER_S: u64 = 1;
+
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -31,6 +34,9 @@ pub enum ApiError {
     /// A reveal that does not hash to its precommit (recorded; the assignment is rejected).
     #[error("{0}")]
     RevealMismatch(String),
+    /// The session's queue is full (429 `queue_full`, `Retry-After`); nothing written.
+    #[error("{0}")]
+    QueueFull(String),
     /// No leader in time, or the outcome is unknown; retry after the given seconds.
     #[error("{message}")]
     Unavailable {
@@ -56,6 +62,7 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RevealMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +78,7 @@ impl ApiError {
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::TooLarge(_) => "too_large",
             ApiError::RevealMismatch(_) => "reveal_mismatch",
+            ApiError::QueueFull(_) => "queue_full",
             ApiError::Unavailable { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
@@ -82,10 +90,15 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
         let mut response = (status, body).into_response();
-        if let ApiError::Unavailable { retry_after, .. } = &self {
+        let retry_after = match &self {
+            ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            ApiError::QueueFull(_) => Some(QUEUE_FULL_RETRY_AFTER_S),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -101,6 +114,7 @@ impl From<Rejection> for ApiError {
             Rejection::Conflict(m) => ApiError::Conflict(m),
             Rejection::TooLarge(m) => ApiError::TooLarge(m),
             Rejection::IdempotencyConflict(m) => ApiError::IdempotencyConflict(m),
+            Rejection::QueueFull(m) => ApiError::QueueFull(m),
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::wire::{assignment_json, miner_json, Empty, RegisterMiner};
 use super::{auth, propose, ApiError, JsonBody, QueryParams};
-use crate::machine::{Command, MinerAuth, MinerState, Response};
+use crate::machine::{Command, MinerAuth, MinerState, Response, TaskId};
 use crate::node::Node;
 
 pub async fn register(
@@ -102,9 +102,24 @@ pub async fn read(
 pub struct AssignmentsQuery {
     wait_ms: Option<u64>,
     after: Option<u64>,
+    /// Most entries in the answer (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]).
+    limit: Option<usize>,
+    /// Start after this task id: the `next_after_task` of the previous page.
+    after_task: Option<String>,
 }
 
+/// Entries of an assignments answer unless the miner asks for another `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `limit`: the largest miner capacity, so a miner asking for its
+/// capacity always gets its whole list in one answer.
+pub const MAX_PAGE: usize = crate::machine::limits::MAX_CAPACITY as usize;
+
 /// The miner's unfinished assignments, and the `applied_index` at which they were read.
+///
+/// Paged, oldest task first: at most `limit` entries (default 100, at most 4096, the
+/// largest capacity; 400 above); `next_after_task` names the last entry when more
+/// follow (pass it as `after_task` for the next page), else it is null. The long poll
+/// below looks at the whole list, whatever page is asked for.
 ///
 /// With `wait_ms`, a long poll: without `after`, it waits (at most that long) until
 /// the miner has an assignment; with `after` (the `applied_index` of the previous
@@ -120,6 +135,17 @@ pub async fn assignments(
     QueryParams(q): QueryParams<AssignmentsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let auth = auth::miner_itself(&node, &headers, &id).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad(format!("limit must be 1..={MAX_PAGE}")));
+    }
+    let after_task = match q.after_task.as_deref() {
+        Some(t) => Some(
+            t.parse::<TaskId>()
+                .map_err(|_| ApiError::bad(format!("after_task {t:?} is not a task id")))?,
+        ),
+        None => None,
+    };
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(node.config.max_wait_ms));
     let deadline = Instant::now() + wait;
     // Subscribed before the first look, so no change between look and wait is missed.
@@ -142,9 +168,9 @@ pub async fn assignments(
             None => busy,
         };
         if ready || Instant::now() >= deadline {
-            let (list, index) = node.state.read(|s| {
-                let list: Vec<serde_json::Value> = s
-                    .assignments_of(auth.miner)
+            let (list, more, index) = node.state.read(|s| {
+                let (page, more) = s.assignments_page(auth.miner, after_task, limit);
+                let list: Vec<serde_json::Value> = page
                     .into_iter()
                     .map(|(t, slot)| {
                         // The miner's latest slot of the task (a task may come back
@@ -156,9 +182,16 @@ pub async fn assignments(
                         v
                     })
                     .collect();
-                (list, node.state.applied_index())
+                (list, more, node.state.applied_index())
             });
-            return Ok(Json(json!({"assignments": list, "applied_index": index})));
+            let next = if more {
+                list.last().map(|v| v["task_id"].clone())
+            } else {
+                None
+            };
+            return Ok(Json(
+                json!({"assignments": list, "next_after_task": next, "applied_index": index}),
+            ));
         }
         tokio::select! {
             changed = changes.changed() => {

@@ -36,6 +36,9 @@ pub use error::ApiError;
 use crate::machine::{Command, Response as MachineResponse, State};
 use crate::node::Node;
 
+/// Largest body of a miner call other than a reveal (ack, precommit, heartbeat, drain).
+pub const MINER_BODY_LIMIT: usize = 64 << 10;
+
 /// The API's routes over a node.
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config.max_body_bytes;
@@ -77,18 +80,32 @@ pub fn router(node: Arc<Node>) -> Router {
             auth::require_registration_key,
         )),
     };
-    // Miner calls: the miner's own token.
+    // Miner calls: the miner's own token, and small bodies; a reveal carries an output
+    // (base64) of at most the payload limit.
+    let small = DefaultBodyLimit::max(MINER_BODY_LIMIT);
+    let reveal = DefaultBodyLimit::max(node.config.max_payload_bytes / 3 * 4 + MINER_BODY_LIMIT);
     let miner = Router::new()
         .route(
             "/v1/miners/{id}",
             get(miners::read).delete(miners::deregister),
         )
-        .route("/v1/miners/{id}/heartbeat", post(miners::heartbeat))
-        .route("/v1/miners/{id}/drain", post(miners::drain))
+        .route(
+            "/v1/miners/{id}/heartbeat",
+            post(miners::heartbeat).layer(small),
+        )
+        .route("/v1/miners/{id}/drain", post(miners::drain).layer(small))
         .route("/v1/miners/{id}/assignments", get(miners::assignments))
-        .route("/v1/tasks/{id}/ack", post(tasks::ack))
-        .route("/v1/tasks/{id}/precommit", post(tasks::precommit))
-        .route("/v1/tasks/{id}/commit", post(tasks::commit));
+        .route("/v1/tasks/{id}/ack", post(tasks::ack).layer(small))
+        .route(
+            "/v1/tasks/{id}/precommit",
+            post(tasks::precommit).layer(small),
+        )
+        .route("/v1/tasks/{id}/commit", post(tasks::commit).layer(reveal))
+        // The token is checked before any body is read.
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::require_miner_token,
+        ));
     Router::new()
         .merge(keyed)
         .merge(admin)

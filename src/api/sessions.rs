@@ -32,6 +32,12 @@ fn spec(node: &Node, body: CreateSession) -> SessionSpec {
         idle_release_ms: body.idle_release_ms.unwrap_or(30_000),
         queue_timeout_ms: body.queue_timeout_ms.unwrap_or(0),
         idempotency_window_ms: body.idempotency_window_ms.unwrap_or(retention_ms),
+        max_queued_tasks: body
+            .max_queued_tasks
+            .unwrap_or(node.config.max_queued_tasks),
+        keep_finished_payloads: body
+            .keep_finished_payloads
+            .unwrap_or(node.config.keep_finished_payloads),
     }
 }
 

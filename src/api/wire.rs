@@ -40,6 +40,10 @@ pub struct CreateSession {
     pub queue_timeout_ms: Option<u64>,
     /// Absent: the session's retention.
     pub idempotency_window_ms: Option<u64>,
+    /// Most unfinished tasks the session may hold (absent: `--max-queued-tasks`).
+    pub max_queued_tasks: Option<u64>,
+    /// Keep payloads of finished tasks until retention (absent: `--keep-finished-payloads`).
+    pub keep_finished_payloads: Option<bool>,
 }
 
 /// One task of a submit.
@@ -126,6 +130,8 @@ pub fn session_json(s: &Session, applied_index: u64) -> Value {
         "idle_release_ms": s.spec.idle_release_ms,
         "queue_timeout_ms": s.spec.queue_timeout_ms,
         "idempotency_window_ms": s.spec.idempotency_window_ms,
+        "max_queued_tasks": s.spec.max_queued_tasks,
+        "keep_finished_payloads": s.spec.keep_finished_payloads,
         "state": match s.state { SessionState::Open => "open", SessionState::Closed => "closed" },
         "created_ms": s.created_ms,
         "closed_ms": s.closed_ms,
@@ -184,7 +190,7 @@ pub fn assignment_json(t: &Task, slot: SlotState) -> Value {
     json!({
         "task_id": t.id.to_string(),
         "session_id": t.session.to_string(),
-        "payload": base64(&t.payload),
+        "payload": t.payload.as_deref().map(base64),
         "state": slot.as_str(),
         "task_state": t.state.as_str(),
     })

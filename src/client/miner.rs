@@ -419,13 +419,19 @@ async fn work(
                 poll_not_before.max(gate_until)
             };
             if at <= now {
+                // The list is paged; a miner holds at most its capacity, so asking
+                // for that many gets the whole list (the book treats it as whole).
+                let limit = ctx
+                    .spec
+                    .capacity
+                    .clamp(1, crate::machine::limits::MAX_CAPACITY);
                 let path = match after {
                     Some(a) => format!(
-                        "/v1/miners/{id}/assignments?wait_ms={}&after={a}",
+                        "/v1/miners/{id}/assignments?wait_ms={}&limit={limit}&after={a}",
                         POLL_WAIT.as_millis()
                     ),
                     None => format!(
-                        "/v1/miners/{id}/assignments?wait_ms={}",
+                        "/v1/miners/{id}/assignments?wait_ms={}&limit={limit}",
                         POLL_WAIT.as_millis()
                     ),
                 };

@@ -52,6 +52,13 @@ pub struct SessionSpec {
     /// How long an idempotency key is remembered after its task was submitted, even
     /// once the task is purged; at least `retention_ms`.
     pub idempotency_window_ms: u64,
+    /// Most unfinished tasks (queued or in progress) the session may hold; a submit
+    /// that would go past it is refused as `queue_full`, so a session's backlog, and
+    /// the payloads it keeps in every replica's memory, stays bounded.
+    pub max_queued_tasks: u64,
+    /// Whether a finished task keeps its payload until it is purged; by default it is
+    /// dropped when the task finishes.
+    pub keep_finished_payloads: bool,
 }
 
 /// One task of a submit.

@@ -30,6 +30,10 @@ pub enum Rejection {
     /// (payload, priority or queue timeout) (HTTP 409).
     #[error("{0}")]
     IdempotencyConflict(String),
+    /// The session already holds `max_queued_tasks` unfinished tasks (HTTP 429
+    /// `queue_full`); retry once some have finished.
+    #[error("{0}")]
+    QueueFull(String),
 }
 
 impl Rejection {
@@ -43,6 +47,7 @@ impl Rejection {
             Rejection::Conflict(_) => "conflict",
             Rejection::TooLarge(_) => "too_large",
             Rejection::IdempotencyConflict(_) => "idempotency_conflict",
+            Rejection::QueueFull(_) => "queue_full",
         }
     }
 }

@@ -320,7 +320,8 @@ impl State {
         let now = self.step.now;
         let t = &self.tasks[&id];
         let sid = t.session;
-        let retention = self.sessions[&sid].spec.retention_ms;
+        let spec = &self.sessions[&sid].spec;
+        let (retention, keep_payload) = (spec.retention_ms, spec.keep_finished_payloads);
         let (open, phase) = (t.open_slots, t.phase_deadline);
         let held: Vec<(MinerId, Option<u64>)> = t
             .assignments
@@ -335,12 +336,21 @@ impl State {
         self.set_due(phase, None, Due::Phase(id));
         let purge_at = now.saturating_add(retention);
         self.set_due(None, Some(purge_at), Due::TaskPurge(id));
+        if let Some(live) = self.idx.unfinished.get_mut(&sid) {
+            live.remove(&id);
+            if live.is_empty() {
+                self.idx.unfinished.remove(&sid);
+            }
+        }
         let t = self.task_mut(id);
         t.open_slots = 0;
         t.phase_deadline = None;
         for a in t.assignments.iter_mut() {
             a.deadline = None;
             a.output = None;
+        }
+        if !keep_payload {
+            t.payload = None;
         }
         t.result = result;
         t.failure = failure;

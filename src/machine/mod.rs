@@ -10,8 +10,8 @@
 //!
 //! The state is five ordered maps (a header, sessions, miners, tasks, remembered
 //! idempotency keys) plus indexes derived from them (the per-session queues, the
-//! deadline index, the pool). Only the maps are encoded; the indexes are rebuilt on
-//! restore. Every mutation marks the entity it touched, so the store can write exactly
+//! deadline index, the pool, each session's unfinished tasks). Only the maps are
+//! encoded; the indexes are rebuilt on restore. Every mutation marks the entity it touched, so the store can write exactly
 //! the changed records after each entry ([`State::take_dirty`]).
 //!
 //! Each command is decided in two halves: a pure validation (`validate_*`, taking
@@ -91,6 +91,8 @@ pub mod limits {
     pub const MAX_CAPACITY: u32 = 4096;
     /// Longest timeout or retention of any kind: 30 days.
     pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
+    /// Largest `max_queued_tasks` of a session.
+    pub const MAX_QUEUED_TASKS: u64 = 100_000_000;
     /// Largest `max_attempts`.
     pub const MAX_ATTEMPTS: u32 = 1000;
     /// A rejection counts as recent for this long.
@@ -165,6 +167,9 @@ struct Indexes {
     depth: StateCounts,
     /// A miner's token hash → the miner, so a token alone identifies its miner.
     tokens: HashMap<Digest, MinerId>,
+    /// Per session, its unfinished tasks, so closing a session visits only its own
+    /// tasks (never every task of the cluster). No entry for a session without any.
+    unfinished: HashMap<SessionId, BTreeSet<TaskId>>,
 }
 
 /// What one apply is doing: its time, the transitions it caused and what it touched.
@@ -179,6 +184,9 @@ struct Step {
     /// Queued tasks dispatch looked at, so tests can see a long queue costs little.
     #[cfg(test)]
     examined: usize,
+    /// Tasks closing a session looked at, so tests can see it visits only its own.
+    #[cfg(test)]
+    visited: usize,
 }
 
 /// The replicated state. See the module documentation.
@@ -432,6 +440,9 @@ impl State {
         }
         for t in self.tasks.values() {
             idx.depth.add(t.state, 1);
+            if !t.state.is_terminal() {
+                idx.unfinished.entry(t.session).or_default().insert(t.id);
+            }
             if let Some(lane) = t.lane() {
                 idx.queues
                     .entry(t.session)

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::error::{conflict, invalid, not_found};
-use super::ids::{MinerId, SessionId};
+use super::ids::{MinerId, SessionId, TaskId};
 use super::limits;
 use super::tick::Due;
 use super::{Key, MinerState, Rejection, Response, SessionSpec, State, TaskState};
@@ -158,6 +158,12 @@ pub(super) fn validate_spec(spec: &SessionSpec) -> Result<(), Rejection> {
             limits::MAX_ATTEMPTS
         )));
     }
+    if spec.max_queued_tasks == 0 || spec.max_queued_tasks > limits::MAX_QUEUED_TASKS {
+        return Err(invalid(format!(
+            "max_queued_tasks must be 1..={}",
+            limits::MAX_QUEUED_TASKS
+        )));
+    }
     if spec.owner.len() > limits::MAX_LABEL_BYTES {
         return Err(invalid("owner is too long"));
     }
@@ -212,14 +218,19 @@ impl State {
 
     pub(super) fn close_session(&mut self, id: SessionId) -> Result<Response, Rejection> {
         self.validate_close(id)?;
-        let live: Vec<_> = self
-            .tasks
-            .range(..)
-            .filter(|(_, t)| t.session == id && !t.state.is_terminal())
-            .map(|(tid, _)| *tid)
-            .collect();
+        // Only the session's own unfinished tasks, from their index, in id order.
+        let live: Vec<TaskId> = self
+            .idx
+            .unfinished
+            .get(&id)
+            .map(|tasks| tasks.iter().copied().collect())
+            .unwrap_or_default();
         let cancelled = live.len() as u64;
         for task in live {
+            #[cfg(test)]
+            {
+                self.step.visited += 1;
+            }
             self.finish(
                 task,
                 TaskState::Cancelled,
@@ -427,6 +438,7 @@ impl State {
             self.sessions.remove(&id);
             self.idx.queues.remove(&id);
             self.idx.needy.remove(&id);
+            debug_assert!(!self.idx.unfinished.contains_key(&id));
             self.forget_session_keys(id);
             self.mark(Key::Session(id));
         } else {

@@ -1,7 +1,8 @@
 //! Submitting tasks: one command for one task or a batch, all or nothing.
 //!
 //! [`State::validate_submit`] decides everything a submit can be refused for (unknown
-//! or closed session, empty, over a limit, an idempotency key reused for another task)
+//! or closed session, empty, over a limit, an idempotency key reused for another task,
+//! the session's unfinished tasks past its `max_queued_tasks`)
 //! and plans each task: new, or an earlier task its key names. [`State::submit`] then
 //! only carries the plan out, so [`State::check`] and apply refuse exactly alike.
 
@@ -102,6 +103,17 @@ impl State {
                 plan.push(Planned::New(Some((hash, print))));
             }
         }
+        // The queue bound counts what the submit would add: repeats of known keys add
+        // nothing, so a retry of an accepted submit is never refused as full.
+        let adding = plan.iter().filter(|p| matches!(p, Planned::New(_))).count() as u64;
+        let live = s.counts.live();
+        if adding > 0 && live.saturating_add(adding) > s.spec.max_queued_tasks {
+            return Err(Rejection::QueueFull(format!(
+                "session {session} holds {live} unfinished tasks; {adding} more would pass its \
+                 max_queued_tasks of {}; retry once some have finished",
+                s.spec.max_queued_tasks
+            )));
+        }
         Ok(plan)
     }
 
@@ -143,7 +155,7 @@ impl State {
             let task = Task {
                 id,
                 session,
-                payload: new.payload.clone(),
+                payload: Some(new.payload.clone()),
                 priority,
                 idempotency_key: new.idempotency_key.clone(),
                 state: TaskState::Queued,
@@ -166,6 +178,7 @@ impl State {
             }
             self.idx.depth.add(TaskState::Queued, 1);
             self.tasks.insert(id, task);
+            self.idx.unfinished.entry(session).or_default().insert(id);
             self.sync_queue(id);
             self.emit(id, None, EventKind::Submitted);
             self.mark(Key::Task(id));

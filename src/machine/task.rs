@@ -128,8 +128,11 @@ pub struct Assignment {
 pub struct Task {
     pub id: TaskId,
     pub session: SessionId,
+    /// The payload, until the task finishes: a finished task needs it no more (its
+    /// result, history and assignments stay until retention), so it is dropped then
+    /// unless the session keeps finished payloads.
     #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+    pub payload: Option<Vec<u8>>,
     pub priority: i32,
     pub idempotency_key: Option<String>,
     pub state: TaskState,

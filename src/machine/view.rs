@@ -50,14 +50,32 @@ impl State {
 
     /// The miner's unfinished slots, oldest task first.
     pub fn assignments_of(&self, id: MinerId) -> Vec<(&Task, SlotState)> {
+        self.assignments_page(id, None, usize::MAX).0
+    }
+
+    /// One page of the miner's unfinished slots, oldest task first: at most `limit`,
+    /// of tasks after `after`, and whether more follow the page.
+    pub fn assignments_page(
+        &self,
+        id: MinerId,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> (Vec<(&Task, SlotState)>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
         let Some(m) = self.miners.get(&id) else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
-        m.active
-            .iter()
+        let from = after.map_or(Unbounded, Excluded);
+        let mut page: Vec<(&Task, SlotState)> = m
+            .active
+            .range((from, Unbounded))
             .filter_map(|t| self.tasks.get(t))
             .filter_map(|t| t.slot(id).map(|i| (t, t.assignments[i].state)))
-            .collect()
+            .take(limit.saturating_add(1))
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
     }
 
     /// Tasks per state, all sessions.

@@ -39,6 +39,8 @@ fn entries(n: u64) -> Vec<Entry> {
         idle_release_ms: 1000,
         queue_timeout_ms: 0,
         idempotency_window_ms: 3_600_000,
+        max_queued_tasks: 1_000_000,
+        keep_finished_payloads: false,
     };
     (1..=n)
         .map(|i| Entry {

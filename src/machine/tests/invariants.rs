@@ -16,6 +16,7 @@ pub(super) fn assert_indexes_equal(a: &State, b: &State) {
     assert_eq!(a.idx.needy, b.idx.needy, "needy");
     assert_eq!(a.idx.depth, b.idx.depth, "depth");
     assert_eq!(a.idx.tokens, b.idx.tokens, "tokens");
+    assert_eq!(a.idx.unfinished, b.idx.unfinished, "unfinished");
 }
 
 pub(super) fn check_invariants(s: &State) {
@@ -49,6 +50,15 @@ pub(super) fn check_invariants(s: &State) {
             t.id,
             t.queue_deadline,
             t.lane()
+        );
+        // A payload is held while the task is unfinished, and after only if kept.
+        assert_eq!(
+            t.payload.is_some(),
+            !t.state.is_terminal() || session.spec.keep_finished_payloads,
+            "{}: payload held {} in state {:?}",
+            t.id,
+            t.payload.is_some(),
+            t.state
         );
         if t.state.is_terminal() {
             assert_eq!(t.open_slots, 0);
@@ -132,6 +142,11 @@ pub(super) fn check_invariants(s: &State) {
             sess.id
         );
         assert!(sess.reserved.len() as u32 <= sess.spec.max_nodes);
+        assert!(
+            sess.counts.live() <= sess.spec.max_queued_tasks,
+            "{} holds more unfinished tasks than its max_queued_tasks",
+            sess.id
+        );
         for m in &sess.reserved {
             let miner = &s.miners[m];
             assert_eq!(miner.reserved_by, Some(sess.id));

@@ -3,6 +3,7 @@
 //! file holds what they share: a session spec, miner credentials and [`World`], a
 //! state with a leader clock and helpers that drive it.
 
+mod bounds;
 mod dispatch;
 mod encoding;
 mod idempotency;
@@ -39,6 +40,8 @@ fn spec(k: u8, q: u8) -> SessionSpec {
         idle_release_ms: IDLE_MS,
         queue_timeout_ms: 0,
         idempotency_window_ms: RETENTION_MS,
+        max_queued_tasks: 1_000_000,
+        keep_finished_payloads: false,
     }
 }
 

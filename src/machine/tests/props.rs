@@ -19,6 +19,7 @@ enum Op {
         tagged: bool,
         queue_timeout: u64,
         window_extra: u64,
+        max_queued: u64,
     },
     CloseSession(usize),
     Submit {
@@ -61,14 +62,16 @@ fn op() -> impl Strategy<Value = Op> {
             (1u8..4, 1u8..4, 0u32..6, prop::bool::weighted(0.3)),
             prop::sample::select(vec![0u64, 0, 20_000, 60_000]),
             prop::sample::select(vec![0u64, 100_000]),
+            prop::sample::select(vec![1_000_000u64, 1_000_000, 2, 5]),
         )
-            .prop_map(|((k, q, extra, tagged), queue_timeout, window_extra)| Op::CreateSession {
+            .prop_map(|((k, q, extra, tagged), queue_timeout, window_extra, max_queued)| Op::CreateSession {
                 k,
                 q: q.min(k),
                 max_nodes: k as u32 + extra,
                 tagged,
                 queue_timeout,
                 window_extra,
+                max_queued,
             }),
         1 => (0usize..24).prop_map(Op::CloseSession),
         3 => (
@@ -152,8 +155,11 @@ impl Driver {
                 tagged,
                 queue_timeout,
                 window_extra,
+                max_queued,
             } => {
                 let mut sp = spec(k, q);
+                sp.max_queued_tasks = max_queued;
+                sp.keep_finished_payloads = max_queued == 5;
                 sp.max_nodes = max_nodes;
                 sp.max_attempts = 3;
                 sp.retention_ms = 200_000;

@@ -1,0 +1,163 @@
+//! Bounds the machine keeps on what a client can grow: a session's queue
+//! (`max_queued_tasks`, refused as `queue_full` by every replica alike), and the
+//! payloads of finished tasks (dropped unless the session keeps them); and the work of
+//! closing a session (only its own unfinished tasks are visited).
+
+use super::*;
+
+fn bounded(w: &mut World, max: u64) -> SessionId {
+    let mut sp = spec(1, 1);
+    sp.max_queued_tasks = max;
+    w.session_with(sp)
+}
+
+fn submit_cmd(session: SessionId, payloads: &[&str], key: Option<&str>) -> Command {
+    Command::SubmitTasks {
+        session,
+        tasks: payloads.iter().map(|p| new_task(p, None, key)).collect(),
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_submits_all_or_nothing() {
+    let mut w = World::new();
+    let s = bounded(&mut w, 3);
+    let other = bounded(&mut w, 3);
+    w.submit(s, "a");
+    w.submit_with(s, "b", None, Some("kb"));
+    // A batch of two would make four: refused whole, nothing created.
+    let full = w.refused(submit_cmd(s, &["c", "d"], None));
+    assert!(matches!(full, Rejection::QueueFull(_)), "{full}");
+    assert_eq!(full.code(), "queue_full");
+    assert!(full.to_string().contains("max_queued_tasks of 3"), "{full}");
+    assert_eq!(w.s.session(s).unwrap().counts.queued, 2);
+    // One more fits; then even one is refused.
+    w.submit(s, "c");
+    let one = w.refused(submit_cmd(s, &["d"], None));
+    assert_eq!(one.code(), "queue_full");
+    // A retry of an accepted key adds nothing, so a full queue still answers it.
+    let retry = w.ok(submit_cmd(s, &["b"], Some("kb")));
+    assert!(matches!(retry, Response::TasksSubmitted { ref tasks } if !tasks[0].1));
+    // Another session's queue is its own.
+    w.submit(other, "x");
+}
+
+#[test]
+fn finishing_or_cancelling_frees_room_in_the_queue() {
+    let mut w = World::new();
+    let s = bounded(&mut w, 2);
+    let m = w.miner(1);
+    let t1 = w.submit(s, "a");
+    let t2 = w.submit(s, "b");
+    assert_eq!(w.holders(t1), vec![m]);
+    // Dispatched but unfinished tasks count too: the bound is on unfinished work.
+    w.refused(submit_cmd(s, &["c"], None));
+    w.complete(t1, "out");
+    let t3 = w.submit(s, "c");
+    w.refused(submit_cmd(s, &["d"], None));
+    w.ok(Command::CancelTask { task: t2 });
+    w.submit(s, "d");
+    assert_eq!(w.s.session(s).unwrap().counts.live(), 2);
+    assert_ne!(t3, t2);
+}
+
+#[test]
+fn the_queue_bound_is_validated() {
+    let mut w = World::new();
+    for bad in [0, limits::MAX_QUEUED_TASKS + 1] {
+        let mut sp = spec(1, 1);
+        sp.max_queued_tasks = bad;
+        let r = w.refused(Command::CreateSession(sp));
+        assert_eq!(r.code(), "invalid", "{r}");
+        assert!(r.to_string().contains("max_queued_tasks"), "{r}");
+    }
+}
+
+#[test]
+fn a_finished_task_drops_its_payload_but_keeps_its_result_and_history() {
+    let mut w = World::new();
+    let s = w.session(1, 1);
+    let _m = w.miner(2);
+    let done = w.submit(s, "done");
+    let cancelled = w.submit(s, "cancelled");
+    assert_eq!(w.task(done).payload.as_deref(), Some(&b"done"[..]));
+    w.complete(done, "out");
+    w.ok(Command::CancelTask { task: cancelled });
+    let t = w.task(done);
+    assert_eq!(t.payload, None);
+    assert_eq!(t.result.as_deref(), Some(&b"out"[..]));
+    assert!(!t.assignments.is_empty() && t.history.len() > 2);
+    assert_eq!(w.task(cancelled).payload, None);
+    // The dropped payload is written: a restored replica agrees.
+    let restored = State::decode(&w.s.encode()).unwrap();
+    assert_eq!(restored.task(done).unwrap().payload, None);
+    assert_eq!(restored.encode(), w.s.encode());
+}
+
+#[test]
+fn a_session_may_keep_finished_payloads() {
+    let mut w = World::new();
+    let mut sp = spec(1, 1);
+    sp.keep_finished_payloads = true;
+    let s = w.session_with(sp);
+    let _m = w.miner(1);
+    let t = w.submit(s, "kept");
+    w.complete(t, "out");
+    assert_eq!(w.task(t).payload.as_deref(), Some(&b"kept"[..]));
+    // Until retention purges the task.
+    w.advance(RETENTION_MS + 1);
+    assert!(w.s.task(t).is_none());
+}
+
+#[test]
+fn closing_one_session_of_many_visits_only_its_own_unfinished_tasks() {
+    let mut w = World::new();
+    let _m = w.miner(1);
+    let sessions: Vec<SessionId> = (0..20).map(|_| w.session(1, 1)).collect();
+    let target = sessions[7];
+    for (i, &s) in sessions.iter().enumerate() {
+        w.ok(Command::SubmitTasks {
+            session: s,
+            tasks: (0..50)
+                .map(|j| new_task(&format!("{i}-{j}"), None, None))
+                .collect(),
+        });
+    }
+    // Two of the target's tasks finish first: the close has no work with them.
+    let mine: Vec<TaskId> =
+        w.s.tasks
+            .values()
+            .filter(|t| t.session == target)
+            .map(|t| t.id)
+            .collect();
+    w.ok(Command::CancelTask { task: mine[0] });
+    w.ok(Command::CancelTask { task: mine[1] });
+    assert_eq!(w.s.tasks.len(), 1000);
+    w.s.take_dirty();
+
+    let r = w.ok(Command::CloseSession { session: target });
+    assert_eq!(
+        r,
+        Response::SessionClosed {
+            session: target,
+            cancelled: 48
+        }
+    );
+    assert_eq!(
+        w.s.step.visited, 48,
+        "close visited tasks of other sessions"
+    );
+    // And it wrote only the target's tasks.
+    let written: Vec<TaskId> =
+        w.s.take_dirty()
+            .into_iter()
+            .filter_map(|k| match k {
+                Key::Task(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(written, mine[2..].to_vec());
+    for s in sessions.iter().filter(|s| **s != target) {
+        assert_eq!(w.s.session(*s).unwrap().counts.live(), 50);
+    }
+}

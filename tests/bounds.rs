@@ -1,0 +1,235 @@
+//! Bounds of what a client can grow, against real node processes: a session's queue
+//! (`max_queued_tasks`, 429 `queue_full` with nothing written), through a follower so
+//! the refusal is seen to come from the replicated rule, not one node's guess.
+
+mod common;
+
+use common::{session_spec, TestCluster};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use session_queue::client::b64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_session_queue_is_a_429_through_a_follower_with_nothing_written() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster
+        .wait_for_leader(std::time::Duration::from_secs(10))
+        .await;
+    let follower = (leader + 1) % 3;
+    let base = cluster.url(follower);
+    let http = reqwest::Client::new();
+
+    let mut spec = session_spec(1, 1);
+    spec["max_queued_tasks"] = json!(3);
+    let session = cluster
+        .client_of(follower)
+        .create_session(&spec)
+        .await
+        .unwrap();
+    let task = |p: &str| json!({"payload": b64(p.as_bytes())});
+    let submit = |tasks: Vec<Value>| {
+        let http = http.clone();
+        let url = format!("{base}/v1/sessions/{session}/tasks:batch");
+        async move {
+            let r = http
+                .post(url)
+                .json(&json!({ "tasks": tasks }))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let retry = r.headers().get("retry-after").cloned();
+            (status, retry, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, _, v) = submit(vec![task("a"), task("b")]).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+
+    // Two more would make four: the whole batch is refused.
+    let (status, retry, v) = submit(vec![task("c"), task("d")]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "queue_full", "{v}");
+    assert!(retry.is_some(), "queue_full carries Retry-After");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_queued_tasks of 3"),
+        "{v}"
+    );
+
+    // Nothing was written: every node still counts two queued tasks.
+    for i in 0..3 {
+        let s = cluster
+            .client_of(i)
+            .ok(
+                reqwest::Method::GET,
+                &format!("/v1/sessions/{session}"),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(s["max_queued_tasks"], 3, "{s}");
+        assert_eq!(s["submitted_total"], 2, "node {i}: {s}");
+    }
+    // One still fits.
+    let (status, _, v) = submit(vec![task("c")]).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+
+    // A bound out of range is a 400.
+    let mut bad = session_spec(1, 1);
+    bad["max_queued_tasks"] = json!(0);
+    let r = http
+        .post(format!("{base}/v1/sessions"))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_lists_come_in_pages() {
+    let cluster = TestCluster::start(3).await;
+    let c = cluster.client_of(1);
+    let session = c.create_session(&session_spec(1, 1)).await.unwrap();
+    let (miner, token) = c.register_miner("pager", 5, &[]).await.unwrap();
+    let tasks: Vec<Value> = (0..5).map(|i| json!({"payload": b64(&[i])})).collect();
+    c.ok(
+        reqwest::Method::POST,
+        &format!("/v1/sessions/{session}/tasks:batch"),
+        Some(&json!({ "tasks": tasks })),
+        None,
+    )
+    .await
+    .unwrap();
+    let list = |query: String| {
+        let c = c.clone();
+        let token = token.clone();
+        let miner = miner.clone();
+        async move {
+            c.call(
+                reqwest::Method::GET,
+                &format!("/v1/miners/{miner}/assignments?{query}"),
+                None,
+                Some(&token),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Wait until all five are assigned.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, v) = list("wait_ms=1000".into()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        if v["assignments"].as_array().unwrap().len() == 5 {
+            assert_eq!(v["next_after_task"], Value::Null, "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all assigned: {v}"
+        );
+    }
+    // Pages of two: 2, 2, 1, in task order, the last without a next.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let query = match &after {
+            Some(a) => format!("limit=2&after_task={a}"),
+            None => "limit=2".into(),
+        };
+        let (status, v) = list(query).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        let page = v["assignments"].as_array().unwrap();
+        assert!(page.len() <= 2, "{v}");
+        seen.extend(
+            page.iter()
+                .map(|a| a["task_id"].as_str().unwrap().to_string()),
+        );
+        pages += 1;
+        match v["next_after_task"].as_str() {
+            Some(next) => {
+                assert_eq!(Some(next), page.last().and_then(|a| a["task_id"].as_str()));
+                after = Some(next.to_string());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort_by_key(|t| t.trim_start_matches("t-").parse::<u64>().unwrap());
+    sorted.dedup();
+    assert_eq!(seen, sorted, "pages overlap or are out of order");
+    assert_eq!(seen.len(), 5);
+    // Out-of-range limits and a bad cursor are 400.
+    for query in ["limit=0", "limit=4097", "after_task=nope"] {
+        let (status, v) = list(query.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {v}");
+    }
+}
+
+/// Sends only the head of a request announcing a 10 MiB body, and reads the answer:
+/// a node that answers has not waited for (or read) the body.
+async fn head_only(addr: &str, path: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        10 << 20
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered before the body was sent")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_miner_token_is_refused_before_the_body_is_read() {
+    let cluster = TestCluster::start(3).await;
+    let c = cluster.client_of(0);
+    let (miner, token) = c.register_miner("real", 1, &[]).await.unwrap();
+    let unknown = format!("sqm_{}", "ab".repeat(32));
+    for (path, token) in [
+        ("/v1/tasks/t-1/commit".to_string(), unknown.as_str()),
+        (format!("/v1/miners/{miner}/heartbeat"), unknown.as_str()),
+        ("/v1/tasks/t-1/ack".to_string(), "not-a-token"),
+    ] {
+        let answer = head_only(&cluster.api(1), &path, token).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(answer.contains("unauthorized"), "{path}: {answer}");
+    }
+    // A known token gets past the check, and then the small body limit of an ack
+    // applies: a 10 MiB ack is 413 (the body is refused, not applied).
+    let big = json!({"pad": "x".repeat(1 << 20)});
+    let (status, v) = cluster
+        .client_of(1)
+        .call(
+            reqwest::Method::POST,
+            "/v1/tasks/t-1/ack",
+            Some(&big),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    // A miner registered through node 0 is known on node 2 without a read-index round.
+    let (status, v) = cluster
+        .client_of(2)
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/miners/{miner}/heartbeat"),
+            Some(&json!({})),
+            Some(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
