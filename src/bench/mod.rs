@@ -116,6 +116,9 @@ async fn create_session(client: &Client, args: &BenchArgs) -> anyhow::Result<Str
         "max_nodes": (args.miners as u32).max(k as u32),
         "retention_ms": 600_000,
         "idle_release_ms": 600_000,
+        // Submit and batch runs queue far more than the default bound of unfinished
+        // tasks per session (1,000,000) without miners to finish them.
+        "max_queued_tasks": 100_000_000,
     });
     Ok(client
         .create_session(&spec)
