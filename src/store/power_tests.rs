@@ -14,6 +14,7 @@ use tempfile::TempDir;
 
 use super::snapshot::SYNCED_DIRS;
 use super::state_store::keys;
+use super::tests::snapshot_bytes;
 use super::*;
 use crate::machine::{Batch, Command, SessionSpec};
 use crate::raft::types::{Entry, LogId};
@@ -128,11 +129,7 @@ async fn a_build_that_began_before_an_install_does_not_replace_it() {
         .build_snapshot()
         .await
         .unwrap();
-    let mut newer_bytes = Vec::new();
-    let mut source = newer.snapshot;
-    tokio::io::AsyncReadExt::read_to_end(&mut source, &mut newer_bytes)
-        .await
-        .unwrap();
+    let newer_bytes = snapshot_bytes(newer.snapshot).await;
 
     // This node, at 10, begins a build; the newer snapshot is installed while the
     // build has its view but has not finished.
@@ -160,12 +157,7 @@ async fn a_build_that_began_before_an_install_does_not_replace_it() {
     assert_eq!(built.meta, newer.meta);
     let current = sm.get_current_snapshot().await.unwrap().expect("current");
     assert_eq!(current.meta, newer.meta);
-    let mut current_bytes = Vec::new();
-    let mut source = current.snapshot;
-    tokio::io::AsyncReadExt::read_to_end(&mut source, &mut current_bytes)
-        .await
-        .unwrap();
-    assert_eq!(current_bytes, newer_bytes);
+    assert_eq!(snapshot_bytes(current.snapshot).await, newer_bytes);
     let snaps = std::fs::read_dir(dir.path().join("snapshots"))
         .unwrap()
         .filter(|e| {

@@ -190,11 +190,7 @@ async fn a_corrupted_snapshot_is_refused_and_changes_nothing() {
         .build_snapshot()
         .await
         .unwrap();
-    let mut bytes = Vec::new();
-    let mut source = snapshot.snapshot;
-    tokio::io::AsyncReadExt::read_to_end(&mut source, &mut bytes)
-        .await
-        .unwrap();
+    let bytes = snapshot_bytes(snapshot.snapshot).await;
 
     let fdir = TempDir::new().unwrap();
     let (_flog, mut follower) = open(fdir.path(), 2, "test").await.unwrap();
@@ -291,4 +287,13 @@ async fn a_foreign_or_unknown_data_directory_is_refused() {
         .err()
         .expect("corrupt state");
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+}
+
+/// Every byte of a snapshot's data.
+pub(super) async fn snapshot_bytes(mut data: Box<tokio::fs::File>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut data, &mut bytes)
+        .await
+        .unwrap();
+    bytes
 }
