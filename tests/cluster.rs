@@ -11,29 +11,14 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use session_queue::client::Client;
 
-/// A metric's value from a node's Prometheus text.
-async fn metric(cluster: &TestCluster, i: usize, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", cluster.url(i)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_raft_entries() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let c = cluster.client_of(leader);
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
-    let batches_before = metric(&cluster, leader, "sq_proposer_batches_total").await;
-    let commands_before = metric(&cluster, leader, "sq_proposer_commands_total").await;
+    let batches_before = cluster.metric(leader, "sq_proposer_batches_total").await;
+    let commands_before = cluster.metric(leader, "sq_proposer_commands_total").await;
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..64 {
         let (c, session) = (c.clone(), session.clone());
@@ -48,8 +33,8 @@ async fn concurrent_writes_share_raft_entries() {
     while let Some(r) = writers.join_next().await {
         r.unwrap();
     }
-    let batches = metric(&cluster, leader, "sq_proposer_batches_total").await - batches_before;
-    let commands = metric(&cluster, leader, "sq_proposer_commands_total").await - commands_before;
+    let batches = cluster.metric(leader, "sq_proposer_batches_total").await - batches_before;
+    let commands = cluster.metric(leader, "sq_proposer_commands_total").await - commands_before;
     assert!(commands >= 1280.0, "{commands} commands");
     assert!(
         commands / batches >= 4.0,

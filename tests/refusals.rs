@@ -18,21 +18,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use session_queue::client::Client;
 
-/// A metric's value from a node's Prometheus text (0 when absent).
-async fn metric(cluster: &TestCluster, i: usize, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", cluster.url(i)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
-}
-
 /// What the leader has logged and proposed so far.
 #[derive(Debug)]
 struct LeaderCounts {
@@ -52,9 +37,11 @@ async fn leader_counts(cluster: &TestCluster, leader: usize) -> LeaderCounts {
     LeaderCounts {
         term: view["term"].as_u64().unwrap(),
         last_log_index: view["last_log_index"].as_u64().unwrap(),
-        batches: metric(cluster, leader, "sq_proposer_batches_total").await,
-        commands: metric(cluster, leader, "sq_proposer_commands_total").await,
-        refused: metric(cluster, leader, "sq_proposer_refused_commands_total").await,
+        batches: cluster.metric(leader, "sq_proposer_batches_total").await as u64,
+        commands: cluster.metric(leader, "sq_proposer_commands_total").await as u64,
+        refused: cluster
+            .metric(leader, "sq_proposer_refused_commands_total")
+            .await as u64,
     }
 }
 

@@ -240,6 +240,21 @@ impl TestCluster {
         format!("http://{}", self.api(i))
     }
 
+    /// A metric's value from node `i`'s Prometheus text (0 when absent).
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url(i)))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// A client of every node.
     pub fn client(&self) -> Client {
         let nodes: Vec<String> = (0..self.nodes.len()).map(|i| self.api(i)).collect();
