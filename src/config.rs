@@ -199,6 +199,23 @@ pub struct NodeConfig {
     /// Longest long poll (`wait`, `wait_ms`, `timeout`) a client may ask for, ms.
     #[arg(long, env = "SQ_MAX_WAIT_MS", default_value_t = 60_000)]
     pub max_wait_ms: u64,
+
+    /// Most connections the API listener keeps open at once; past it a new
+    /// connection is closed at once and the open ones are still served.
+    #[arg(long, env = "SQ_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most connections the peer listener keeps open at once.
+    #[arg(long, env = "SQ_MAX_PEER_CONNECTIONS", default_value_t = 512)]
+    pub max_peer_connections: usize,
+
+    /// Longest a request's headers (or a TLS handshake) may take to arrive, ms.
+    #[arg(long, env = "SQ_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// A connection with no request in flight for this long is closed, ms.
+    #[arg(long, env = "SQ_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -233,6 +250,10 @@ impl std::fmt::Debug for NodeConfig {
             .field("write_timeout_ms", &self.write_timeout_ms)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("max_peer_connections", &self.max_peer_connections)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
             .finish_non_exhaustive()
     }
 }
@@ -307,10 +328,29 @@ impl NodeConfig {
                 crate::machine::limits::MAX_QUEUED_TASKS
             );
         }
+        if self.max_connections == 0 || self.max_peer_connections == 0 {
+            bail!("--max-connections and --max-peer-connections must be positive");
+        }
+        if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            bail!("--header-read-timeout-ms and --idle-timeout-ms must be positive");
+        }
         if let Some(spec) = &self.initial_cluster {
             parse_members(spec)?;
         }
         Ok(())
+    }
+
+    /// What the API listener (`peer = false`) or the peer listener allows.
+    pub fn listener_limits(&self, peer: bool) -> crate::listener::ListenerLimits {
+        crate::listener::ListenerLimits {
+            max_connections: if peer {
+                self.max_peer_connections
+            } else {
+                self.max_connections
+            },
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        }
     }
 
     /// This node's advertised addresses.

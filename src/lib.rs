@@ -16,6 +16,7 @@ pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod listener;
 pub mod machine;
 pub mod node;
 pub mod peer;

@@ -17,7 +17,7 @@ use crate::raft::network::{Network, PeerClient};
 use crate::raft::proposer::{Proposer, ProposerConfig};
 use crate::raft::types::{NodeId, Raft};
 use crate::store::AppliedState;
-use crate::{api, peer, raft, shutdown, store};
+use crate::{api, listener, peer, raft, shutdown, store};
 
 /// A running node, as its handlers see it.
 pub struct Node {
@@ -210,20 +210,22 @@ pub async fn start(
         "node started"
     );
     let mut servers = JoinSet::new();
-    let wait = stop.clone();
-    servers.spawn(async move {
-        axum::serve(peer_listener, peer_app)
-            .with_graceful_shutdown(wait.wait())
-            .await
-            .context("peer server")
-    });
-    let wait = stop.clone();
-    servers.spawn(async move {
-        axum::serve(api_listener, api_app)
-            .with_graceful_shutdown(wait.wait())
-            .await
-            .context("API server")
-    });
+    servers.spawn(listener::serve(
+        "peer",
+        peer_listener,
+        peer_app,
+        config.listener_limits(true),
+        None,
+        stop.clone(),
+    ));
+    servers.spawn(listener::serve(
+        "api",
+        api_listener,
+        api_app,
+        config.listener_limits(false),
+        None,
+        stop.clone(),
+    ));
     Ok(Running {
         node,
         servers,

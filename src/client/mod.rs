@@ -80,6 +80,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(1024)
+            // Below the nodes' default idle timeout (60 s), so a pooled connection
+            // is dropped here before the node closes it under a request.
+            .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(120))
             .build()

@@ -80,7 +80,7 @@ pub struct PeerClient {
 impl PeerClient {
     pub fn new(secret: String) -> Self {
         let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_millis(500))

@@ -1,0 +1,283 @@
+//! A listener: accepts connections under a cap, closes the ones that sit idle or
+//! never finish their headers, optionally speaks TLS, and serves an axum router on
+//! each connection (HTTP/1.1 with upgrades, or HTTP/2).
+//!
+//! `axum::serve` accepts without limit and keeps an idle connection forever, so a
+//! client holding a thousand sockets shut a node out of new clients (and left
+//! RocksDB without file descriptors). Here:
+//! - at most [`ListenerLimits::max_connections`] are open at once; past that a new
+//!   connection is closed at once (it is never left queued behind the flood), and
+//!   the ones already open are still served;
+//! - a connection with no request in flight for `idle_timeout` is closed (a request
+//!   in flight includes a response body still streaming: SSE, long polls);
+//! - a request whose headers do not arrive within `header_read_timeout` closes its
+//!   connection, and so does a TLS handshake that takes longer;
+//! - a failed `accept` (no file descriptors left) backs off instead of ending the
+//!   server.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+use crate::shutdown::Shutdown;
+
+/// What one listener allows.
+#[derive(Clone, Debug)]
+pub struct ListenerLimits {
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Longest a request's headers (or a TLS handshake) may take to arrive.
+    pub header_read_timeout: Duration,
+    /// A connection with nothing in flight for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Serves `app` on `listener` until `stop` is triggered, then lets open
+/// connections finish their requests (the caller bounds how long it waits).
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: Router,
+    limits: ListenerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: Shutdown,
+) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    let mut last_accept_warning: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stopped => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE/ENFILE and friends: keep the listener, retry shortly.
+                if last_accept_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(listener = name, error = %e, "accept failed; retrying");
+                    last_accept_warning = Some(Instant::now());
+                }
+                metrics::counter!("sq_accept_errors_total", "listener" => name).increment(1);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Over the cap: close now rather than queue it behind the connections
+            // holding the slots.
+            metrics::counter!("sq_connections_refused_total", "listener" => name).increment(1);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let limits = limits.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let open = metrics::gauge!("sq_connections_open", "listener" => name);
+            open.increment(1.0);
+            match tls {
+                None => serve_connection(name, stream, app, &limits, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => serve_connection(name, stream, app, &limits, stop).await,
+                        Ok(Err(e)) => {
+                            metrics::counter!("sq_tls_handshake_failures_total", "listener" => name)
+                                .increment(1);
+                            tracing::debug!(listener = name, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("sq_tls_handshake_failures_total", "listener" => name)
+                                .increment(1);
+                        }
+                    }
+                }
+            }
+            open.decrement(1.0);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Serves one connection until the client closes it, it sits idle past the
+/// timeout, or the node stops.
+async fn serve_connection<I>(
+    name: &'static str,
+    io: I,
+    app: Router,
+    limits: &ListenerLimits,
+    stop: Shutdown,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let tracked = activity.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let app = app.clone();
+        let guard = tracked.enter();
+        async move {
+            let response = app
+                .oneshot(request.map(Body::new))
+                .await
+                .unwrap_or_else(|never: Infallible| match never {});
+            Ok::<_, Infallible>(response.map(|body| Body::new(TrackedBody { body, _guard: guard })))
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(None);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    let mut closing = false;
+    loop {
+        let idle_check = tokio::time::sleep(activity.idle_deadline(limits.idle_timeout));
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(listener = name, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut stopped, if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = idle_check, if !closing => {
+                if activity.idle_for() >= limits.idle_timeout {
+                    metrics::counter!("sq_connections_idle_closed_total", "listener" => name)
+                        .increment(1);
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `started` when a request last began or ended.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.last_ms.store(self.now_ms(), Ordering::Release);
+        InFlight(self.clone())
+    }
+
+    /// How long nothing has been in flight (zero while something is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.now_ms().saturating_sub(self.last_ms.load(Ordering::Acquire)))
+    }
+
+    /// When to look again: the moment the connection would have been idle for
+    /// `timeout` if nothing happens meanwhile.
+    fn idle_deadline(&self, timeout: Duration) -> Duration {
+        timeout.saturating_sub(self.idle_for()).max(Duration::from_millis(10))
+    }
+}
+
+/// One request in flight; ends when its response body is done (or dropped).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it ends.
+struct TrackedBody {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_idle_only_with_nothing_in_flight() {
+        let activity = Arc::new(Activity::new());
+        let guard = activity.enter();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(activity.idle_for(), Duration::ZERO);
+        drop(guard);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(activity.idle_for() >= Duration::from_millis(15));
+        assert!(activity.idle_deadline(Duration::from_millis(30)) <= Duration::from_millis(15));
+    }
+}
