@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Session Queue side by side with etcd, in one run on one machine.
+# Session Queue side by side with etcd and RabbitMQ, in one run on one machine.
 #
 # Starts a three-member etcd (Debian's etcd-server) on loopback and drives it with
 # wrk (etcd-put.lua: a fresh key, 256-byte value per request) at 1, 16, 64 and 256
-# connections; stops it; starts a three-node Session Queue cluster and drives its
+# connections; stops it; starts a three-node RabbitMQ (Debian's rabbitmq-server,
+# benches/rabbitmq.sh) and drives a durable quorum queue with publisher confirms
+# from benches/amqp.rs (256-byte messages, one in flight per connection, through the
+# node holding the queue's leader); stops it; starts a three-node Session Queue cluster and drives its
 # leader with the same wrk load (submit.lua: one task, 256-byte payload per request);
 # then runs the project's own benchmarks (batch submits of 1,000 and 5,000 tasks a
 # call; full lifecycles with k=1, all calls to the leader, then spread over the nodes).
-# Writes results.json, results.md (a table with the ratio ours/etcd) and
+# Writes results.json, results.md (a table with the ratios ours/etcd and ours/RabbitMQ) and
 # throughput.svg / latency.svg into the output directory.
 #
 #   benches/compare.sh [OUT_DIR]        (default: bench-results/<date>)
@@ -20,9 +23,11 @@ conns=${SQ_COMPARE_CONNS:-"1 16 64 256"}
 out=${1:-$root/bench-results/$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$out"
 work=$(mktemp -d)
+chmod 755 "$work" # the RabbitMQ nodes run as the rabbitmq user and keep their data here
 etcd_pids=()
 cleanup() {
   for p in "${etcd_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  "$root/benches/rabbitmq.sh" stop "$work/rabbitmq" >/dev/null 2>&1 || true
   SQ_CLUSTER_DATA="$work/sq" SQ_API_PORT_BASE=27000 "$root/cluster/down.sh" --wipe >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -34,6 +39,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v python3 >/dev/null || missing+=(python3)
+command -v rabbitmq-server >/dev/null || missing+=(rabbitmq-server)
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -42,8 +48,9 @@ if ((${#missing[@]})); then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/session-queue/target}
-(cd "$root" && cargo build --release --quiet)
+(cd "$root" && cargo build --release --quiet && cargo build --release --quiet --bench amqp)
 bin="$CARGO_TARGET_DIR/release/session-queue"
+amqp_load=$(ls -t "$CARGO_TARGET_DIR"/release/deps/amqp-* | grep -v '\.d$' | sed -n 1p)
 
 # wrk with one of our load scripts plus the JSON reporter; prints the JSON line.
 run_wrk() { # script url conns
@@ -76,7 +83,7 @@ for _ in $(seq 100); do
   ETCDCTL_API=3 etcdctl --endpoints=$endpoints endpoint health >/dev/null 2>&1 && break
   sleep 0.2
 done
-etcd_version=$(etcd --version | head -1)
+etcd_version=$(etcd --version | sed -n 1p)  # sed reads it all: head would end etcd with SIGPIPE under pipefail
 leader=$(ETCDCTL_API=3 etcdctl --endpoints=$endpoints endpoint status -w json |
   python3 -c 'import sys,json; s=json.load(sys.stdin); print(next(e["Endpoint"] for e in s if e["Status"]["leader"]==e["Status"]["header"]["member_id"]))')
 echo "etcd leader: $leader ($etcd_version)"
@@ -89,6 +96,21 @@ done
 for p in "${etcd_pids[@]}"; do kill "$p" 2>/dev/null || true; done
 wait "${etcd_pids[@]}" 2>/dev/null || true
 etcd_pids=()
+
+# ---- RabbitMQ ----
+echo "== RabbitMQ: three nodes on loopback, a quorum queue"
+# Debian's package may start a broker of its own on install: it would hold 5672.
+if command -v service >/dev/null; then service rabbitmq-server stop >/dev/null 2>&1 || true; fi
+rabbitmq_version=$("$root/benches/rabbitmq.sh" start "$work/rabbitmq" | tail -n 1)
+echo "RabbitMQ $rabbitmq_version"
+: >"$work/rabbitmq.jsonl"
+for c in $conns; do
+  # The queue is declared through node 1, which then holds its leader.
+  r=$("$amqp_load" --uri "amqp://127.0.0.1:5672/%2f" -c "$c" -d "$secs" | sed -n 's/^WRK_JSON //p')
+  echo "rabbitmq c=$c $r"
+  echo "{\"system\":\"rabbitmq\",\"connections\":$c,\"wrk\":$r}" >>"$work/rabbitmq.jsonl"
+done
+"$root/benches/rabbitmq.sh" stop "$work/rabbitmq" >/dev/null 2>&1 || true
 
 # ---- Session Queue ----
 echo "== Session Queue: three nodes on loopback"
@@ -134,5 +156,5 @@ own lifecycle-spread "full lifecycles, k=1, 256 in flight, 8 miners, calls sprea
   lifecycle --all-nodes -c 256 --miners 8 --miner-capacity 64
 "$root/cluster/down.sh" --wipe >/dev/null
 
-python3 "$root/benches/report.py" "$work" "$out" "$machine" "$etcd_version" "$secs"
+python3 "$root/benches/report.py" "$work" "$out" "$machine" "$etcd_version" "$secs" "$rabbitmq_version"
 echo "results in $out"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Turns the raw results of benches/compare.sh into results.json, a Markdown table
-with the ratio ours/etcd, and two SVG plots (throughput and p99 latency against
-connections). Standard library only.
+with the ratios ours/etcd and ours/RabbitMQ, and two SVG plots (throughput and p99
+latency against connections). Standard library only.
 
-Usage: report.py WORK_DIR OUT_DIR MACHINE_JSON ETCD_VERSION SECONDS
+Usage: report.py WORK_DIR OUT_DIR MACHINE_JSON ETCD_VERSION SECONDS [RABBITMQ_VERSION]
 """
 import json
 import math
@@ -12,6 +12,7 @@ import sys
 import time
 
 work, out, machine, etcd_version, secs = sys.argv[1:6]
+rabbitmq_version = sys.argv[6] if len(sys.argv) > 6 else None
 machine = json.loads(machine)
 
 
@@ -22,6 +23,8 @@ def load_jsonl(path):
 
 etcd = {r["connections"]: r["wrk"] for r in load_jsonl(os.path.join(work, "etcd.jsonl"))}
 ours = {r["connections"]: r["wrk"] for r in load_jsonl(os.path.join(work, "sq.jsonl"))}
+rabbit_path = os.path.join(work, "rabbitmq.jsonl")
+rabbit = {r["connections"]: r["wrk"] for r in load_jsonl(rabbit_path)} if os.path.exists(rabbit_path) else {}
 own = []  # the project's own benchmark runs, in the order they ran
 own_path = os.path.join(work, "own.jsonl")
 if os.path.exists(own_path):
@@ -32,21 +35,24 @@ if os.path.exists(own_path):
                 run["report"] = json.load(f)
             own.append(run)
 
-conns = sorted(set(etcd) | set(ours))
+conns = sorted(set(etcd) | set(ours) | set(rabbit))
 rows = []
 for c in conns:
-    e, o = etcd.get(c), ours.get(c)
+    e, o, q = etcd.get(c), ours.get(c), rabbit.get(c)
     rows.append({
         "connections": c,
         "etcd": e,
         "ours": o,
+        "rabbitmq": q,
         "throughput_ratio": (o["rps"] / e["rps"]) if e and o and e["rps"] else None,
+        "rabbitmq_ratio": (o["rps"] / q["rps"]) if q and o and q["rps"] else None,
     })
 
 results = {
     "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     "machine": machine,
     "etcd_version": etcd_version,
+    "rabbitmq_version": rabbitmq_version,
     "seconds_per_row": float(secs),
     "rows": rows,
     "own": own,
@@ -59,18 +65,24 @@ def fmt(v, digits=2):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+rabbit_note = (f"; RabbitMQ {rabbitmq_version}, three nodes, a durable quorum queue, publisher confirms "
+               "(benches/amqp.rs)") if rabbitmq_version else ""
 lines = [
     f"Run {results['when']} on {machine['cpus']} CPUs ({machine['cpu']}), {machine['mem_mib']} MiB; "
-    f"{etcd_version}; wrk -t1, 256-byte values, {secs} s per row, fsync on.",
+    f"{etcd_version}{rabbit_note}; wrk -t1, 256-byte values, one request in flight per connection, "
+    f"{secs} s per row, fsync on.",
     "",
-    "| connections | etcd puts/s | etcd p50 ms | etcd p99 ms | ours tasks/s | ours p50 ms | ours p99 ms | ratio ours/etcd |",
-    "|---|---|---|---|---|---|---|---|",
+    "| connections | etcd puts/s | etcd p50 / p99 ms | RabbitMQ msgs/s | RabbitMQ p50 / p99 ms "
+    "| ours tasks/s | ours p50 / p99 ms | ours/etcd | ours/RabbitMQ |",
+    "|---|---|---|---|---|---|---|---|---|",
 ]
 for r in rows:
-    e, o = r["etcd"] or {}, r["ours"] or {}
+    e, o, q = r["etcd"] or {}, r["ours"] or {}, r["rabbitmq"] or {}
     lines.append(
-        f"| {r['connections']} | {fmt(e.get('rps'), 0)} | {fmt(e.get('p50_ms'))} | {fmt(e.get('p99_ms'))} "
-        f"| {fmt(o.get('rps'), 0)} | {fmt(o.get('p50_ms'))} | {fmt(o.get('p99_ms'))} | {fmt(r['throughput_ratio'])}× |"
+        f"| {r['connections']} | {fmt(e.get('rps'), 0)} | {fmt(e.get('p50_ms'))} / {fmt(e.get('p99_ms'))} "
+        f"| {fmt(q.get('rps'), 0)} | {fmt(q.get('p50_ms'))} / {fmt(q.get('p99_ms'))} "
+        f"| {fmt(o.get('rps'), 0)} | {fmt(o.get('p50_ms'))} / {fmt(o.get('p99_ms'))} "
+        f"| {fmt(r['throughput_ratio'])}× | {fmt(r['rabbitmq_ratio'])}× |"
     )
 if own:
     lines += [
@@ -156,6 +168,8 @@ svg_chart(
     [
         ("Session Queue (task submits)", [(c, (ours.get(c) or {}).get("rps")) for c in conns], "#1f77b4"),
         ("etcd (puts)", [(c, (etcd.get(c) or {}).get("rps")) for c in conns], "#d62728"),
+        ("RabbitMQ quorum queue (confirmed publishes)",
+         [(c, (rabbit.get(c) or {}).get("rps")) for c in conns], "#2ca02c"),
     ],
 )
 svg_chart(
@@ -167,6 +181,8 @@ svg_chart(
         ("Session Queue p99", [(c, (ours.get(c) or {}).get("p99_ms")) for c in conns], "#7fb3dd"),
         ("etcd p50", [(c, (etcd.get(c) or {}).get("p50_ms")) for c in conns], "#d62728"),
         ("etcd p99", [(c, (etcd.get(c) or {}).get("p99_ms")) for c in conns], "#f09090"),
+        ("RabbitMQ p50", [(c, (rabbit.get(c) or {}).get("p50_ms")) for c in conns], "#2ca02c"),
+        ("RabbitMQ p99", [(c, (rabbit.get(c) or {}).get("p99_ms")) for c in conns], "#98df8a"),
     ],
     log_y=True,
 )
