@@ -43,7 +43,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from ._backoff import Backoff
 from .client import Client, Payload, commitment
 from .errors import (
-    ApiError,
     ConnectionLostError,
     MinerGoneError,
     NoNodeAvailableError,
@@ -239,6 +238,12 @@ class Miner:
         self._leave()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Waits for the thread of :meth:`start` to end; returns whether it did."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
 
     @property
     def running(self) -> bool:
