@@ -163,16 +163,27 @@ class EventStream:
         self.connections += 1
         return response
 
+    def open(self) -> "EventStream":
+        """Connects now (iteration connects when needed), so that every event
+        applied after this returns is in the stream. Raises a typed API error when
+        the node refuses (401, 404), or
+        :class:`~session_queue.errors.NoNodeAvailableError`."""
+        if self._response is None:
+            self._response = self._open()
+        return self
+
     def __iter__(self) -> Iterator[Event]:
         backoff = Backoff(0.1, 5.0)
         while not self._expired():
-            try:
-                response = self._open()
-            except (NoNodeAvailableError, UnavailableError):
-                if not self.reconnect:
-                    raise
-                time.sleep(min(backoff.fail(), self._remaining()))
-                continue
+            response = self._response
+            if response is None:
+                try:
+                    response = self._open()
+                except (NoNodeAvailableError, UnavailableError):
+                    if not self.reconnect:
+                        raise
+                    time.sleep(min(backoff.fail(), self._remaining()))
+                    continue
             self._response = response
             quiet = False
             try:
