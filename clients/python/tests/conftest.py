@@ -113,6 +113,13 @@ class Cluster:
         self.spawn(i)
         self.wait_ready()
 
+    def revive(self, i: int) -> None:
+        """Starts node ``i`` again on its data if it was killed, and waits until the
+        cluster is ready."""
+        if self.procs[i] is None:
+            self.spawn(i)
+        self.wait_ready()
+
     def ready(self, i: int) -> bool:
         try:
             return httpx.get(f"http://{self.nodes[i]}/ready", timeout=2.0).status_code == 200

@@ -51,7 +51,7 @@ def test_leader_killed_under_a_client_and_a_miner(cluster: Cluster, tag: str) ->
                         assert one.get_task(before, linearizable=True).result == b"BEFORE"
             assert miner.gone is None
     finally:
-        cluster.restart(leader)
+        cluster.revive(leader)
 
 
 def test_sse_stream_resumes_on_another_node_when_its_node_dies(cluster: Cluster, tag: str) -> None:
@@ -104,4 +104,4 @@ def test_sse_stream_resumes_on_another_node_when_its_node_dies(cluster: Cluster,
             transition_ids = [e.id for e in events if e.event == "transition"]
             assert len(set(transition_ids)) == len(transition_ids)
     finally:
-        cluster.restart(victim)
+        cluster.revive(victim)

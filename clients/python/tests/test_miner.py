@@ -5,7 +5,6 @@ lifecycle with k miners and a quorum, and the raw miner calls are checked one by
 from __future__ import annotations
 
 import os
-import threading
 import time
 from typing import List
 

@@ -187,3 +187,30 @@ def test_429_is_retried_after_retry_after_and_4xx_is_not() -> None:
     with Client(["a:1", "b:2"], transport=scripted(answers, seen), retry_for=0) as c:
         with pytest.raises(NoNodeAvailableError):
             c.get_task("t-1")
+
+
+def test_async_client_follows_the_same_rules() -> None:
+    import asyncio
+
+    from session_queue import AsyncClient
+
+    seen: List[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "a":
+            raise httpx.ConnectError("refused")
+        if len(seen) == 2:
+            return httpx.Response(503, json={"error": {"code": "unavailable", "message": "no leader"}})
+        return httpx.Response(201, json={"task_id": "t-9", "created": True})
+
+    async def main() -> None:
+        async with AsyncClient(["a:1", "b:2", "c:3"], transport=httpx.MockTransport(handle), retry_for=10) as c:
+            s = await c.submit("s-1", b"x")
+            assert s.task_id == "t-9" and s.idempotency_key
+        async with AsyncClient(["b:2"], transport=scripted([(404, "not_found")], seen)) as c:
+            with pytest.raises(NotFoundError):
+                await c.get_task("t-1")
+
+    asyncio.run(main())
+    assert [r.url.host for r in seen[:3]] == ["a", "b", "c"]

@@ -6,6 +6,7 @@
 - :mod:`session_queue.errors`: one exception class per error code.
 """
 
+from .aio import AsyncClient
 from .client import BatchSubmitted, Client, WaitTimeoutError, commitment
 from .errors import (
     ApiError,
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ApiError",
+    "AsyncClient",
     "Assignment",
     "AssignmentList",
     "BadRequestError",

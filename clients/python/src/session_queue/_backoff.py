@@ -17,7 +17,7 @@ class Backoff:
 
     def nominal(self) -> float:
         """The nominal wait after the failures so far (before jitter)."""
-        return min(self.cap, self.base * (2 ** min(self.failures, 30)))
+        return float(min(self.cap, self.base * (2 ** min(self.failures, 30))))
 
     def fail(self) -> float:
         """Records one more failure; returns how many seconds to wait."""

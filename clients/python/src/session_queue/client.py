@@ -54,6 +54,7 @@ from .errors import (
 )
 from .models import (
     AssignmentList,
+    Payload,
     MinerAssignment,
     MinerRegistration,
     Session,
@@ -71,7 +72,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: the path of a CA file (PEM), or a ready :class:`ssl.SSLContext`.
 Verify = Union[bool, str, ssl.SSLContext]
 
-Payload = Union[bytes, bytearray, memoryview, str]
 
 #: Keep-alive connections are dropped this long after their last use: well below the
 #: nodes' idle timeout, so a node never closes a pooled connection under a request.
@@ -217,58 +217,27 @@ class Client:
         ``token`` replaces the API key (miner calls). ``safe``: the call may be
         repeated when its outcome is unknown. ``extra_wait``: seconds the node may
         hold the call (a long poll), added to the read timeout."""
-        budget = self.retry_for if retry_for is None else retry_for
-        deadline = time.monotonic() + budget
-        backoff = Backoff(0.05, 2.0)
+        retry = _Retry(len(self.nodes), safe, self.retry_for if retry_for is None else retry_for)
         headers = self._headers(token)
         timeout = httpx.Timeout(self.timeout + extra_wait, connect=self.connect_timeout)
-        # Nodes tried since the last wait: a connection refused moves to the next
-        # node at once, and waits only after every node refused.
-        tried = 0
         while True:
             i, base = self._node()
             url = base + path
-            wait = 0.0
             try:
                 response = self._http.request(
                     method, url, json=json, params=params, headers=headers, timeout=timeout
                 )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
-                # Not sent: nothing written.
-                self._advance(i)
-                error: SessionQueueError = NoNodeAvailableError(f"{method} {url}: {e!r}")
-                tried += 1
-                if tried < len(self.nodes):
-                    continue
-                tried = 0
-                wait = backoff.fail()
             except httpx.TransportError as e:
-                # Sent, but no answer: the call may have been applied.
+                wait = retry.transport_failed(e, f"{method} {url}")
                 self._advance(i)
-                error = ConnectionLostError(f"{method} {url}: {e!r}")
-                if not safe:
-                    raise error from e
-                wait = backoff.fail()
             else:
                 if response.is_success:
-                    if not response.content:
-                        return None
-                    return response.json()
-                error = _error_of(response)
-                if isinstance(error, UnavailableError):
+                    return _json_of(response)
+                wait, advance = retry.refused(_error_of(response))
+                if advance:
                     self._advance(i)
-                    wait = backoff.fail()
-                elif isinstance(error, TooManyRequestsError):
-                    wait = max(backoff.fail(), error.retry_after or 0.0)
-                elif isinstance(error, OutcomeUnknownError) and safe:
-                    self._advance(i)
-                    wait = backoff.fail()
-                else:
-                    raise error
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or wait > remaining:
-                raise error
-            time.sleep(wait)
+            if wait > 0:
+                time.sleep(wait)
 
     # -- sessions ----------------------------------------------------------------
 
@@ -321,17 +290,7 @@ class Client:
     # -- tasks -------------------------------------------------------------------
 
     def _task_body(self, spec: TaskSpec) -> Dict[str, Any]:
-        body: Dict[str, Any] = {"payload": b64encode(to_bytes(spec.payload))}
-        key = spec.idempotency_key
-        if key is None and self.auto_idempotency_keys:
-            key = uuid.uuid4().hex
-        if key is not None:
-            body["idempotency_key"] = key
-        if spec.priority is not None:
-            body["priority"] = spec.priority
-        if spec.queue_timeout_ms is not None:
-            body["queue_timeout_ms"] = spec.queue_timeout_ms
-        return body
+        return task_body(spec, self.auto_idempotency_keys)
 
     def submit(
         self,
@@ -563,6 +522,75 @@ class Client:
             self, session_id, after=after, reconnect=reconnect, open_timeout=open_timeout,
             timeout=timeout,
         )
+
+
+def task_body(spec: TaskSpec, auto_key: bool) -> Dict[str, Any]:
+    """The JSON of one task of a submit; a fresh idempotency key when it has none
+    and ``auto_key``."""
+    body: Dict[str, Any] = {"payload": b64encode(to_bytes(spec.payload))}
+    key = spec.idempotency_key
+    if key is None and auto_key:
+        key = uuid.uuid4().hex
+    if key is not None:
+        body["idempotency_key"] = key
+    if spec.priority is not None:
+        body["priority"] = spec.priority
+    if spec.queue_timeout_ms is not None:
+        body["queue_timeout_ms"] = spec.queue_timeout_ms
+    return body
+
+
+class _Retry:
+    """The retry rules of one call (see the module documentation), shared by the
+    sync and async clients: each method returns how long to wait before the next
+    attempt, or raises the error when it may not be retried or time is up."""
+
+    def __init__(self, nodes: int, safe: bool, budget: float) -> None:
+        self.nodes = nodes
+        self.safe = safe
+        self.deadline = time.monotonic() + budget
+        self.backoff = Backoff(0.05, 2.0)
+        # Nodes refused since the last wait: a refused connection moves to the next
+        # node at once, and waits only after every node refused.
+        self.refused_in_a_row = 0
+
+    def _within(self, wait: float, error: SessionQueueError) -> float:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0 or wait > remaining:
+            raise error
+        return wait
+
+    def transport_failed(self, e: httpx.TransportError, what: str) -> float:
+        """No answer; the caller moves to the next node."""
+        if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+            # Not sent: nothing written.
+            error: SessionQueueError = NoNodeAvailableError(f"{what}: {e!r}")
+            self.refused_in_a_row += 1
+            if self.refused_in_a_row < self.nodes:
+                return 0.0
+            self.refused_in_a_row = 0
+            return self._within(self.backoff.fail(), error)
+        # Sent, but no answer: the call may have been applied.
+        self.refused_in_a_row = 0
+        error = ConnectionLostError(f"{what}: {e!r}")
+        if not self.safe:
+            raise error from e
+        return self._within(self.backoff.fail(), error)
+
+    def refused(self, error: ApiError) -> Tuple[float, bool]:
+        """An error answer: how long to wait, and whether to move to the next node."""
+        self.refused_in_a_row = 0
+        if isinstance(error, UnavailableError):
+            return self._within(self.backoff.fail(), error), True
+        if isinstance(error, TooManyRequestsError):
+            return self._within(max(self.backoff.fail(), error.retry_after or 0.0), error), False
+        if isinstance(error, OutcomeUnknownError) and self.safe:
+            return self._within(self.backoff.fail(), error), True
+        raise error
+
+
+def _json_of(response: httpx.Response) -> Any:
+    return response.json() if response.content else None
 
 
 def _error_of(response: httpx.Response) -> ApiError:

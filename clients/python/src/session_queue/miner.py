@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._backoff import Backoff
-from .client import Client, Payload, commitment
+from .client import Client, commitment
 from .errors import (
     ConnectionLostError,
     MinerGoneError,
@@ -53,7 +53,7 @@ from .errors import (
     TooManyRequestsError,
     UnauthorizedError,
 )
-from .models import MinerAssignment, MinerRegistration, to_bytes
+from .models import MinerAssignment, MinerRegistration, Payload, to_bytes
 
 log = logging.getLogger("session_queue.miner")
 
@@ -208,8 +208,10 @@ class Miner:
         try:
             self._work()
         except _Gone as e:
-            self.gone = str(e)
-            log.warning("miner %s is gone: %s", self.id, self.gone)
+            # After a stop, "gone" is only the miner's own leave.
+            if not self._stop.is_set():
+                self.gone = str(e)
+                log.warning("miner %s is gone: %s", self.id, self.gone)
         finally:
             self._stop.set()
             heart.join()
@@ -278,8 +280,9 @@ class Miner:
                 v = self.client.heartbeat(self.id, self.token, retry_for=0.0)
             except SessionQueueError as e:
                 if _gone(e):
-                    self.gone = str(e)
-                    self._stop.set()
+                    if not self._stop.is_set():
+                        self.gone = str(e)
+                        self._stop.set()
                     return
                 self.stats.errors += 1
                 # Sooner than the schedule, so one lost heartbeat does not cost the slots.

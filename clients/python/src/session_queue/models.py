@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
+
+#: Bytes of a payload or output; ``str`` is encoded as UTF-8.
+Payload = Union[bytes, bytearray, memoryview, str]
 
 #: Task states after which a task never changes.
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
@@ -22,7 +25,7 @@ def b64decode(text: Optional[str]) -> Optional[bytes]:
     return base64.b64decode(text)
 
 
-def to_bytes(data: "bytes | bytearray | memoryview | str") -> bytes:
+def to_bytes(data: Payload) -> bytes:
     """Bytes of a payload or output: ``str`` is encoded as UTF-8."""
     if isinstance(data, str):
         return data.encode("utf-8")
@@ -128,7 +131,7 @@ class Submitted:
 class TaskSpec:
     """One task of a batch submit."""
 
-    payload: "bytes | str"
+    payload: Payload
     priority: Optional[int] = None
     idempotency_key: Optional[str] = None
     queue_timeout_ms: Optional[int] = None

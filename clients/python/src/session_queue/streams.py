@@ -47,40 +47,55 @@ class WebSocketUnsupportedError(SessionQueueError):
         self.content_type = content_type
 
 
-def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
-    """Events of a server-sent event stream, from its lines (without their ends).
+class SseDecoder:
+    """Turns the lines of a server-sent event stream (without their ends) into
+    events, one line at a time, following the WHATWG rules: ``field: value`` lines
+    build an event, a blank line dispatches it, lines starting with ``:`` are
+    comments (keep-alives), and the last ``id`` carries over to later events.
+    ``data`` that is not a JSON object comes as ``{"text": ...}`` (not JSON) or
+    ``{"value": ...}``."""
 
-    Follows the WHATWG rules: ``field: value`` lines build an event, a blank line
-    dispatches it, lines starting with ``:`` are comments (keep-alives); the ``id``
-    carries over to later events. ``data`` that is not JSON comes as
-    ``{"text": ...}``. Yields ``None``-free events only."""
-    event = ""
-    data: List[str] = []
-    last_id: Optional[str] = None
-    for line in lines:
+    def __init__(self) -> None:
+        self.event = ""
+        self.data: List[str] = []
+        self.last_id: Optional[str] = None
+
+    def feed(self, line: str) -> Optional[Event]:
         if line == "":
-            if data:
-                text = "\n".join(data)
-                try:
-                    parsed = json.loads(text)
-                except ValueError:
-                    parsed = {"text": text}
-                if not isinstance(parsed, dict):
-                    parsed = {"value": parsed}
-                yield Event(event=event or "message", data=parsed, id=last_id)
-            event, data = "", []
-            continue
+            event, data = self.event, self.data
+            self.event, self.data = "", []
+            if not data:
+                return None
+            text = "\n".join(data)
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = {"text": text}
+            if not isinstance(parsed, dict):
+                parsed = {"value": parsed}
+            return Event(event=event or "message", data=parsed, id=self.last_id)
         if line.startswith(":"):
-            continue
+            return None
         name, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
         if name == "event":
-            event = value
+            self.event = value
         elif name == "data":
-            data.append(value)
+            self.data.append(value)
         elif name == "id" and "\0" not in value:
-            last_id = value
+            self.last_id = value
+        return None
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[Event]:
+    """The events of a server-sent event stream, from its lines (see
+    :class:`SseDecoder`)."""
+    decoder = SseDecoder()
+    for line in lines:
+        event = decoder.feed(line)
+        if event is not None:
+            yield event
 
 
 class _Lines:
@@ -382,6 +397,7 @@ def _ws_event(message: Any) -> Optional[Event]:
         return None
     if not isinstance(v, dict) or "event" not in v:
         return None
-    data: Dict[str, Any] = v.get("data") if isinstance(v.get("data"), dict) else {"value": v.get("data")}
+    raw = v.get("data")
+    data: Dict[str, Any] = raw if isinstance(raw, dict) else {"value": raw}
     ident = v.get("id")
     return Event(event=str(v["event"]), data=data, id=None if ident is None else str(ident))
