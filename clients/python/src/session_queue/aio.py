@@ -18,7 +18,7 @@ import asyncio
 import ssl
 import threading
 import time
-from typing import Any, AsyncIterator, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import httpx
 
@@ -213,9 +213,12 @@ class AsyncClient:
         reconnect: bool = True,
         read_timeout: float = 60.0,
         timeout: Optional[float] = None,
+        on_open: Optional[Callable[[], None]] = None,
     ) -> AsyncIterator[Event]:
         """The session's server-sent events, resumed (on the next node when one
-        fails) after the last id seen; ends after ``timeout`` seconds if given."""
+        fails) after the last id seen; ends after ``timeout`` seconds if given.
+        ``on_open`` is called each time a node accepted the stream: every event
+        applied after that is in it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last_id = after
         backoff = Backoff(0.1, 5.0)
@@ -248,6 +251,8 @@ class AsyncClient:
                         if not (isinstance(error, UnavailableError) and reconnect):
                             raise error
                     else:
+                        if on_open is not None:
+                            on_open()
                         decoder = SseDecoder()
                         async for line in response.aiter_lines():
                             if expired():
