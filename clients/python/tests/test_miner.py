@@ -153,11 +153,13 @@ def test_failing_work_leaves_the_slot_to_another_miner(cluster: Cluster, client:
             deadline = time.monotonic() + 60
             while not broken_calls and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert broken_calls == [b"crash me"]
+            assert broken_calls and set(broken_calls) == {b"crash me"}
             with Miner(c, upper, name="healthy", tags=[tag], miner_key=cluster.miner_key) as good:
                 task = client.wait(task_id, timeout=120)
                 assert task.state == "completed" and task.result == b"CRASH ME"
                 assert good.stats.reveals >= 1
-            assert bad.stats.work_errors == 1 and bad.stats.precommits == 0
+            # The broken miner never precommitted anything.
+            assert bad.stats.work_errors >= 1 and bad.stats.precommits == 0 and bad.stats.reveals == 0
+            assert task.attempts >= 2
         finally:
             bad.stop()
