@@ -16,10 +16,10 @@ def upper(payload: bytes) -> bytes:
     return payload.upper()
 
 
-def test_a_node_refusing_connections_is_skipped(cluster: Cluster) -> None:
+def test_a_node_refusing_connections_is_skipped(cluster: Cluster, tag: str) -> None:
     dead = f"127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
     with Client([dead] + cluster.nodes, api_key=cluster.api_key) as c:
-        s = c.create_session()
+        s = c.create_session(tag=tag)
         t = c.submit(s.id, b"through the second node")
         assert c.get_task(t.task_id).state == "queued"
         # It stays on the node that answered.

@@ -42,7 +42,9 @@ def test_session_create_read_close(cluster: Cluster, client: Client, tag: str) -
 
 def test_defaults_and_extra_fields(client: Client) -> None:
     s = client.create_session(queue_timeout_ms=60_000)
-    assert (s.redundancy, s.quorum) == (1, 1)
+    # Closed at once: a session without a tag would reserve other tests' miners.
+    client.close_session(s.id)
+    assert (s.redundancy, s.quorum, s.tag) == (1, 1, None)
     assert s.raw["queue_timeout_ms"] == 60_000
 
 
@@ -71,8 +73,8 @@ def test_errors_are_typed(cluster: Cluster, client: Client) -> None:
         client.register_miner("m", miner_key="not-the-miner-key")
 
 
-def test_submit_is_idempotent_by_key(client: Client) -> None:
-    s = client.create_session()
+def test_submit_is_idempotent_by_key(client: Client, tag: str) -> None:
+    s = client.create_session(tag=tag)
     key = "k-" + uuid.uuid4().hex
     first = client.submit(s.id, b"hello", idempotency_key=key, priority=3)
     assert first.created and first.idempotency_key == key
@@ -85,8 +87,8 @@ def test_submit_is_idempotent_by_key(client: Client) -> None:
     assert (task.session_id, task.state, task.priority, task.idempotency_key) == (s.id, "queued", 3, key)
 
 
-def test_submits_carry_a_key_by_default(cluster: Cluster, client: Client) -> None:
-    s = client.create_session()
+def test_submits_carry_a_key_by_default(cluster: Cluster, client: Client, tag: str) -> None:
+    s = client.create_session(tag=tag)
     a = client.submit(s.id, "text payloads are UTF-8")
     b = client.submit(s.id, "text payloads are UTF-8")
     assert a.idempotency_key and b.idempotency_key and a.idempotency_key != b.idempotency_key
@@ -98,8 +100,8 @@ def test_submits_carry_a_key_by_default(cluster: Cluster, client: Client) -> Non
         assert client.get_task(c.task_id).idempotency_key is None
 
 
-def test_batch_submit_returns_ids_in_order(client: Client) -> None:
-    s = client.create_session()
+def test_batch_submit_returns_ids_in_order(client: Client, tag: str) -> None:
+    s = client.create_session(tag=tag)
     batch = client.submit_batch(
         s.id,
         [b"one", "two", TaskSpec(b"three", priority=7), TaskSpec(b"four", idempotency_key="four-" + uuid.uuid4().hex)],
@@ -139,8 +141,8 @@ def test_wait_cancel(client: Client, tag: str) -> None:
         client.cancel("t-99999999")
 
 
-def test_payload_over_the_limit_is_413(client: Client) -> None:
-    s = client.create_session()
+def test_payload_over_the_limit_is_413(client: Client, tag: str) -> None:
+    s = client.create_session(tag=tag)
     with pytest.raises(PayloadTooLargeError) as info:
         client.submit(s.id, b"x" * ((1 << 20) + 1))
     assert (info.value.status, info.value.code) == (413, "too_large")

@@ -151,8 +151,8 @@ def test_websocket_stream_and_resume(cluster: Cluster, client: Client, tag: str)
     assert [e.state for e in resumed] == [e.state for e in mine[1:]]
 
 
-def test_websocket_unknown_session_or_key_is_refused(cluster: Cluster, client: Client) -> None:
-    s = client.create_session()
+def test_websocket_unknown_session_or_key_is_refused(cluster: Cluster, client: Client, tag: str) -> None:
+    s = client.create_session(tag=tag)
     probe = client.websocket_events(s.id, timeout=5)
     try:
         probe.connect()

@@ -136,7 +136,11 @@ class AsyncClient:
         """Creates a session; fields by their wire names (``redundancy``, ``quorum``,
         ``tag``, ...), ``None`` ones left out."""
         body = {k: v for k, v in fields.items() if v is not None}
-        return Session.from_json(await self.request("POST", "/v1/sessions", json=body))
+        v = await self.request("POST", "/v1/sessions", json=body)
+        if "redundancy" not in v:
+            # The node answered the id alone (it had not applied the write yet).
+            return await self.get_session(str(v["id"]))
+        return Session.from_json(v)
 
     async def get_session(self, session_id: str) -> Session:
         return Session.from_json(await self.request("GET", f"/v1/sessions/{session_id}", safe=True))

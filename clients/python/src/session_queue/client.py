@@ -276,7 +276,12 @@ class Client:
             ).items()
             if v is not None
         }
-        return Session.from_json(self.request("POST", "/v1/sessions", json=body))
+        v = self.request("POST", "/v1/sessions", json=body)
+        if "redundancy" not in v:
+            # A node that has not applied its own write yet answers the id alone;
+            # the read catches up with the leader first.
+            return self.get_session(str(v["id"]))
+        return Session.from_json(v)
 
     def get_session(self, session_id: str) -> Session:
         return Session.from_json(self.request("GET", f"/v1/sessions/{session_id}", safe=True))

@@ -14,7 +14,9 @@ leaving a ``with`` block, for SSE) stops it too.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import ssl
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional
@@ -316,9 +318,41 @@ class WebSocketEventStream:
                 self.client._advance(i)
             raise error from e
         except (OSError, InvalidHandshake, TimeoutError) as e:
+            # A node without WebSocket here may answer the upgrade with an endless
+            # event stream, which the handshake waits out: ask it plainly.
+            unsupported = self._probe(base)
+            if unsupported is not None:
+                raise unsupported from e
             self.client._advance(i)
             raise NoNodeAvailableError(f"{url}: {e!r}") from e
         self.connections += 1
+
+    def _probe(self, base: str) -> Optional[WebSocketUnsupportedError]:
+        """Whether the node answers an upgrade request on the events route with
+        something else than 101 (e.g. 200 and an event stream)."""
+        headers = self.client._headers(None)
+        headers.update(
+            {
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode("ascii"),
+            }
+        )
+        try:
+            with self.client._http.stream(
+                "GET",
+                f"{base}/v1/sessions/{self.session_id}/events",
+                headers=headers,
+                timeout=httpx.Timeout(self.open_timeout, connect=self.client.connect_timeout),
+            ) as response:
+                status = response.status_code
+                content_type = response.headers.get("content-type", "")
+        except httpx.TransportError:
+            return None
+        if 200 <= status < 300 or status in (405, 426):
+            return WebSocketUnsupportedError(status, content_type)
+        return None
 
     def _expired(self) -> bool:
         return self._closed or (self._deadline is not None and time.monotonic() >= self._deadline)
