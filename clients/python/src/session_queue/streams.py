@@ -295,13 +295,16 @@ class WebSocketEventStream:
         i, base = self.client._node()
         url = self._url(base)
         try:
-            self._ws = connect(
+            ws = connect(
                 url,
                 additional_headers=self.client._headers(None),
                 ssl=self._ssl() if url.startswith("wss://") else None,
                 open_timeout=self.open_timeout,
                 proxy=None,
             )
+            # Held as a context manager (closed by close()): websockets 15+ warns
+            # about a connection used otherwise.
+            self._ws = ws.__enter__()
         except InvalidStatus as e:
             status = e.response.status_code
             content_type = e.response.headers.get("Content-Type", "") or ""
