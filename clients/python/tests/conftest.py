@@ -18,12 +18,13 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Union
 
 import httpx
 import pytest
 
 from session_queue import Client
+from session_queue.client import ssl_context
 
 API_KEY = "py-test-api-key-0123456789"
 MINER_KEY = "py-test-miner-key-0123456789"
@@ -55,9 +56,23 @@ def free_ports(n: int) -> List[int]:
 
 
 class Cluster:
-    def __init__(self, binary: str, root: Path, n: int = 3) -> None:
+    """``node_flags(i)``: extra flags of node ``i``; ``verify``: a CA file when the
+    nodes speak https (the clients then use ``https://`` addresses)."""
+
+    def __init__(
+        self,
+        binary: str,
+        root: Path,
+        n: int = 3,
+        *,
+        node_flags: Optional[Callable[[int], List[str]]] = None,
+        verify: Union[bool, str] = True,
+    ) -> None:
         self.binary = binary
         self.root = root
+        self.node_flags = node_flags or (lambda i: [])
+        self.verify = verify
+        self.scheme = "https" if isinstance(verify, str) else "http"
         self.api_key = API_KEY
         self.miner_key = MINER_KEY
         ports = free_ports(2 * n)
@@ -93,6 +108,7 @@ class Cluster:
                     "--peer-addr", f"127.0.0.1:{self.peer_ports[i]}",
                     "--data-dir", str(self.root / f"node{i + 1}"),
                     "--initial-cluster", self.members,
+                    *self.node_flags(i),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -122,7 +138,8 @@ class Cluster:
 
     def ready(self, i: int) -> bool:
         try:
-            return httpx.get(f"http://{self.nodes[i]}/ready", timeout=2.0).status_code == 200
+            url = f"{self.scheme}://{self.nodes[i]}/ready"
+            return httpx.get(url, timeout=2.0, verify=ssl_context(self.verify)).status_code == 200
         except httpx.TransportError:
             return False
 
@@ -149,6 +166,7 @@ class Cluster:
 
     def client(self, **kw: Any) -> Client:
         kw.setdefault("api_key", self.api_key)
+        kw.setdefault("verify", self.verify)
         return Client(self.nodes, **kw)
 
     def logs(self) -> str:
