@@ -31,7 +31,8 @@ def tls_cluster(cluster: Cluster) -> Iterator[Cluster]:
     )
     if made.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
-        cannot_run(f"the node binary makes no certificates (no TLS): {made.stderr.strip()[:200]}")
+        why = (made.stderr.strip().splitlines() or ["?"])[0]
+        cannot_run(f"the node binary makes no certificates (no TLS): {why}")
     ca = str(certs / "ca.pem")
 
     def flags(i: int) -> List[str]:
