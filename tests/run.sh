@@ -13,3 +13,4 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/session-queue/target}
 cd "$root"
 cargo test --release "$@"
+"$root/tests/python.sh"
