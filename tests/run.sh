@@ -13,3 +13,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/session-queue/target}
 cd "$root"
 cargo test --release "$@"
+# The operator page in a real browser (headless Chromium), on a full run.
+[ $# -gt 0 ] || "$root/tests/page.sh"
