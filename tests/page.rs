@@ -100,7 +100,11 @@ async fn the_page_needs_no_key_and_the_listings_do() {
         .iter()
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, vec![&sessions[2], &sessions[1], &sessions[0]], "newest first");
+    assert_eq!(
+        ids,
+        vec![&sessions[2], &sessions[1], &sessions[0]],
+        "newest first"
+    );
     assert_eq!(v["next_before"], Value::Null, "nothing older");
     let newest = &v["sessions"][0];
     let counts = &newest["counts"];
@@ -181,10 +185,7 @@ fn repo_path(relative: &str) -> PathBuf {
 async fn operator_page_in_a_browser() {
     let test = "operator_page_in_a_browser";
     let Ok(python) = std::env::var("SQ_PAGE_PYTHON") else {
-        cannot_run(
-            test,
-            "SQ_PAGE_PYTHON is not set (tests/page.sh sets it up)",
-        );
+        cannot_run(test, "SQ_PAGE_PYTHON is not set (tests/page.sh sets it up)");
         return;
     };
     let cluster = keyed_cluster().await;

@@ -72,7 +72,10 @@ pub async fn sessions(
     let (list, more, index) = node.state.read(|s| {
         let index = node.state.applied_index();
         let (sessions, more) = s.sessions_page(before, limit);
-        let list: Vec<Value> = sessions.into_iter().map(|s| session_json(s, index)).collect();
+        let list: Vec<Value> = sessions
+            .into_iter()
+            .map(|s| session_json(s, index))
+            .collect();
         (list, more, index)
     });
     Ok(page("sessions", list, more, index))

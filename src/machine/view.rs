@@ -157,7 +157,12 @@ fn newest_first<K: Ord + Copy, V>(
     limit: usize,
 ) -> (Vec<&V>, bool) {
     let mut page: Vec<&V> = match before {
-        Some(b) => map.range(..b).rev().map(|(_, v)| v).take(limit.saturating_add(1)).collect(),
+        Some(b) => map
+            .range(..b)
+            .rev()
+            .map(|(_, v)| v)
+            .take(limit.saturating_add(1))
+            .collect(),
         None => map.values().rev().take(limit.saturating_add(1)).collect(),
     };
     let more = page.len() > limit;

@@ -7,10 +7,16 @@ fn sessions_page_newest_first_with_a_cursor() {
     let mut w = World::new();
     let ids: Vec<SessionId> = (0..5).map(|_| w.session(1, 1)).collect();
     let (page, more) = w.s.sessions_page(None, 2);
-    assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+    assert_eq!(
+        page.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]]
+    );
     assert!(more, "three older sessions follow");
     let (page, more) = w.s.sessions_page(Some(ids[3]), 2);
-    assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+    assert_eq!(
+        page.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
     assert!(more);
     let (page, more) = w.s.sessions_page(Some(ids[1]), 2);
     assert_eq!(page.iter().map(|s| s.id).collect::<Vec<_>>(), vec![ids[0]]);
@@ -41,7 +47,10 @@ fn miners_page_newest_first() {
     let mut w = World::new();
     let ids: Vec<MinerId> = (0..3).map(|_| w.miner(2)).collect();
     let (page, more) = w.s.miners_page(None, 10);
-    assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![ids[2], ids[1], ids[0]]);
+    assert_eq!(
+        page.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1], ids[0]]
+    );
     assert!(!more);
     let (page, more) = w.s.miners_page(Some(ids[2]), 1);
     assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![ids[1]]);
