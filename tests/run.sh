@@ -13,4 +13,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/session-queue/target}
 cd "$root"
 cargo test --release "$@"
-"$root/tests/python.sh"
+# On a full run (no arguments): the Python client's suite against a real cluster,
+# and the operator page in a real browser (headless Chromium).
+if [ $# -eq 0 ]; then
+  "$root/tests/python.sh"
+  "$root/tests/page.sh"
+fi

@@ -9,13 +9,16 @@
 //!
 //! One file per resource: [`sessions`], [`tasks`], [`miners`], [`cluster`] (with
 //! health, readiness and metrics), [`events`] (server-sent events), and [`auth`],
-//! [`error`], [`wire`] (JSON bodies and encodings) shared by them.
+//! [`error`], [`wire`] (JSON bodies and encodings) shared by them. [`listing`] pages
+//! through sessions and miners for operators; [`page`] serves the operator page.
 
 mod auth;
 mod cluster;
 mod error;
 mod events;
+mod listing;
 mod miners;
+mod page;
 mod sessions;
 mod tasks;
 mod wire;
@@ -54,7 +57,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/pool", get(miners::pool))
         .route("/v1/cluster", get(cluster::status))
-        .route("/metrics", get(cluster::metrics));
+        .route("/metrics", get(cluster::metrics))
+        // Listings for operators (and the operator page).
+        .route("/v1/sessions", get(listing::sessions))
+        .route("/v1/pool/miners", get(listing::miners));
     // Without an API key there is nothing to check: no layer, no cost per request.
     let keyed = match node.config.api_key {
         Some(_) => keyed.layer(middleware::from_fn_with_state(
@@ -113,6 +119,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(miner)
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
+        // The operator page: static files, no data, so no key (it asks for one).
+        .route("/", get(page::index))
+        .route("/ui/app.js", get(page::script))
+        .route("/ui/style.css", get(page::style))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -134,3 +134,38 @@ impl State {
         v
     }
 }
+
+/// Newest-first pages of sessions and miners, for listings such as the operator page:
+/// bounded by `limit`, so a large state is never walked whole under the read lock.
+impl State {
+    /// At most `limit` sessions, newest first, older than `before` when given, and
+    /// whether older ones follow the page.
+    pub fn sessions_page(&self, before: Option<SessionId>, limit: usize) -> (Vec<&Session>, bool) {
+        newest_first(&self.sessions, before, limit)
+    }
+
+    /// At most `limit` miners (gone ones included, until purged), newest first, older
+    /// than `before` when given, and whether older ones follow the page.
+    pub fn miners_page(&self, before: Option<MinerId>, limit: usize) -> (Vec<&Miner>, bool) {
+        newest_first(&self.miners, before, limit)
+    }
+}
+
+fn newest_first<K: Ord + Copy, V>(
+    map: &std::collections::BTreeMap<K, V>,
+    before: Option<K>,
+    limit: usize,
+) -> (Vec<&V>, bool) {
+    let mut page: Vec<&V> = match before {
+        Some(b) => map
+            .range(..b)
+            .rev()
+            .map(|(_, v)| v)
+            .take(limit.saturating_add(1))
+            .collect(),
+        None => map.values().rev().take(limit.saturating_add(1)).collect(),
+    };
+    let more = page.len() > limit;
+    page.truncate(limit);
+    (page, more)
+}

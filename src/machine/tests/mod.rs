@@ -9,6 +9,7 @@ mod encoding;
 mod idempotency;
 mod invariants;
 mod lifecycle;
+mod listing;
 mod liveness;
 mod pool;
 mod props;

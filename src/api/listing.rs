@@ -1,0 +1,98 @@
+//! Listings for operators: `GET /v1/sessions` (sessions with their tasks per state)
+//! and `GET /v1/pool/miners` (the miners of the node pool), newest first.
+//!
+//! Read from this node's applied state, like every read, and paged so that an answer
+//! (and the read lock behind it) stays small however many sessions or miners the
+//! state holds: at most `limit` entries (default [`DEFAULT_LIMIT`], at most
+//! [`MAX_LIMIT`]), older than `before` when given; `next_before` names the last entry
+//! when older ones follow (pass it as `before` for the next page), else it is null.
+//! The operator page (`GET /`) is their first user.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::wire::{miner_json, session_json};
+use super::{ApiError, QueryParams};
+use crate::machine::{MinerId, SessionId};
+use crate::node::Node;
+
+/// Entries of a listing unless the caller asks for another `limit`.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit`.
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+impl PageQuery {
+    /// The page's limit and cursor, or 400.
+    fn parse<Id: FromStr>(&self, kind: &str) -> Result<(usize, Option<Id>), ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(ApiError::bad(format!("limit must be 1..={MAX_LIMIT}")));
+        }
+        let before = match self.before.as_deref() {
+            Some(text) => Some(
+                text.parse::<Id>()
+                    .map_err(|_| ApiError::bad(format!("before {text:?} is not a {kind} id")))?,
+            ),
+            None => None,
+        };
+        Ok((limit, before))
+    }
+}
+
+/// The answer: entries under `key`, the cursor of the next page, the applied index.
+fn page(key: &str, list: Vec<Value>, more: bool, applied_index: u64) -> Json<Value> {
+    let next = if more {
+        list.last().map(|v| v["id"].clone())
+    } else {
+        None
+    };
+    Json(json!({key: list, "next_before": next, "applied_index": applied_index}))
+}
+
+/// `GET /v1/sessions`: sessions newest first, each as `GET /v1/sessions/{id}` shows
+/// it (settings, state, reserved miners and `counts` of its tasks per state).
+pub async fn sessions(
+    State(node): State<Arc<Node>>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (limit, before) = q.parse::<SessionId>("session")?;
+    let (list, more, index) = node.state.read(|s| {
+        let index = node.state.applied_index();
+        let (sessions, more) = s.sessions_page(before, limit);
+        let list: Vec<Value> = sessions
+            .into_iter()
+            .map(|s| session_json(s, index))
+            .collect();
+        (list, more, index)
+    });
+    Ok(page("sessions", list, more, index))
+}
+
+/// `GET /v1/pool/miners`: miners newest first (gone ones until they are purged), with
+/// their state, the session reserving them and their work in flight; never a token.
+pub async fn miners(
+    State(node): State<Arc<Node>>,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (limit, before) = q.parse::<MinerId>("miner")?;
+    let (list, more, index) = node.state.read(|s| {
+        let index = node.state.applied_index();
+        let (miners, more) = s.miners_page(before, limit);
+        let list: Vec<Value> = miners.into_iter().map(|m| miner_json(m, index)).collect();
+        (list, more, index)
+    });
+    Ok(page("miners", list, more, index))
+}
