@@ -15,7 +15,21 @@
 #   admin-key       the operator key for `cluster add` / `cluster remove` (or
 #                   SQ_ADMIN_KEY): SQ_ADMIN_KEY=$(cat cluster/data/admin-key)
 # Stop with cluster/down.sh (--wipe also deletes the data).
+#
+# --tls: https on the API and mutual TLS between the nodes. The first run makes a
+# throwaway CA and a certificate per node (`session-queue certs`) in
+# cluster/data/tls/; later runs (with --tls or without) keep TLS while that
+# directory is there. Clients trust the CA with --ca-file / SQ_CA_FILE (curl:
+# --cacert): SQ_CA_FILE=cluster/data/tls/ca.pem session-queue cluster status
 set -euo pipefail
+
+tls=false
+for arg in "$@"; do
+  case "$arg" in
+    --tls) tls=true ;;
+    *) echo "usage: $0 [--tls]" >&2; exit 2 ;;
+  esac
+done
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -56,6 +70,28 @@ fi
 # Files from before these were made private, too.
 chmod 600 "$data/cluster-secret" "$data/admin-key" 2>/dev/null || true
 
+# TLS: certificates made once; their directory also marks the cluster as TLS, so a
+# restart without --tls keeps it.
+tls_dir="$data/tls"
+if [ -s "$tls_dir/ca.pem" ]; then
+  tls=true
+elif $tls; then
+  for i in 1 2 3; do
+    if [ -s "$data/node$i.pid" ] && kill -0 "$(cat "$data/node$i.pid")" 2>/dev/null; then
+      echo "node $i runs without TLS: stop the cluster first (cluster/down.sh), then up.sh --tls" >&2
+      exit 1
+    fi
+  done
+  "$SQ_BIN" certs --out "$tls_dir" --nodes node1,node2,node3 >/dev/null
+  echo "made a throwaway CA and node certificates in $tls_dir"
+fi
+scheme=http
+curl_tls=()
+if $tls; then
+  scheme=https
+  curl_tls=(--cacert "$tls_dir/ca.pem")
+fi
+
 members=""
 for i in 1 2 3; do
   members+="${members:+,}$i=127.0.0.1:$((api_base + i))/127.0.0.1:$((peer_base + i))"
@@ -68,15 +104,22 @@ for i in 1 2 3; do
     echo "node $i already running (pid $(cat "$data/node$i.pid"))"
     continue
   fi
+  tls_args=()
+  if $tls; then
+    tls_args=(--tls-cert "$tls_dir/node$i.pem" --tls-key "$tls_dir/node$i-key.pem"
+      --peer-tls-cert "$tls_dir/node$i.pem" --peer-tls-key "$tls_dir/node$i-key.pem"
+      --peer-ca "$tls_dir/ca.pem")
+  fi
   SQ_CLUSTER_SECRET="$secret" SQ_ADMIN_KEY="$admin_key" nohup "$SQ_BIN" node \
     --id "$i" \
     --api-addr "127.0.0.1:$((api_base + i))" \
     --peer-addr "127.0.0.1:$((peer_base + i))" \
     --data-dir "$data/node$i" \
     --initial-cluster "$members" \
+    "${tls_args[@]}" \
     >>"$data/node$i.log" 2>&1 </dev/null &
   echo $! >"$data/node$i.pid"
-  echo "node $i started (pid $!), API http://127.0.0.1:$((api_base + i)), log $data/node$i.log"
+  echo "node $i started (pid $!), API $scheme://127.0.0.1:$((api_base + i)), log $data/node$i.log"
 done
 
 # Wait until every node answers and one of them leads.
@@ -84,7 +127,7 @@ deadline=$((SECONDS + 90))
 until
   ready=0
   for i in 1 2 3; do
-    curl -fsS -o /dev/null "http://127.0.0.1:$((api_base + i))/ready" 2>/dev/null && ready=$((ready + 1))
+    curl -fsS "${curl_tls[@]}" -o /dev/null "$scheme://127.0.0.1:$((api_base + i))/ready" 2>/dev/null && ready=$((ready + 1))
   done
   [ "$ready" -eq 3 ]
 do
@@ -101,8 +144,12 @@ do
   fi
   sleep 0.3
 done
-leader=$(curl -fsS "http://127.0.0.1:$((api_base + 1))/v1/cluster?local=true" ${SQ_API_KEY:+-H "Authorization: Bearer $SQ_API_KEY"} | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
-echo "cluster ready: leader is node ${leader:-?}; try: curl -s http://127.0.0.1:$((api_base + 1))/v1/cluster"
+leader=$(curl -fsS "${curl_tls[@]}" "$scheme://127.0.0.1:$((api_base + 1))/v1/cluster?local=true" ${SQ_API_KEY:+-H "Authorization: Bearer $SQ_API_KEY"} | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
+echo "cluster ready: leader is node ${leader:-?}; try: curl -s ${curl_tls[*]:+${curl_tls[*]} }$scheme://127.0.0.1:$((api_base + 1))/v1/cluster"
+if $tls; then
+  echo "TLS: API over https, mutual TLS between nodes; clients trust $tls_dir/ca.pem:"
+  echo "  SQ_CA_FILE=$tls_dir/ca.pem session-queue cluster status"
+fi
 if [ "$admin_where" = SQ_ADMIN_KEY ]; then
   echo "admin key (for cluster add/remove): the SQ_ADMIN_KEY you gave"
 else

@@ -216,6 +216,35 @@ pub struct NodeConfig {
     /// A connection with no request in flight for this long is closed, ms.
     #[arg(long, env = "SQ_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+
+    /// The API's TLS certificate (PEM, the chain with this node's first). With
+    /// --tls-key the API speaks https only; every node of a cluster must do the same.
+    #[arg(long, env = "SQ_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SQ_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA a node trusts when it calls another node's https API itself (relaying
+    /// a membership change to the leader, gathering cluster status); default
+    /// --peer-ca.
+    #[arg(long, env = "SQ_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This node's certificate for the peer channel (PEM): with --peer-tls-key and
+    /// --peer-ca the peer channel speaks mutual TLS, as server and as client.
+    #[arg(long, env = "SQ_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "SQ_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// The CA of the peer channel (PEM): a peer, client or server, must hold a
+    /// certificate it signed.
+    #[arg(long, env = "SQ_PEER_CA")]
+    pub peer_ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -254,6 +283,13 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_peer_connections", &self.max_peer_connections)
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("idle_timeout_ms", &self.idle_timeout_ms)
+            // Paths only: the keys' contents are read by crate::tls, never logged.
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_ca", &self.tls_ca)
+            .field("peer_tls_cert", &self.peer_tls_cert)
+            .field("peer_tls_key", &self.peer_tls_key)
+            .field("peer_ca", &self.peer_ca)
             .finish_non_exhaustive()
     }
 }
@@ -337,7 +373,44 @@ impl NodeConfig {
         if let Some(spec) = &self.initial_cluster {
             parse_members(spec)?;
         }
+        self.validate_tls()
+    }
+
+    /// TLS flags come in sets: the API's certificate and key together (and a CA to
+    /// reach the other nodes' APIs), the peer channel's three together.
+    fn validate_tls(&self) -> anyhow::Result<()> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("--tls-cert and --tls-key go together: give both or neither");
+        }
+        let peer = [&self.peer_tls_cert, &self.peer_tls_key, &self.peer_ca];
+        if peer.iter().any(|p| p.is_some()) && !peer.iter().all(|p| p.is_some()) {
+            bail!("--peer-tls-cert, --peer-tls-key and --peer-ca go together: give all three or none");
+        }
+        if self.tls_cert.is_none() && self.tls_ca.is_some() {
+            bail!("--tls-ca is for a node whose API speaks TLS: give --tls-cert and --tls-key too");
+        }
+        if self.tls_cert.is_some() && self.api_ca().is_none() {
+            bail!(
+                "--tls-cert needs --tls-ca (or --peer-ca): the CA of the other nodes' API \
+                 certificates, for the calls a node relays to the leader's API"
+            );
+        }
         Ok(())
+    }
+
+    /// Whether the API speaks https (and so every node's API, to this node).
+    pub fn api_tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// The CA this node trusts in other nodes' API certificates.
+    pub fn api_ca(&self) -> Option<&std::path::Path> {
+        self.tls_ca.as_deref().or(self.peer_ca.as_deref())
+    }
+
+    /// Whether the peer channel speaks mutual TLS.
+    pub fn peer_tls(&self) -> bool {
+        self.peer_ca.is_some()
     }
 
     /// What the API listener (`peer = false`) or the peer listener allows.
@@ -576,6 +649,45 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn tls_flags_come_in_sets() {
+        let secret = "--cluster-secret=0123456789abcdef";
+        config(&[secret, "--tls-cert=c.pem", "--tls-key=k.pem", "--tls-ca=ca.pem"])
+            .validate()
+            .unwrap();
+        config(&[secret, "--peer-tls-cert=c", "--peer-tls-key=k", "--peer-ca=ca"])
+            .validate()
+            .unwrap();
+        // The API's CA defaults to the peer CA.
+        let both = config(&[
+            secret,
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--peer-tls-cert=c",
+            "--peer-tls-key=k",
+            "--peer-ca=ca",
+        ]);
+        both.validate().unwrap();
+        assert_eq!(both.api_ca(), Some(std::path::Path::new("ca")));
+        for bad in [
+            &["--tls-cert=c", "--tls-key=k"][..],
+            &["--peer-tls-cert=c", "--peer-tls-key=k"],
+            &["--peer-ca=ca"],
+            &["--tls-ca=ca"],
+        ] {
+            let mut args = vec![secret];
+            args.extend_from_slice(bad);
+            assert!(config(&args).validate().is_err(), "{bad:?}");
+        }
+        // clap itself refuses a certificate without its key.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeConfig,
+        }
+        assert!(<Cli as clap::Parser>::try_parse_from(["n", "--id=1", "--tls-cert=c"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`codec`]: every binary encoding (used by store and the peer channel).
 //! - [`client`]: the HTTP client behind the command-line tools, simulated miners and
 //!   the load generator ([`bench`]).
+//! - [`tls`]: rustls configurations of the listeners and clients, and a throwaway CA.
 
 pub mod api;
 pub mod bench;
@@ -23,3 +24,4 @@ pub mod peer;
 pub mod raft;
 pub mod shutdown;
 pub mod store;
+pub mod tls;

@@ -47,23 +47,28 @@ struct Target {
     /// Miner key, for miner registration (`miner simulate`); the API key otherwise.
     #[arg(long, env = "SQ_MINER_KEY", hide_env_values = true)]
     miner_key: Option<String>,
+    /// The CA that signed the nodes' API certificates (PEM). Given, a node written
+    /// `host:port` is reached over https (an `http://` URL stays plain).
+    #[arg(long, env = "SQ_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Target {
-    fn client(&self) -> Client {
-        Client::new(&self.nodes, self.api_key.clone())
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::with_ca_file(&self.nodes, self.api_key.clone(), self.ca_file.as_deref())
     }
 
     /// A client calling with the admin key (operator writes).
-    fn admin_client(&self) -> Client {
-        Client::new(&self.nodes, self.admin_key.clone())
+    fn admin_client(&self) -> anyhow::Result<Client> {
+        Client::with_ca_file(&self.nodes, self.admin_key.clone(), self.ca_file.as_deref())
     }
 
     /// A client registering miners with the miner key, or the API key without one.
-    fn miner_client(&self) -> Client {
-        Client::new(
+    fn miner_client(&self) -> anyhow::Result<Client> {
+        Client::with_ca_file(
             &self.nodes,
             self.miner_key.clone().or_else(|| self.api_key.clone()),
+            self.ca_file.as_deref(),
         )
     }
 }
@@ -126,6 +131,26 @@ enum Cmd {
     },
     /// The load generator.
     Bench(bench::BenchArgs),
+    /// Write a throwaway CA and a certificate per node (for TLS in tests and demos):
+    /// DIR/ca.pem, DIR/ca-key.pem, DIR/NAME.pem, DIR/NAME-key.pem (keys mode 0600).
+    Certs {
+        /// Where to write them; a CA already there is kept and signs the new ones.
+        #[arg(long, default_value = "certs")]
+        out: std::path::PathBuf,
+        /// One certificate per name, valid for the name, 127.0.0.1 and localhost,
+        /// for server and client authentication.
+        #[arg(long, value_delimiter = ',', default_value = "node1,node2,node3")]
+        nodes: Vec<String>,
+        /// More names (host names or IP addresses) every certificate is valid for.
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+    },
+    /// Exit 0 when every node given answers GET /ready with 200 (a health check
+    /// that speaks https too, e.g. in a container without curl).
+    Ready {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -233,8 +258,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Plain);
             bench::run(args).await
         }
+        Cmd::Ready { target } => {
+            let client = target.client()?;
+            let mut not_ready = Vec::new();
+            for node in client.nodes() {
+                let answer = client
+                    .http()
+                    .get(format!("{node}/ready"))
+                    .timeout(std::time::Duration::from_secs(3))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status().is_success() => println!("{node}: ready"),
+                    Ok(r) => not_ready.push(format!("{node}: {}", r.status())),
+                    Err(e) => not_ready.push(format!("{node}: {e}")),
+                }
+            }
+            if !not_ready.is_empty() {
+                anyhow::bail!("not ready: {}", not_ready.join("; "));
+            }
+            Ok(())
+        }
+        Cmd::Certs { out, nodes, san } => {
+            let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            let sans: Vec<&str> = san.iter().map(String::as_str).collect();
+            let written = session_queue::tls::certs::generate(&out, &names, &sans)?;
+            println!("CA certificate: {} (key {})", written.ca.display(), written.ca_key.display());
+            for (name, (cert, key)) in nodes.iter().zip(&written.nodes) {
+                println!("{name}: {} (key {})", cert.display(), key.display());
+            }
+            Ok(())
+        }
         Cmd::Session { target, command } => {
-            let c = target.client();
+            let c = target.client()?;
             let v = match command {
                 SessionCmd::Create {
                     redundancy,
@@ -304,7 +360,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 body["idempotency_key"] = json!(k);
             }
             let v = target
-                .client()
+                .client()?
                 .ok(
                     Method::POST,
                     &format!("/v1/sessions/{session}/tasks"),
@@ -333,7 +389,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 format!("?{}", query.join("&"))
             };
-            let mut v = target.client().task(&task, &q).await?;
+            let mut v = target.client()?.task(&task, &q).await?;
             // Show a text result as text too.
             if let Some(text) = v["result"]
                 .as_str()
@@ -348,8 +404,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Watch { target, session } => watch(target, &session).await,
         Cmd::Cluster { target, command } => {
             let c = match command {
-                ClusterCmd::Status => target.client(),
-                ClusterCmd::Add { .. } | ClusterCmd::Remove { .. } => target.admin_client(),
+                ClusterCmd::Status => target.client()?,
+                ClusterCmd::Add { .. } | ClusterCmd::Remove { .. } => target.admin_client()?,
             };
             let v = match command {
                 ClusterCmd::Status => c.ok(Method::GET, "/v1/cluster", None, None).await?,
@@ -386,7 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             init_logging(LogFormat::Plain);
-            let client = target.miner_client();
+            let client = target.miner_client()?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let stats = Arc::new(miner::MinerStats::default());
             let mut miners = tokio::task::JoinSet::new();
@@ -455,14 +511,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Streams a session's events to stdout, one JSON line each.
 async fn watch(target: Target, session: &str) -> anyhow::Result<()> {
     use futures_util::StreamExt;
-    let client = reqwest::Client::new();
-    let node = &target.nodes[0];
-    let base = if node.starts_with("http") {
-        node.clone()
-    } else {
-        format!("http://{node}")
-    };
-    let mut req = client.get(format!("{base}/v1/sessions/{session}/events"));
+    let client = target.client()?;
+    let base = &client.nodes()[0];
+    let mut req = client
+        .http()
+        .get(format!("{base}/v1/sessions/{session}/events"))
+        // An event stream runs until interrupted, past the client's call timeout.
+        .timeout(std::time::Duration::from_secs(365 * 24 * 3600));
     if let Some(key) = &target.api_key {
         req = req.bearer_auth(key);
     }

@@ -1,5 +1,6 @@
 //! A node: opens its storage, starts Raft, the proposer, the peer channel and the
-//! public API, and shuts them down in order on SIGTERM/SIGINT.
+//! public API (each over TLS when configured, see [`crate::tls`]), and shuts them
+//! down in order on SIGTERM/SIGINT.
 //!
 //! [`Node`] is what the API handlers hold: the Raft handle and proposer for writes,
 //! the applied-state reader for reads, the peer client for the leader's read index.
@@ -138,12 +139,16 @@ pub async fn start(
     peer_listener: TcpListener,
 ) -> anyhow::Result<Running> {
     config.validate()?;
+    let tls = crate::tls::NodeTls::load(&config)?;
     let id = config.id;
     let (log_store, state_store) = store::open(&config.data_dir, id, &config.cluster_name)
         .await
         .context("opening storage")?;
     let state = state_store.reader();
-    let peers = PeerClient::new(config.cluster_secret.clone());
+    let mut peers = PeerClient::new(config.cluster_secret.clone());
+    if let Some(client) = tls.peer_client.clone() {
+        peers = peers.with_tls(client);
+    }
     let raft_config = Arc::new(config.raft_config()?);
     let raft = Raft::new(
         id,
@@ -186,10 +191,7 @@ pub async fn start(
         state,
         proposer: proposer.clone(),
         peers,
-        http: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .build()
-            .context("HTTP client")?,
+        http: relay_client(tls.api_client.clone())?,
         metrics: prometheus(),
         started: Instant::now(),
         stop: stop.clone(),
@@ -207,6 +209,8 @@ pub async fn start(
         api = %api_listener.local_addr()?,
         peer = %peer_listener.local_addr()?,
         data = %config.data_dir.display(),
+        api_tls = config.api_tls(),
+        peer_tls = config.peer_tls(),
         "node started"
     );
     let mut servers = JoinSet::new();
@@ -215,7 +219,7 @@ pub async fn start(
         peer_listener,
         peer_app,
         config.listener_limits(true),
-        None,
+        tls.peer.clone(),
         stop.clone(),
     ));
     servers.spawn(listener::serve(
@@ -223,7 +227,7 @@ pub async fn start(
         api_listener,
         api_app,
         config.listener_limits(false),
-        None,
+        tls.api.clone(),
         stop.clone(),
     ));
     Ok(Running {
@@ -231,4 +235,23 @@ pub async fn start(
         servers,
         tasks,
     })
+}
+
+/// The client a node calls other nodes' APIs with (relays to the leader, cluster
+/// status): https trusting `tls` when the API speaks TLS.
+fn relay_client(tls: Option<rustls::ClientConfig>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    builder.build().context("HTTP client")
+}
+
+impl Node {
+    /// The URL of `path` on the API at `addr` (another node's advertised address):
+    /// https when this node's API speaks TLS, as every node's must then.
+    pub fn api_url(&self, addr: &str, path: &str) -> String {
+        let scheme = if self.config.api_tls() { "https" } else { "http" };
+        format!("{scheme}://{addr}{path}")
+    }
 }

@@ -69,13 +69,19 @@ impl Compose {
 
     /// A client of container `i` only: no failover, so the container itself answers.
     fn client_of(&self, i: usize) -> Client {
-        Client::new(&[self.apis[i].clone()], self.api_key.clone())
+        self.client_for(&[self.apis[i].clone()])
     }
 
     /// A client of the given containers, failing over between them.
     fn client_of_all(&self, nodes: &[usize]) -> Client {
         let apis: Vec<String> = nodes.iter().map(|&i| self.apis[i].clone()).collect();
-        Client::new(&apis, self.api_key.clone())
+        self.client_for(&apis)
+    }
+
+    /// Over https when `SQ_CA_FILE` names the cluster's CA (`tests/compose.sh --tls`).
+    fn client_for(&self, apis: &[String]) -> Client {
+        let ca = std::env::var_os("SQ_CA_FILE").map(std::path::PathBuf::from);
+        Client::with_ca_file(apis, self.api_key.clone(), ca.as_deref()).expect("a client")
     }
 
     /// `docker ARGS`, which must succeed.
@@ -737,7 +743,11 @@ async fn the_compose_cluster_serves_and_survives_container_faults() {
         .await;
     // Each published port reaches the container it should.
     for i in 0..3 {
-        let v = reqwest::get(format!("http://{}/health", cluster.apis[i]))
+        let c = cluster.client_of(i);
+        let v = c
+            .http()
+            .get(format!("{}/health", c.nodes()[0]))
+            .send()
             .await
             .unwrap()
             .json::<Value>()

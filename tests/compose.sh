@@ -18,7 +18,17 @@
 # end, on failure too. Without a Docker engine it prints why and exits 0.
 #
 # Settings: SQ_IMAGE (session-queue:latest), and those of cluster/image.sh.
+# --tls: the same against the TLS cluster (cluster/docker-compose.tls.yml: https on
+# the APIs, mutual TLS between the nodes), the test trusting its CA.
 set -euo pipefail
+
+tls=false
+for arg in "$@"; do
+  case "$arg" in
+    --tls) tls=true ;;
+    *) echo "usage: $0 [--tls]" >&2; exit 2 ;;
+  esac
+done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 started=$SECONDS
@@ -56,7 +66,9 @@ export SQ_NODE1_API_PORT SQ_NODE2_API_PORT SQ_NODE3_API_PORT
 project="sqcomposetest$$"
 services=(node1 node2 node3)
 
-dc() { "${compose[@]}" -p "$project" -f "$root/cluster/docker-compose.yml" "$@"; }
+files=(-f "$root/cluster/docker-compose.yml")
+$tls && files+=(-f "$root/cluster/docker-compose.tls.yml")
+dc() { "${compose[@]}" -p "$project" "${files[@]}" "$@"; }
 
 log() { echo "[compose.sh $((SECONDS - started))s] $*"; }
 
@@ -75,6 +87,7 @@ teardown() {
 on_exit() {
   local rc=$?
   trap - EXIT
+  [ -z "${ca_tmp:-}" ] || rm -f "$ca_tmp"
   if [ "$rc" -ne 0 ]; then
     echo "compose test FAILED (exit $rc) after $((SECONDS - started)) s; last lines of each container:" >&2
     dc logs --no-color --tail 40 >&2 2>/dev/null || true
@@ -144,9 +157,20 @@ env_file=${SQ_ENV_FILE:-compose.env}
 key=$(sed -n 's/^SQ_API_KEY=//p' "$env_file" | tail -n 1)
 if [ -n "$key" ]; then export SQ_API_KEY="$key"; else unset SQ_API_KEY; fi
 
+if $tls; then
+  # The CA the certs service made, for the test's https clients.
+  ca_tmp=$(mktemp)
+  export SQ_CA_FILE="$ca_tmp"
+  dc run --rm --no-deps --entrypoint cat certs /tls/ca.pem >"$SQ_CA_FILE"
+  log "TLS: the nodes' CA is in $SQ_CA_FILE"
+else
+  unset SQ_CA_FILE
+fi
+
 (cd "$root" && "$test_bin" --ignored --nocapture)
 
 log "tearing down"
 trap - EXIT
 teardown
-echo "compose test passed in $((SECONDS - started)) s (image $SQ_IMAGE, $("${compose[@]}" version --short 2>/dev/null || echo compose))"
+[ -z "${ca_tmp:-}" ] || rm -f "$ca_tmp"
+echo "compose test passed in $((SECONDS - started)) s ($($tls && echo "TLS, ")image $SQ_IMAGE, $("${compose[@]}" version --short 2>/dev/null || echo compose))"

@@ -59,7 +59,7 @@ pub async fn status(
         } else {
             let mut req = node
                 .http
-                .get(format!("http://{}/v1/cluster?local=true", addr.api))
+                .get(node.api_url(&addr.api, "/v1/cluster?local=true"))
                 .timeout(Duration::from_millis(500));
             if let Some(auth) = headers.get(header::AUTHORIZATION) {
                 req = req.header(header::AUTHORIZATION, auth);
@@ -117,7 +117,7 @@ async fn on_leader(
                 })?;
             let mut req = node
                 .http
-                .request(method, format!("http://{addr}{path}"))
+                .request(method, node.api_url(&addr, path))
                 .timeout(Duration::from_secs(120));
             if let Some(auth) = headers.get(header::AUTHORIZATION) {
                 req = req.header(header::AUTHORIZATION, auth);

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     pub nodes: Vec<String>,
     #[arg(long, env = "SQ_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// The CA of the nodes' API certificates: given, `host:port` nodes are driven
+    /// over https.
+    #[arg(long, env = "SQ_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Concurrent connections (submit, batch) or tasks in flight (lifecycle, mixed).
     #[arg(long, short = 'c', default_value_t = 64)]
     pub connections: usize,
@@ -87,7 +91,7 @@ pub struct BenchArgs {
 
 /// Runs a benchmark and prints (and optionally writes) its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.nodes, args.api_key.clone());
+    let client = Client::with_ca_file(&args.nodes, args.api_key.clone(), args.ca_file.as_deref())?;
     let report = match args.mode {
         Mode::Submit | Mode::Batch => submit(&client, &args).await?,
         Mode::Lifecycle | Mode::Mixed => lifecycle(&client, &args).await?,
@@ -130,6 +134,7 @@ fn base(args: &BenchArgs) -> Value {
     json!({
         "mode": format!("{:?}", args.mode).to_lowercase(),
         "nodes": args.nodes,
+        "tls": args.ca_file.is_some(),
         "connections": args.connections,
         "payload_bytes": args.payload,
         "batch_size": if args.mode == Mode::Batch { Some(args.batch_size) } else { None },
@@ -248,7 +253,11 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
             inflight.clone(),
             recent.clone(),
         );
-        let mut req = reqwest::Client::new().get(format!("{node}/v1/sessions/{session}/events"));
+        let mut req = client
+            .http()
+            .get(format!("{node}/v1/sessions/{session}/events"))
+            // The stream lasts the whole run, past the client's call timeout.
+            .timeout(Duration::from_secs(365 * 24 * 3600));
         if let Some(key) = &args.api_key {
             req = req.bearer_auth(key);
         }

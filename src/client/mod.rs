@@ -5,7 +5,8 @@
 //! 503 without having been applied, goes to the next node. Calls return the status
 //! and JSON body; helpers wrap the common ones. [`Client::call_within`] bounds one
 //! attempt in time, for callers that retry on their own schedule (the simulated
-//! miners, with [`backoff::Backoff`]).
+//! miners, with [`backoff::Backoff`]). It speaks https with a CA file
+//! ([`Client::with_ca_file`]).
 
 pub mod backoff;
 mod driver;
@@ -64,30 +65,67 @@ pub struct Client {
     current: Arc<AtomicUsize>,
 }
 
-/// Turns `127.0.0.1:7001` or `http://h:7001/` into `http://h:7001`.
-fn base_url(node: &str) -> String {
+/// Turns `127.0.0.1:7001` into `http://127.0.0.1:7001` (`https://` with `tls`),
+/// and `http://h:7001/` or `https://h:7001/` into itself without the slash: a
+/// scheme given wins.
+fn base_url(node: &str, tls: bool) -> String {
     let node = node.trim().trim_end_matches('/');
     if node.starts_with("http://") || node.starts_with("https://") {
         node.to_string()
+    } else if tls {
+        format!("https://{node}")
     } else {
         format!("http://{node}")
     }
 }
 
 impl Client {
-    /// A client of the given nodes (`host:port` or URLs).
+    /// A client of the given nodes (`host:port` or URLs) over plain HTTP.
     pub fn new(nodes: &[String], api_key: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
+        Self::build(nodes, api_key, None)
+    }
+
+    /// A client of the given nodes that speaks https to a bare `host:port`
+    /// (`https://` URLs too) when `ca_file` is given, trusting the certificates
+    /// that CA signed (`--ca-file`, `SQ_CA_FILE`); without one, plain HTTP as
+    /// [`Client::new`], and an `https://` node is refused (there is nothing to
+    /// trust its certificate with). An `http://` URL always stays plain.
+    pub fn with_ca_file(
+        nodes: &[String],
+        api_key: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        match ca_file {
+            Some(ca) => {
+                let tls = crate::tls::https_client(ca, "--ca-file")?;
+                Ok(Self::build(nodes, api_key, Some(tls)))
+            }
+            None => {
+                if let Some(node) = nodes.iter().find(|n| n.trim().starts_with("https://")) {
+                    anyhow::bail!(
+                        "{node}: https needs --ca-file (SQ_CA_FILE), the CA that signed the nodes' certificates"
+                    );
+                }
+                Ok(Self::new(nodes, api_key))
+            }
+        }
+    }
+
+    fn build(nodes: &[String], api_key: Option<String>, tls: Option<rustls::ClientConfig>) -> Self {
+        let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_max_idle_per_host(1024)
             // Below the nodes' default idle timeout (60 s), so a pooled connection
             // is dropped here before the node closes it under a request.
             .pool_idle_timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .expect("HTTP client");
-        let nodes: Vec<String> = nodes.iter().map(|n| base_url(n)).collect();
+            .timeout(Duration::from_secs(120));
+        let https = tls.is_some();
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder.build().expect("HTTP client");
+        let nodes: Vec<String> = nodes.iter().map(|n| base_url(n, https)).collect();
         assert!(!nodes.is_empty(), "a client needs at least one node");
         Client {
             http,
@@ -95,6 +133,12 @@ impl Client {
             api_key,
             current: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The underlying HTTP client (its TLS settings included), for requests the
+    /// helpers do not cover, such as an event stream.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The same cluster, but starting with node `i` (to spread load).
@@ -302,4 +346,24 @@ pub fn b64(bytes: &[u8]) -> String {
 /// Bytes from standard base64.
 pub fn unb64(text: &str) -> Option<Vec<u8>> {
     B64.decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_address_takes_the_scheme_of_the_client_and_a_given_one_stays() {
+        assert_eq!(base_url("127.0.0.1:7001", false), "http://127.0.0.1:7001");
+        assert_eq!(base_url("127.0.0.1:7001", true), "https://127.0.0.1:7001");
+        assert_eq!(base_url(" http://h:1/ ", true), "http://h:1");
+        assert_eq!(base_url("https://h:1/", false), "https://h:1");
+        let err = Client::with_ca_file(&["https://h:1".into()], None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--ca-file"), "{err}");
+        let missing = std::path::Path::new("/nonexistent/ca.pem");
+        assert!(Client::with_ca_file(&["h:1".into()], None, Some(missing)).is_err());
+    }
 }

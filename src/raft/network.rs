@@ -5,7 +5,8 @@
 //! Every request carries the cluster secret and the id of the node it is meant for;
 //! the receiver refuses a wrong secret (401) and a request meant for another node
 //! (421), so a node restarted at a reused address is never mistaken for its
-//! predecessor. The server side is [`crate::peer`].
+//! predecessor. With peer TLS ([`PeerClient::with_tls`]) the requests go over
+//! mutual TLS. The server side is [`crate::peer`].
 //!
 //! Replication gets a timeout of its own. openraft 0.9 bounds every AppendEntries
 //! call with the heartbeat interval (`replication/mod.rs`: `C::timeout(heartbeat,
@@ -75,18 +76,41 @@ pub enum PeerError {
 pub struct PeerClient {
     http: reqwest::Client,
     secret: String,
+    /// `http`, or `https` with mutual TLS ([`PeerClient::with_tls`]).
+    scheme: &'static str,
+}
+
+/// The peer channel's HTTP client; with `tls`, it speaks https with that config
+/// (the node's certificate as its client certificate, the peer CA as its roots).
+fn peer_http(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_millis(500));
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    builder.build().expect("HTTP client")
 }
 
 impl PeerClient {
     pub fn new(secret: String) -> Self {
-        let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(500))
-            .build()
-            .expect("HTTP client");
-        PeerClient { http, secret }
+        PeerClient {
+            http: peer_http(None),
+            secret,
+            scheme: "http",
+        }
+    }
+
+    /// The same client speaking mutual TLS to its peers (`--peer-tls-cert`,
+    /// `--peer-tls-key`, `--peer-ca`; see [`crate::tls::peer_client`]).
+    pub fn with_tls(self, tls: rustls::ClientConfig) -> Self {
+        PeerClient {
+            http: peer_http(Some(tls)),
+            scheme: "https",
+            ..self
+        }
     }
 
     /// POSTs an encoded `req` to `path` on `target` and decodes the answer.
@@ -101,7 +125,7 @@ impl PeerClient {
     ) -> Result<Resp, PeerError> {
         let mut builder = self
             .http
-            .post(format!("http://{addr}{path}"))
+            .post(format!("{}://{addr}{path}", self.scheme))
             .header(SECRET_HEADER, &self.secret)
             .header(TARGET_HEADER, target.to_string())
             .timeout(timeout)

@@ -53,6 +53,9 @@ pub struct Options {
     /// Extra environment of one node process, by index (node `i` gets `node_env[i]`,
     /// when there is one), after `env`: e.g. a preloaded library with a file of its own.
     pub node_env: Vec<Vec<(String, String)>>,
+    /// The CA of the nodes' API certificates, when their API speaks TLS: the
+    /// cluster's clients and URLs then use https and trust it.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             data_root: None,
             env: vec![],
             node_env: vec![],
+            ca_file: None,
         }
     }
 }
@@ -236,13 +240,23 @@ impl TestCluster {
         format!("{}:{}", self.nodes[i].host, self.nodes[i].peer_port)
     }
 
+    /// Node `i`'s API as a URL (https when the cluster's API speaks TLS).
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}", self.api(i))
+        let scheme = if self.options.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.api(i))
     }
 
     /// A metric's value from node `i`'s Prometheus text (0 when absent).
     pub async fn metric(&self, i: usize, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.url(i)))
+        let text = self
+            .client_of(i)
+            .http()
+            .get(format!("{}/metrics", self.url(i)))
+            .send()
             .await
             .unwrap()
             .text()
@@ -258,12 +272,21 @@ impl TestCluster {
     /// A client of every node.
     pub fn client(&self) -> Client {
         let nodes: Vec<String> = (0..self.nodes.len()).map(|i| self.api(i)).collect();
-        Client::new(&nodes, self.options.api_key.clone())
+        self.client_for(&nodes)
     }
 
     /// A client of node `i` only.
     pub fn client_of(&self, i: usize) -> Client {
-        Client::new(&[self.api(i)], self.options.api_key.clone())
+        self.client_for(&[self.api(i)])
+    }
+
+    fn client_for(&self, nodes: &[String]) -> Client {
+        Client::with_ca_file(
+            nodes,
+            self.options.api_key.clone(),
+            self.options.ca_file.as_deref(),
+        )
+        .expect("a client of the test cluster")
     }
 
     pub fn is_running(&self, i: usize) -> bool {
