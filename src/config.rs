@@ -216,6 +216,13 @@ pub struct NodeConfig {
     /// A connection with no request in flight for this long is closed, ms.
     #[arg(long, env = "SQ_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+
+    /// Most recent task transitions kept in memory (about 64 bytes each) for event
+    /// streams: a client resumes from any of them (`Last-Event-ID`, `?after=`) on any
+    /// node, an older id gets a `resync` event, and a reader further behind than this
+    /// gets `lagged`. At least 16.
+    #[arg(long, env = "SQ_EVENT_WINDOW", default_value_t = crate::store::DEFAULT_EVENT_WINDOW)]
+    pub event_window: usize,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -254,6 +261,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_peer_connections", &self.max_peer_connections)
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("event_window", &self.event_window)
             .finish_non_exhaustive()
     }
 }
@@ -333,6 +341,9 @@ impl NodeConfig {
         }
         if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
             bail!("--header-read-timeout-ms and --idle-timeout-ms must be positive");
+        }
+        if self.event_window < 16 {
+            bail!("--event-window must be at least 16");
         }
         if let Some(spec) = &self.initial_cluster {
             parse_members(spec)?;

@@ -143,6 +143,7 @@ pub async fn start(
         .await
         .context("opening storage")?;
     let state = state_store.reader();
+    state.event_window().set_capacity(config.event_window);
     let peers = PeerClient::new(config.cluster_secret.clone());
     let raft_config = Arc::new(config.raft_config()?);
     let raft = Raft::new(
