@@ -8,7 +8,7 @@
 //! is found on every other.
 //!
 //! One file per resource: [`sessions`], [`tasks`], [`miners`], [`cluster`] (with
-//! health, readiness and metrics), [`events`] (server-sent events), and [`auth`],
+//! health, readiness and metrics), [`events`] (server-sent events and WebSocket), and [`auth`],
 //! [`error`], [`wire`] (JSON bodies and encodings) shared by them.
 
 mod auth;
@@ -49,7 +49,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sessions/{id}/close", post(sessions::close))
         .route("/v1/sessions/{id}/tasks", post(tasks::submit))
         .route("/v1/sessions/{id}/tasks:batch", post(tasks::submit_batch))
-        .route("/v1/sessions/{id}/events", get(events::stream))
         .route("/v1/tasks/{id}", get(tasks::read))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/pool", get(miners::pool))
@@ -62,6 +61,16 @@ pub fn router(node: Arc<Node>) -> Router {
             auth::require_api_key,
         )),
         None => keyed,
+    };
+    // Event streams: the API key, also as `?key=` (browsers cannot set headers on
+    // EventSource or WebSocket).
+    let streams = Router::new().route("/v1/sessions/{id}/events", get(events::stream));
+    let streams = match node.config.api_key {
+        Some(_) => streams.layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::require_api_key_or_query,
+        )),
+        None => streams,
     };
     // Operator writes: the admin key, and none without one (SPEC section 8).
     let admin = Router::new()
@@ -108,6 +117,7 @@ pub fn router(node: Arc<Node>) -> Router {
         ));
     Router::new()
         .merge(keyed)
+        .merge(streams)
         .merge(admin)
         .merge(registration)
         .merge(miner)
