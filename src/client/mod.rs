@@ -5,11 +5,16 @@
 //! 503 without having been applied, goes to the next node. Calls return the status
 //! and JSON body; helpers wrap the common ones. [`Client::call_within`] bounds one
 //! attempt in time, for callers that retry on their own schedule (the simulated
-//! miners, with [`backoff::Backoff`]).
+//! miners, with [`backoff::Backoff`]). [`Client::watch`] follows a session's event
+//! stream across node failures; [`output`] is how the command-line client prints.
 
 pub mod backoff;
 mod driver;
 pub mod miner;
+pub mod output;
+mod watch;
+
+pub use watch::{SseParser, StreamEvent};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
