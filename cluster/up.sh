@@ -41,8 +41,14 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 "$here/install-deps.sh"
 if [ -z "${SQ_BIN:-}" ]; then
-  (cd "$root" && cargo build --release --quiet)
   SQ_BIN="$CARGO_TARGET_DIR/release/session-queue"
+  if [ -t 2 ]; then
+    # On a terminal: cargo's progress, and a word first when nothing is built yet.
+    [ -x "$SQ_BIN" ] || echo "building session-queue (release): the first build compiles RocksDB from source and takes about 15 minutes" >&2
+    (cd "$root" && cargo build --release)
+  else
+    (cd "$root" && cargo build --release --quiet)
+  fi
 fi
 
 mkdir -p "$data"

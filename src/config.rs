@@ -245,6 +245,12 @@ pub struct NodeConfig {
     /// certificate it signed.
     #[arg(long, env = "SQ_PEER_CA")]
     pub peer_ca: Option<PathBuf>,
+    /// Most recent task transitions kept in memory (about 64 bytes each) for event
+    /// streams: a client resumes from any of them (`Last-Event-ID`, `?after=`) on any
+    /// node, an older id gets a `resync` event, and a reader further behind than this
+    /// gets `lagged`. At least 16.
+    #[arg(long, env = "SQ_EVENT_WINDOW", default_value_t = crate::store::DEFAULT_EVENT_WINDOW)]
+    pub event_window: usize,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -290,6 +296,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("peer_tls_cert", &self.peer_tls_cert)
             .field("peer_tls_key", &self.peer_tls_key)
             .field("peer_ca", &self.peer_ca)
+            .field("event_window", &self.event_window)
             .finish_non_exhaustive()
     }
 }
@@ -369,6 +376,9 @@ impl NodeConfig {
         }
         if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
             bail!("--header-read-timeout-ms and --idle-timeout-ms must be positive");
+        }
+        if self.event_window < 16 {
+            bail!("--event-window must be at least 16");
         }
         if let Some(spec) = &self.initial_cluster {
             parse_members(spec)?;

@@ -2,13 +2,14 @@
 //! the load generator, one subcommand each.
 
 use std::io::Read;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use reqwest::Method;
 use serde_json::{json, Value};
-use session_queue::client::{miner, Client};
+use session_queue::client::{miner, output, Client};
 use session_queue::config::{args_with_config_file, LogFormat, NodeConfig};
 use session_queue::{bench, node, shutdown};
 
@@ -84,18 +85,34 @@ enum Cmd {
         #[command(subcommand)]
         command: SessionCmd,
     },
-    /// Submit a task (payload as an argument, from --file, or from stdin).
+    /// Submit a task (payload as an argument, from --file, or from stdin), or many
+    /// with --batch.
     Submit {
         #[command(flatten)]
         target: Target,
         session: String,
         payload: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "batch")]
         file: Option<std::path::PathBuf>,
         #[arg(long)]
         priority: Option<i32>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "batch")]
         key: Option<String>,
+        /// Submit many tasks from FILE (`-`: stdin): a JSON array or JSON lines, each
+        /// a task as the API takes it (`{"payload": "<base64>", "priority": 1,
+        /// "idempotency_key": "k"}`) or a string (the payload's text). Sent through
+        /// `tasks:batch`, --batch-size tasks per request; prints `{"task_ids": [...]}`.
+        #[arg(long, value_name = "FILE", conflicts_with = "payload")]
+        batch: Option<String>,
+        /// Most tasks per batch request (each request is all or nothing).
+        #[arg(long, default_value_t = 1000, requires = "batch")]
+        batch_size: usize,
+    },
+    /// Cancel a task that is not finished.
+    Cancel {
+        #[command(flatten)]
+        target: Target,
+        task: String,
     },
     /// Read a task.
     Get {
@@ -109,11 +126,15 @@ enum Cmd {
         #[arg(long)]
         linearizable: bool,
     },
-    /// Print every transition of a session's tasks as it happens.
+    /// Print every transition of a session's tasks as it happens, one JSON line each
+    /// (`{"id", "event", "data"}`); on a broken stream, resume on the next node.
     Watch {
         #[command(flatten)]
         target: Target,
         session: String,
+        /// Start after this event id (`<index>-<pos>`) instead of now.
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Cluster status and membership.
     Cluster {
@@ -231,11 +252,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn print(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+fn print(v: &Value) -> anyhow::Result<()> {
+    Ok(output::json(v)?)
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors print as one line; a closed stdout (`| head`) ends the program quietly.
+fn main() -> ExitCode {
+    output::exit(start())
+}
+
+fn start() -> anyhow::Result<()> {
     let args = args_with_config_file(std::env::args().collect())?;
     let cli = Cli::parse_from(args);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -330,9 +356,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?
                 }
             };
-            print(&v);
-            Ok(())
+            print(&v)
         }
+        Cmd::Submit {
+            target,
+            session,
+            batch: Some(batch),
+            batch_size,
+            priority,
+            ..
+        } => submit_batch(&target.client()?, &session, &batch, batch_size, priority).await,
         Cmd::Submit {
             target,
             session,
@@ -340,6 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             priority,
             key,
+            ..
         } => {
             let bytes = match (payload, file) {
                 (Some(p), _) => p.into_bytes(),
@@ -368,8 +402,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            print(&v);
-            Ok(())
+            print(&v)
+        }
+        Cmd::Cancel { target, task } => {
+            let v = target
+                .client()?
+                .ok(Method::POST, &format!("/v1/tasks/{task}/cancel"), None, None)
+                .await?;
+            print(&v)
         }
         Cmd::Get {
             target,
@@ -398,10 +438,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 v["result_text"] = json!(text);
             }
-            print(&v);
-            Ok(())
+            print(&v)
         }
-        Cmd::Watch { target, session } => watch(target, &session).await,
+        Cmd::Watch {
+            target,
+            session,
+            after,
+        } => watch(&target, &session, after).await,
         Cmd::Cluster { target, command } => {
             let c = match command {
                 ClusterCmd::Status => target.client()?,
@@ -424,8 +467,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?
                 }
             };
-            print(&v);
-            Ok(())
+            print(&v)
         }
         Cmd::Miner {
             target,
@@ -499,7 +541,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     failure.get_or_insert(Some(e));
                 }
             }
-            print(&stats.to_json());
+            print(&stats.to_json())?;
             match failure.flatten() {
                 Some(e) => Err(e.context("a simulated miner stopped")),
                 None => Ok(()),
@@ -508,48 +550,102 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Streams a session's events to stdout, one JSON line each.
-async fn watch(target: Target, session: &str) -> anyhow::Result<()> {
-    use futures_util::StreamExt;
-    let client = target.client()?;
-    let base = &client.nodes()[0];
-    let mut req = client
-        .http()
-        .get(format!("{base}/v1/sessions/{session}/events"))
-        // An event stream runs until interrupted, past the client's call timeout.
-        .timeout(std::time::Duration::from_secs(365 * 24 * 3600));
-    if let Some(key) = &target.api_key {
-        req = req.bearer_auth(key);
+/// Streams a session's events to stdout, one JSON line each, resuming on the next
+/// node (with the last event's id) when a stream breaks; reconnects are told on
+/// stderr.
+async fn watch(target: &Target, session: &str, after: Option<String>) -> anyhow::Result<()> {
+    if let Some(id) = &after {
+        id.parse::<session_queue::store::EventId>()
+            .map_err(anyhow::Error::msg)?;
     }
-    let resp = req.send().await?;
-    if !resp.status().is_success() {
-        anyhow::bail!(
-            "{}: {}",
-            resp.status(),
-            resp.text().await.unwrap_or_default()
-        );
-    }
-    let mut body = resp.bytes_stream();
-    let mut buf = String::new();
-    while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            // Transitions print as their JSON; a `lagged` or `resync` notice (the
-            // stream skipped some: re-read the tasks) is named before its JSON.
-            let kind = event
-                .lines()
-                .find_map(|l| l.strip_prefix("event:"))
-                .map_or("transition", str::trim);
-            for line in event.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    match kind {
-                        "transition" => println!("{}", data.trim()),
-                        other => println!("{other} {}", data.trim()),
-                    }
-                }
+    target
+        .client()?
+        .watch(
+            session,
+            after,
+            |event| Ok(output::line(&event.to_json().to_string())?),
+            |notice| eprintln!("watch: {notice}"),
+        )
+        .await
+}
+
+/// Submits the tasks of a JSON array or JSON lines file (`-`: stdin) through
+/// `tasks:batch`, `size` per request; prints every task id. A request that fails
+/// ends the run: the ids of the requests before it are printed first.
+async fn submit_batch(
+    client: &Client,
+    session: &str,
+    from: &str,
+    size: usize,
+    priority: Option<i32>,
+) -> anyhow::Result<()> {
+    let text = if from == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading tasks from stdin")?;
+        text
+    } else {
+        std::fs::read_to_string(from).with_context(|| format!("reading {from}"))?
+    };
+    let mut tasks = batch_tasks(&text)?;
+    if let Some(p) = priority {
+        for task in &mut tasks {
+            if task.get("priority").is_none() {
+                task["priority"] = json!(p);
             }
         }
     }
-    Ok(())
+    let mut ids: Vec<Value> = Vec::with_capacity(tasks.len());
+    for chunk in tasks.chunks(size.max(1)) {
+        let body = json!({"tasks": chunk});
+        let path = format!("/v1/sessions/{session}/tasks:batch");
+        match client.ok(Method::POST, &path, Some(&body), None).await {
+            Ok(v) => ids.extend(v["task_ids"].as_array().cloned().unwrap_or_default()),
+            Err(e) if ids.is_empty() => return Err(e.into()),
+            Err(e) => {
+                print(&json!({"task_ids": ids}))?;
+                anyhow::bail!(
+                    "{e} (after {} of {} tasks were submitted: their ids are printed above)",
+                    ids.len(),
+                    tasks.len()
+                );
+            }
+        }
+    }
+    print(&json!({"task_ids": ids}))
+}
+
+/// The tasks of a batch file: a JSON array, or one JSON value per line; each a task
+/// object, or a string (the payload's text, base64-encoded here).
+fn batch_tasks(text: &str) -> anyhow::Result<Vec<Value>> {
+    let items: Vec<(usize, Value)> = if text.trim_start().starts_with('[') {
+        let all: Vec<Value> =
+            serde_json::from_str(text).context("the batch is not a JSON array")?;
+        all.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect()
+    } else {
+        let mut items = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v = serde_json::from_str(line)
+                .with_context(|| format!("line {} is not JSON", i + 1))?;
+            items.push((i + 1, v));
+        }
+        items
+    };
+    if items.is_empty() {
+        anyhow::bail!("no tasks in the batch");
+    }
+    items
+        .into_iter()
+        .map(|(n, item)| match item {
+            Value::String(text) => Ok(json!({"payload": session_queue::client::b64(text.as_bytes())})),
+            Value::Object(o) if o.contains_key("payload") => Ok(Value::Object(o)),
+            _ => anyhow::bail!(
+                "task {n}: expected an object with a payload (base64) or a string (the payload's text)"
+            ),
+        })
+        .collect()
 }

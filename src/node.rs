@@ -149,6 +149,7 @@ pub async fn start(
     if let Some(client) = tls.peer_client.clone() {
         peers = peers.with_tls(client);
     }
+    state.event_window().set_capacity(config.event_window);
     let raft_config = Arc::new(config.raft_config()?);
     let raft = Raft::new(
         id,

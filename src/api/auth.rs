@@ -1,7 +1,8 @@
 //! Who may call what (SPEC section 8, "Roles"):
 //!
 //! - the API key (`--api-key`), when the node has one, for user and router calls and
-//!   operator reads (`GET /v1/cluster`, `/metrics`);
+//!   operator reads (`GET /v1/cluster`, `/metrics`); the event stream route also
+//!   takes it as `?key=` (browsers cannot set headers there);
 //! - the admin key (`--admin-key`) for operator writes (membership changes); without
 //!   one, they are refused over HTTP (403), and no other key grants them;
 //! - the miner key (`--miner-key`), when set, for miner registration, which then also
@@ -120,6 +121,39 @@ pub async fn require_api_key(
     next.run(request).await
 }
 
+/// [`require_api_key`] for the event stream route, which also takes the key as a
+/// `?key=` query parameter: browsers cannot set headers on `EventSource` or a
+/// WebSocket. Only this route does (a key in a URL may end up in a proxy's or a
+/// browser's history); the node never logs it.
+pub async fn require_api_key_or_query(
+    State(node): State<Arc<Node>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &node.config.api_key {
+        let given = bearer(request.headers())
+            .map(str::to_string)
+            .or_else(|| query_key(request.uri().query().unwrap_or_default()))
+            .unwrap_or_default();
+        if !matches(&given, Some(key)) {
+            return ApiError::Unauthorized(
+                "missing or wrong API key (Authorization: Bearer <key>, or ?key=<key> on this route)"
+                    .into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// The `key` parameter of a query string, percent-decoded.
+fn query_key(query: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .ok()?
+        .into_iter()
+        .find_map(|(name, value)| (name == "key").then_some(value))
+}
+
 /// A fresh miner token and its hash.
 pub fn new_miner_token() -> (String, Digest) {
     let mut secret = [0u8; 32];
@@ -196,4 +230,16 @@ pub async fn miner_itself(
         )));
     }
     Ok(auth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_key_is_found_and_percent_decoded() {
+        assert_eq!(query_key("after=1-0&key=a%2Bb%20c"), Some("a+b c".into()));
+        assert_eq!(query_key("after=1-0"), None);
+        assert_eq!(query_key(""), None);
+    }
 }

@@ -1,82 +1,332 @@
-//! Server-sent events: every transition of a session's tasks, as it is applied on the
-//! node asked.
+//! Event streams: every transition of a session's tasks, as it is applied on the
+//! node asked, as server-sent events or, on the same path with a WebSocket upgrade,
+//! as WebSocket text messages. Both encode one feed, read from the node's
+//! [`EventWindow`](crate::store::EventWindow).
 //!
-//! Each event is `event: transition` with a JSON `data` line (task, session, state,
-//! what happened, miner, time, and the log index of the entry). A client that reads
-//! too slowly to keep up gets one `event: lagged` with how many events it missed and
-//! should re-read the tasks it cares about. So does a client of a node that catches
-//! up by installing a snapshot: it gets one `event: resync` with the snapshot's log
-//! index, since the transitions the snapshot covers were never applied there one by
-//! one.
+//! SSE: each event is `event: transition` with `id: <index>-<pos>` (the log index of
+//! the entry that caused it and its position among that entry's events: the same on
+//! every node) and a JSON `data` line (task, session, state, what happened, miner,
+//! time, and the log index). WebSocket: each event is one text message
+//! `{"id": "<index>-<pos>", "event": "transition", "data": {...the same object...}}`.
+//!
+//! Resume: `Last-Event-ID: <index>-<pos>` (SSE; what `EventSource` sends when it
+//! reconnects) or `?after=<index>-<pos>` (SSE and WebSocket; the header wins) gets
+//! every event after that id still in the node's window (`--event-window`), then the
+//! live ones. Any node will do, ids being the same everywhere. When the window no
+//! longer reaches back that far the stream starts with one `resync` event
+//! (`{"index": N, "reason": "window"}`: the window holds the events of entries after
+//! N) and goes on live: the client should re-read the tasks it cares about. A
+//! malformed id is a 400. Without an id, the stream starts live.
+//!
+//! A client that reads too slowly to keep up (the window moved past it) gets one
+//! `lagged` event with how many events it missed (`{"missed": n}`) and goes on with
+//! the oldest still held; a client of a node that caught up by installing a
+//! snapshot gets `resync` (`{"index": <snapshot index>, "reason": "snapshot"}`),
+//! since the transitions the snapshot covers were never applied there one by one.
+//! Either way it should re-read the tasks. `lagged` and `resync` carry no id (SSE: no
+//! `id:` line; WebSocket: `"id": null`): keep the last id you had.
+//!
+//! Browsers cannot set headers on `EventSource` or WebSocket, so this route also
+//! takes the API key as `?key=` (see [`super::auth::require_api_key_or_query`]).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use super::sessions::parse_session;
-use super::{lookup, ApiError};
+use super::{lookup, ApiError, QueryParams};
+use crate::machine::SessionId;
 use crate::node::Node;
-use crate::store::Published;
+use crate::store::{EventId, Recorded, WindowRead, WindowStart};
+
+/// How often an idle stream sends something (an SSE comment, a WebSocket ping), so
+/// proxies and clients can tell a quiet stream from a dead one.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    /// Resume after this event id (`Last-Event-ID` wins when both are given).
+    after: Option<String>,
+}
 
 pub async fn stream(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+    QueryParams(query): QueryParams<EventsQuery>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
     let session = parse_session(&id)?;
-    // Subscribe before checking the session exists, so nothing in between is missed.
-    let rx = node.state.subscribe_events();
+    let after = resume_id(&headers, query.after.as_deref())?;
+    if upgrade.is_err() && asks_for_websocket(&headers) {
+        return Err(ApiError::bad(
+            "malformed WebSocket upgrade (needs GET, HTTP/1.1, Connection: upgrade, \
+             Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key)",
+        ));
+    }
+    // Where to start, before checking the session exists: a stream opened right after
+    // the session was created misses none of its first events.
+    let feed = Feed::new(node.clone(), session, after);
     lookup(&node, |s| s.session(session).map(|_| ()))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))?;
-    let stop = node.stop.clone();
-    let events = stream::unfold((rx, stop), move |(mut rx, stop)| async move {
+    Ok(match upgrade {
+        Ok(ws) => ws.on_upgrade(move |socket| websocket(socket, feed)),
+        Err(_) => {
+            let events = stream::unfold(feed, |mut feed| async move {
+                let item = feed.next().await?;
+                Some((Ok::<_, Infallible>(item.sse()), feed))
+            });
+            Sse::new(events)
+                .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+                .into_response()
+        }
+    })
+}
+
+/// The id to resume after: `Last-Event-ID`, else `?after=`, else none.
+fn resume_id(headers: &HeaderMap, after: Option<&str>) -> Result<Option<EventId>, ApiError> {
+    let header = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad("Last-Event-ID is not text"))?,
+        ),
+        None => None,
+    };
+    match header.or(after) {
+        None => Ok(None),
+        Some(text) => text
+            .parse::<EventId>()
+            .map(Some)
+            .map_err(|e| ApiError::bad(format!("Last-Event-ID / after: {e}"))),
+    }
+}
+
+/// Whether the request means to open a WebSocket (`Upgrade: websocket`).
+fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// One thing a stream says.
+#[derive(Debug)]
+enum Item {
+    Transition(Recorded),
+    Lagged { missed: u64 },
+    Resync { index: u64, reason: &'static str },
+}
+
+impl Item {
+    fn name(&self) -> &'static str {
+        match self {
+            Item::Transition(_) => "transition",
+            Item::Lagged { .. } => "lagged",
+            Item::Resync { .. } => "resync",
+        }
+    }
+
+    fn id(&self) -> Option<String> {
+        match self {
+            Item::Transition(r) => Some(r.id.to_string()),
+            _ => None,
+        }
+    }
+
+    fn data(&self) -> Value {
+        match self {
+            Item::Transition(Recorded { id, event: ev }) => json!({
+                "task_id": ev.task.to_string(),
+                "session_id": ev.session.to_string(),
+                "state": ev.state.as_str(),
+                "what": ev.what.as_str(),
+                "miner_id": ev.miner.map(|m| m.to_string()),
+                "at_ms": ev.at_ms,
+                "index": id.index,
+            }),
+            Item::Lagged { missed } => json!({"missed": missed}),
+            Item::Resync { index, reason } => json!({"index": index, "reason": reason}),
+        }
+    }
+
+    /// The server-sent event.
+    fn sse(&self) -> SseEvent {
+        let event = SseEvent::default()
+            .event(self.name())
+            .data(self.data().to_string());
+        match self.id() {
+            Some(id) => event.id(id),
+            None => event,
+        }
+    }
+
+    /// The WebSocket message's text.
+    fn ws(&self) -> String {
+        json!({"id": self.id(), "event": self.name(), "data": self.data()}).to_string()
+    }
+}
+
+/// One subscriber's cursor into the node's event window.
+struct Feed {
+    node: Arc<Node>,
+    session: SessionId,
+    /// Skip events up to this id (a client resuming on a node behind the one it
+    /// came from).
+    after: Option<EventId>,
+    cursor: u64,
+    pending: VecDeque<Item>,
+    wake: watch::Receiver<u64>,
+}
+
+impl Feed {
+    fn new(node: Arc<Node>, session: SessionId, after: Option<EventId>) -> Self {
+        let window = node.state.event_window();
+        // Watch first, then place the cursor: whatever is recorded in between wakes us.
+        let wake = window.watch();
+        let mut pending = VecDeque::new();
+        let (cursor, after) = match window.start(after) {
+            WindowStart::At(seq) => (seq, after),
+            WindowStart::Resync { floor, next } => {
+                pending.push_back(Item::Resync {
+                    index: floor,
+                    reason: "window",
+                });
+                (next, None)
+            }
+        };
+        Feed {
+            node,
+            session,
+            after,
+            cursor,
+            pending,
+            wake,
+        }
+    }
+
+    /// The next item, waiting for one; `None` once the node stops. Cancel-safe: the
+    /// only waits are for a wake-up, and what was read is kept in `pending`.
+    async fn next(&mut self) -> Option<Item> {
         loop {
-            if stop.is_triggered() {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            if self.node.stop.is_triggered() {
                 return None;
             }
-            let received = tokio::select! {
-                r = rx.recv() => r,
-                _ = stop.wait() => return None,
-            };
-            match received {
-                Ok(published) => match &*published {
-                    Published::Transition { index, event: ev } if ev.session == session => {
-                        let data = json!({
-                            "task_id": ev.task.to_string(),
-                            "session_id": ev.session.to_string(),
-                            "state": ev.state.as_str(),
-                            "what": ev.what.as_str(),
-                            "miner_id": ev.miner.map(|m| m.to_string()),
-                            "at_ms": ev.at_ms,
-                            "index": index,
-                        });
-                        let event = Event::default().event("transition").data(data.to_string());
-                        return Some((Ok::<Event, Infallible>(event), (rx, stop)));
+            match self.node.state.event_window().read(self.cursor, self.session) {
+                WindowRead::Events { events, next } => {
+                    self.cursor = next;
+                    for recorded in events {
+                        if self.after.is_some_and(|after| recorded.id <= after) {
+                            continue;
+                        }
+                        self.after = None;
+                        self.pending.push_back(Item::Transition(recorded));
                     }
-                    Published::Transition { .. } => continue,
-                    Published::SnapshotInstalled { index } => {
-                        let event = Event::default()
-                            .event("resync")
-                            .data(json!({"index": index}).to_string());
-                        return Some((Ok(event), (rx, stop)));
-                    }
-                },
-                Err(RecvError::Lagged(n)) => {
-                    let event = Event::default()
-                        .event("lagged")
-                        .data(json!({"missed": n}).to_string());
-                    return Some((Ok(event), (rx, stop)));
                 }
-                Err(RecvError::Closed) => return None,
+                WindowRead::Lagged { missed, next } => {
+                    self.cursor = next;
+                    self.pending.push_back(Item::Lagged { missed });
+                }
+                WindowRead::Resync { index, next } => {
+                    self.cursor = next;
+                    self.after = None;
+                    self.pending.push_back(Item::Resync {
+                        index,
+                        reason: "snapshot",
+                    });
+                }
+            }
+            if !self.pending.is_empty() {
+                continue;
+            }
+            let cursor = self.cursor;
+            let stop = self.node.stop.wait();
+            tokio::select! {
+                woke = self.wake.wait_for(|&next| next > cursor) => {
+                    if woke.is_err() {
+                        return None;
+                    }
+                }
+                _ = stop => return None,
             }
         }
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    }
+}
+
+/// Sends the feed over a WebSocket until either side closes it or the node stops.
+/// Messages from the client are read (so pings are answered and a close is seen)
+/// and otherwise ignored.
+async fn websocket(mut socket: WebSocket, mut feed: Feed) {
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.tick().await;
+    loop {
+        tokio::select! {
+            item = feed.next() => {
+                let Some(item) = item else {
+                    let _ = socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 1001,
+                            reason: "node stopping".into(),
+                        })))
+                        .await;
+                    return;
+                };
+                if socket.send(Message::text(item.ws())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = keep_alive.tick() => {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_resume_id_comes_from_the_header_first_and_bad_ones_are_refused() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(resume_id(&headers, None).unwrap(), None);
+        assert_eq!(
+            resume_id(&headers, Some("7-2")).unwrap(),
+            Some(EventId { index: 7, pos: 2 })
+        );
+        headers.insert("last-event-id", HeaderValue::from_static("9-0"));
+        assert_eq!(
+            resume_id(&headers, Some("7-2")).unwrap(),
+            Some(EventId { index: 9, pos: 0 })
+        );
+        headers.insert("last-event-id", HeaderValue::from_static("nine"));
+        assert!(matches!(
+            resume_id(&headers, None),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(resume_id(&HeaderMap::new(), Some("7")).is_err());
+    }
 }

@@ -8,9 +8,9 @@
 //! is found on every other.
 //!
 //! One file per resource: [`sessions`], [`tasks`], [`miners`], [`cluster`] (with
-//! health, readiness and metrics), [`events`] (server-sent events), and [`auth`],
-//! [`error`], [`wire`] (JSON bodies and encodings) shared by them. [`listing`] pages
-//! through sessions and miners for operators; [`page`] serves the operator page.
+//! health, readiness and metrics), [`events`] (server-sent events and WebSocket), and
+//! [`auth`], [`error`], [`wire`] (JSON bodies and encodings) shared by them. [`listing`]
+//! pages through sessions and miners for operators; [`page`] serves the operator page.
 
 mod auth;
 mod cluster;
@@ -52,7 +52,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sessions/{id}/close", post(sessions::close))
         .route("/v1/sessions/{id}/tasks", post(tasks::submit))
         .route("/v1/sessions/{id}/tasks:batch", post(tasks::submit_batch))
-        .route("/v1/sessions/{id}/events", get(events::stream))
         .route("/v1/tasks/{id}", get(tasks::read))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/pool", get(miners::pool))
@@ -68,6 +67,16 @@ pub fn router(node: Arc<Node>) -> Router {
             auth::require_api_key,
         )),
         None => keyed,
+    };
+    // Event streams: the API key, also as `?key=` (browsers cannot set headers on
+    // EventSource or WebSocket).
+    let streams = Router::new().route("/v1/sessions/{id}/events", get(events::stream));
+    let streams = match node.config.api_key {
+        Some(_) => streams.layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::require_api_key_or_query,
+        )),
+        None => streams,
     };
     // Operator writes: the admin key, and none without one (SPEC section 8).
     let admin = Router::new()
@@ -114,6 +123,7 @@ pub fn router(node: Arc<Node>) -> Router {
         ));
     Router::new()
         .merge(keyed)
+        .merge(streams)
         .merge(admin)
         .merge(registration)
         .merge(miner)

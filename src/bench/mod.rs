@@ -96,12 +96,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Mode::Submit | Mode::Batch => submit(&client, &args).await?,
         Mode::Lifecycle | Mode::Mixed => lifecycle(&client, &args).await?,
     };
-    report::print_text(&report);
+    let printed = report::print_text(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
+    Ok(printed?)
 }
 
 fn payload(size: usize) -> String {

@@ -102,16 +102,20 @@ pub async fn drive_progress(bar: ProgressBar, started: Instant, until: Instant, 
     bar.finish_and_clear();
 }
 
-/// Prints the text table of a run.
-pub fn print_text(report: &Value) {
-    println!(
+/// Prints the text table of a run (an error, not a panic, when stdout is closed).
+pub fn print_text(report: &Value) -> std::io::Result<()> {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "mode={} connections={} payload={}B duration={:.1}s",
         report["mode"].as_str().unwrap_or_default(),
         report["connections"],
         report["payload_bytes"],
         report["duration_s"].as_f64().unwrap_or_default()
     );
-    println!(
+    let _ = write!(
+        text,
         "{:<12} {:>10} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "operation",
         "ok",
@@ -126,8 +130,9 @@ pub fn print_text(report: &Value) {
     );
     for op in report["operations"].as_array().into_iter().flatten() {
         let l = &op["latency_ms"];
-        println!(
-            "{:<12} {:>10} {:>8} {:>12.0} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+        let _ = write!(
+            text,
+            "\n{:<12} {:>10} {:>8} {:>12.0} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             op["operation"].as_str().unwrap_or_default(),
             op["ok"],
             op["errors"],
@@ -140,4 +145,5 @@ pub fn print_text(report: &Value) {
             l["mean"].as_f64().unwrap_or_default(),
         );
     }
+    crate::client::output::line(&text)
 }

@@ -6,11 +6,16 @@
 //! and JSON body; helpers wrap the common ones. [`Client::call_within`] bounds one
 //! attempt in time, for callers that retry on their own schedule (the simulated
 //! miners, with [`backoff::Backoff`]). It speaks https with a CA file
-//! ([`Client::with_ca_file`]).
+//! ([`Client::with_ca_file`]). [`Client::watch`] follows a session's event stream
+//! across node failures; [`output`] is how the command-line client prints.
 
 pub mod backoff;
 mod driver;
 pub mod miner;
+pub mod output;
+mod watch;
+
+pub use watch::{SseParser, StreamEvent};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

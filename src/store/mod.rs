@@ -27,6 +27,7 @@
 //! purged entry. Every rename (identity file, snapshot files) is followed by an fsync
 //! of its directory, so a power loss cannot undo it after it was relied upon.
 
+mod event_window;
 mod log_store;
 mod miner_changes;
 mod snapshot;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
+pub use event_window::{DEFAULT_CAPACITY as DEFAULT_EVENT_WINDOW, EventId, EventWindow, Read as WindowRead, Recorded, Start as WindowStart};
 pub use log_store::LogStore;
 pub use state_store::{AppliedState, Published, StateStore};
 

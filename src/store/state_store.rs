@@ -4,7 +4,8 @@
 //! See the module documentation of [`crate::store`] for why the state is held both in
 //! memory and in RocksDB. Readers go through [`AppliedState`]: a read lock held only
 //! for a lookup, the applied index as a `watch` (for long polls and read-index waits),
-//! the task transitions as a `broadcast` (for event streams) and, per miner, the index
+//! the task transitions as a `broadcast`, the recent ones with their ids in an
+//! [`EventWindow`] (what event streams read and resume from) and, per miner, the index
 //! of the last change that concerned it ([`MinerChanges`], for miners' long polls).
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use tokio::sync::{broadcast, watch};
 
+use super::event_window::{self, EventId, EventWindow, Recorded};
 use super::miner_changes::{self, MinerChanges};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::{OpenError, CF_STATE};
@@ -76,6 +78,7 @@ pub struct AppliedState {
     state: RwLock<State>,
     applied: watch::Sender<u64>,
     events: broadcast::Sender<Arc<Published>>,
+    window: EventWindow,
     miners: MinerChanges,
 }
 
@@ -86,6 +89,7 @@ impl AppliedState {
             state: RwLock::new(state),
             applied: watch::Sender::new(applied),
             events,
+            window: EventWindow::new(event_window::DEFAULT_CAPACITY, applied),
             miners: MinerChanges::new(applied),
         }
     }
@@ -120,6 +124,11 @@ impl AppliedState {
     /// Every task transition applied from now on, and every snapshot installed.
     pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<Published>> {
         self.events.subscribe()
+    }
+
+    /// The recent task transitions with their ids, for event streams that resume.
+    pub fn event_window(&self) -> &EventWindow {
+        &self.window
     }
 
     /// Waits until the applied index reaches `index`; false on timeout.
@@ -232,6 +241,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     {
         let mut results = Vec::new();
         let mut events = Vec::new();
+        let mut recorded = Vec::new();
         // (miner, index) of every change that concerns a miner's assignment list.
         let mut touched: Vec<(MinerId, u64)> = Vec::new();
         // Event streams and long polls are rare; skip building events nobody reads.
@@ -245,6 +255,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                     EntryPayload::Blank => results.push(BatchResult::default()),
                     EntryPayload::Normal(batch) => {
                         let outcomes = state.apply_batch(&batch);
+                        // Ids: the entry's index and the position among its events.
+                        let mut pos = 0u32;
                         for applied in outcomes.iter().flatten() {
                             for event in &applied.events {
                                 touched.extend(
@@ -252,6 +264,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                                         .into_iter()
                                         .map(|m| (m, index)),
                                 );
+                                recorded.push(Recorded {
+                                    id: EventId { index, pos },
+                                    event: event.clone(),
+                                });
+                                pos = pos.saturating_add(1);
                             }
                         }
                         let mut out = Vec::with_capacity(outcomes.len());
@@ -305,6 +322,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         if let Some(last) = self.last_applied {
             self.shared.applied.send_replace(last.index);
         }
+        self.shared.window.record(recorded);
         for event in events {
             let _ = self.shared.events.send(event);
         }
@@ -336,6 +354,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let index = last_applied.map_or(0, |l| l.index);
         self.shared.miners.reset(index);
         self.shared.applied.send_replace(index);
+        self.shared.window.reset(index);
         let _ = self
             .shared
             .events
