@@ -53,6 +53,9 @@ pub struct Options {
     /// Extra environment of one node process, by index (node `i` gets `node_env[i]`,
     /// when there is one), after `env`: e.g. a preloaded library with a file of its own.
     pub node_env: Vec<Vec<(String, String)>>,
+    /// Start every node under `ulimit -n` of this many file descriptors (soft and
+    /// hard), as on a host with a low limit. Loopback nodes only.
+    pub nofile: Option<u64>,
 }
 
 impl Default for Options {
@@ -64,6 +67,7 @@ impl Default for Options {
             data_root: None,
             env: vec![],
             node_env: vec![],
+            nofile: None,
         }
     }
 }
@@ -184,13 +188,21 @@ impl TestCluster {
             .open(&node.log)
             .expect("log file");
         // `ip netns exec` execs the binary: the child's pid is the node's.
-        let mut cmd = match &node.netns {
-            Some(ns) => {
+        let mut cmd = match (&node.netns, self.options.nofile) {
+            (Some(ns), _) => {
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", ns]).arg(binary());
                 cmd
             }
-            None => Command::new(binary()),
+            // The shell sets the limit and execs the binary: the child's pid is the node's.
+            (None, Some(n)) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                cmd
+            }
+            (None, None) => Command::new(binary()),
         };
         cmd.arg("node")
             .arg("--id")
