@@ -129,11 +129,13 @@ async fn a_flood_of_idle_and_half_sent_connections_under_ulimit_1024_is_survived
     let deadline =
         Instant::now() + Duration::from_millis(3 * (IDLE_TIMEOUT_MS + HEADER_TIMEOUT_MS) + 20_000);
     let base = cluster.url(flooded);
+    let mut turned_away = 0;
     loop {
         let health = http.get(format!("{base}/health")).send().await;
         if health.is_ok_and(|r| r.status().is_success()) {
             break;
         }
+        turned_away += 1;
         assert!(
             Instant::now() < deadline,
             "the flooded node never served a new client again; logs:\n{}",
@@ -141,6 +143,10 @@ async fn a_flood_of_idle_and_half_sent_connections_under_ulimit_1024_is_survived
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!(
+        "flood of {} connections held; new clients turned away {turned_away} times before one was served",
+        held.len()
+    );
     assert_eq!(
         submit(&http, &base, &session, "after").await,
         StatusCode::CREATED,
