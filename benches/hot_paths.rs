@@ -138,6 +138,7 @@ fn entry(commands: usize) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), 7),
         payload: EntryPayload::Normal(Batch {
+            limits: Default::default(),
             now_ms: 1,
             commands: (0..commands).map(|_| submit(SessionId(1), 1)).collect(),
         }),

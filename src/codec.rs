@@ -14,9 +14,10 @@ use crate::machine::Record;
 /// The version byte written before every encoded value. Version 2: sessions and tasks
 /// carry a queue timeout, sessions an idempotency window, and remembered idempotency
 /// keys are records of their own. Version 3: sessions carry their queue bound and
-/// whether finished tasks keep their payloads. A store or peer of an older version is
+/// whether finished tasks keep their payloads. Version 4: every batch carries the
+/// cluster-wide limits its leader enforces. A store or peer of an older version is
 /// refused, not misread.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
 /// Decoding refuses values larger than this (1 GiB), whatever a length prefix claims.
 const DECODE_LIMIT: usize = 1 << 30;
@@ -47,6 +48,15 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     bincode::serde::encode_into_std_write(value, &mut out, config())
         .expect("encoding into a Vec cannot fail");
     out
+}
+
+/// How many bytes [`encode`] would write for `value` (the version byte included),
+/// counted without writing them: what bounds a Raft entry's size.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config())
+        .expect("counting bytes cannot fail");
+    1 + size.bytes_written
 }
 
 /// Decodes a value written by [`encode`]; the whole input must be consumed.
@@ -87,6 +97,7 @@ mod tests {
     #[test]
     fn values_round_trip_and_bad_input_is_refused() {
         let batch = Batch {
+            limits: Default::default(),
             now_ms: 7,
             commands: vec![Command::SubmitTasks {
                 session: SessionId(1),
@@ -100,6 +111,7 @@ mod tests {
         };
         let bytes = encode(&batch);
         assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(encoded_len(&batch), bytes.len());
         assert_eq!(decode::<Batch>(&bytes), Ok(batch));
         assert_eq!(decode::<Batch>(&[]), Err(CodecError::Empty));
         assert_eq!(decode::<Batch>(&[9, 0]), Err(CodecError::Version(9)));

@@ -25,6 +25,10 @@ pub enum LogFormat {
 /// refuses it unless told this is a demo (`--demo` / `SQ_DEMO=1`).
 pub const EXAMPLE_CLUSTER_SECRET: &str = "dev-only-cluster-secret-change-me";
 
+/// Room in a Raft entry for a single write's other fields beside its largest blob
+/// (key, nonce, ids, framing).
+const MESSAGE_SLACK: usize = 64 << 10;
+
 /// Flags of `session-queue node`. Its `Debug` form redacts the secret and the keys.
 #[derive(Args, Clone)]
 pub struct NodeConfig {
@@ -125,8 +129,8 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_ELECTION_MAX_MS", default_value_t = 500)]
     pub election_max_ms: u64,
 
-    /// How long one replication request carrying entries (at most 16 entries of at
-    /// most --max-batch-bytes each) may take, the follower's fsync included, ms.
+    /// How long one replication request carrying entries (at most 16 entries and
+    /// --max-replication-bytes) may take, the follower's fsync included, ms.
     #[arg(long, env = "SQ_REPLICATION_TIMEOUT_MS", default_value_t = 2_000)]
     pub replication_timeout_ms: u64,
 
@@ -251,6 +255,38 @@ pub struct NodeConfig {
     /// gets `lagged`. At least 16.
     #[arg(long, env = "SQ_EVENT_WINDOW", default_value_t = crate::store::DEFAULT_EVENT_WINDOW)]
     pub event_window: usize,
+
+    /// Most writes waiting in this node's proposer at once (queued or on their way
+    /// to the log); past it a write is refused at once with HTTP 429 `overloaded`.
+    #[arg(long, env = "SQ_MAX_PENDING_PROPOSALS", default_value_t = 16_384)]
+    pub max_pending_proposals: usize,
+
+    /// Most encoded bytes of writes waiting in this node's proposer at once; past it
+    /// a write is refused at once with HTTP 429 `overloaded`.
+    #[arg(long, env = "SQ_MAX_PENDING_BYTES", default_value_t = 256 << 20)]
+    pub max_pending_bytes: usize,
+
+    /// The cluster's state (tasks with their payloads and results, sessions, miners,
+    /// idempotency keys) may take about this many bytes of memory on each node; past
+    /// it new tasks are refused with HTTP 429 `state_full`. The leader's value is
+    /// carried in the log, so every node applies the same bound.
+    #[arg(long, env = "SQ_MAX_STATE_BYTES", default_value_t = 8 << 30)]
+    pub max_state_bytes: u64,
+
+    /// Most bytes of entries one replication request carries (at least one entry,
+    /// each at most --max-batch-bytes), so it fits in --replication-timeout-ms.
+    #[arg(long, env = "SQ_MAX_REPLICATION_BYTES", default_value_t = 32 << 20)]
+    pub max_replication_bytes: usize,
+
+    /// Most event streams (`GET /v1/sessions/{id}/events`) this node serves at once;
+    /// past it a new one is answered 503 `too_many_waiters`.
+    #[arg(long, env = "SQ_MAX_EVENT_STREAMS", default_value_t = 1024)]
+    pub max_event_streams: usize,
+
+    /// Most long polls (`?wait=` task reads, `?wait_ms=` assignment lists) this node
+    /// holds at once; past it a new one is answered 503 `too_many_waiters`.
+    #[arg(long, env = "SQ_MAX_LONG_POLLS", default_value_t = 4096)]
+    pub max_long_polls: usize,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -297,6 +333,12 @@ impl std::fmt::Debug for NodeConfig {
             .field("peer_tls_key", &self.peer_tls_key)
             .field("peer_ca", &self.peer_ca)
             .field("event_window", &self.event_window)
+            .field("max_pending_proposals", &self.max_pending_proposals)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("max_state_bytes", &self.max_state_bytes)
+            .field("max_replication_bytes", &self.max_replication_bytes)
+            .field("max_event_streams", &self.max_event_streams)
+            .field("max_long_polls", &self.max_long_polls)
             .finish_non_exhaustive()
     }
 }
@@ -379,6 +421,26 @@ impl NodeConfig {
         }
         if self.event_window < 16 {
             bail!("--event-window must be at least 16");
+        }
+        // One task of the largest payload, or one reveal of the largest output, must
+        // fit in one Raft entry.
+        if self.max_batch_bytes < self.max_payload_bytes + MESSAGE_SLACK {
+            bail!(
+                "--max-batch-bytes must be at least --max-payload-bytes + {MESSAGE_SLACK} \
+                 (the largest single write must fit in one Raft entry)"
+            );
+        }
+        if self.max_pending_proposals == 0 || self.max_pending_bytes < self.max_batch_bytes {
+            bail!(
+                "--max-pending-proposals must be positive and --max-pending-bytes at least \
+                 --max-batch-bytes"
+            );
+        }
+        if self.max_replication_bytes < self.max_batch_bytes {
+            bail!("--max-replication-bytes must be at least --max-batch-bytes");
+        }
+        if self.max_event_streams == 0 || self.max_long_polls == 0 {
+            bail!("--max-event-streams and --max-long-polls must be positive");
         }
         if let Some(spec) = &self.initial_cluster {
             parse_members(spec)?;
@@ -476,7 +538,9 @@ impl NodeConfig {
             election_timeout_max: self.election_max_ms,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
             // One replication request carries at most this many entries (each at most
-            // --max-batch-bytes), so it stays within --replication-timeout-ms.
+            // --max-batch-bytes); the network layer further cuts it to
+            // --max-replication-bytes (openraft 0.9 counts entries only), so it stays
+            // within --replication-timeout-ms.
             max_payload_entries: 16,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_entries),
             snapshot_max_chunk_size: 4 << 20,

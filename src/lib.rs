@@ -7,6 +7,7 @@
 //!   - [`raft`]: openraft types, network client, group commit, linearizable reads;
 //!     - [`store`]: RocksDB log store, state-machine store, snapshots;
 //!       - [`machine`]: the task state machine, pure and deterministic.
+//! - [`descriptors`]: the file-descriptor budget (RocksDB, peers, API connections).
 //! - [`codec`]: every binary encoding (used by store and the peer channel).
 //! - [`client`]: the HTTP client behind the command-line tools, simulated miners and
 //!   the load generator ([`bench`]).
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod descriptors;
 pub mod listener;
 pub mod machine;
 pub mod node;

@@ -9,7 +9,9 @@
 //!   connection is closed at once (it is never left queued behind the flood), and
 //!   the ones already open are still served;
 //! - a connection with no request in flight for `idle_timeout` is closed (a request
-//!   in flight includes a response body still streaming: SSE, long polls);
+//!   in flight includes a response body still streaming: SSE, long polls), also one
+//!   that sent part of a request's headers and stopped (dropped if a graceful close
+//!   has not ended it a second later);
 //! - a request whose headers do not arrive within `header_read_timeout` closes its
 //!   connection, and so does a TLS handshake that takes longer;
 //! - a failed `accept` (no file descriptors left) backs off instead of ending the
@@ -162,8 +164,18 @@ async fn serve_connection<I>(
     let stopped = stop.wait();
     tokio::pin!(stopped);
     let mut closing = false;
+    // When an idle connection is dropped outright if the graceful close has not
+    // ended it: hyper finishes a graceful shutdown only at a request boundary, so a
+    // connection stuck in the middle of a request's headers would otherwise stay.
+    let mut drop_at: Option<tokio::time::Instant> = None;
     loop {
         let idle_check = tokio::time::sleep(activity.idle_deadline(limits.idle_timeout));
+        let forced = async {
+            match drop_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -180,12 +192,23 @@ async fn serve_connection<I>(
                     metrics::counter!("sq_connections_idle_closed_total", "listener" => name)
                         .increment(1);
                     closing = true;
+                    drop_at = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
                     connection.as_mut().graceful_shutdown();
                 }
+            }
+            _ = forced => {
+                // Still nothing in flight: nothing is lost by dropping it.
+                if activity.idle_for() > Duration::ZERO {
+                    return;
+                }
+                drop_at = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
             }
         }
     }
 }
+
+/// How long an idle connection may take to close gracefully before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Requests in flight on one connection, and when the last one ended.
 struct Activity {

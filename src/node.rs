@@ -28,6 +28,8 @@ pub struct Node {
     pub state: Arc<AppliedState>,
     pub proposer: Proposer,
     pub peers: PeerClient,
+    /// Linearizable reads, sharing read-index rounds.
+    pub reads: Arc<raft::read::Reads>,
     /// Relays operator calls to the leader's API.
     pub http: reqwest::Client,
     pub metrics: PrometheusHandle,
@@ -141,9 +143,16 @@ pub async fn start(
     config.validate()?;
     let tls = crate::tls::NodeTls::load(&config)?;
     let id = config.id;
-    let (log_store, state_store) = store::open(&config.data_dir, id, &config.cluster_name)
-        .await
-        .context("opening storage")?;
+    // Descriptors first: RocksDB's share is fixed before it opens, and the listeners'
+    // caps fit in what is left.
+    let fds = crate::descriptors::budget(config.max_connections, config.max_peer_connections);
+    let tuning = store::Tuning {
+        max_open_files: fds.rocks_files.min(i32::MAX as u64) as i32,
+    };
+    let (log_store, state_store) =
+        store::open_tuned(&config.data_dir, id, &config.cluster_name, tuning)
+            .await
+            .context("opening storage")?;
     let state = state_store.reader();
     let mut peers = PeerClient::new(config.cluster_secret.clone());
     if let Some(client) = tls.peer_client.clone() {
@@ -154,7 +163,11 @@ pub async fn start(
     let raft = Raft::new(
         id,
         raft_config,
-        Network::new(peers.clone(), config.replication_timeout()),
+        Network::new(
+            peers.clone(),
+            config.replication_timeout(),
+            config.max_replication_bytes,
+        ),
         log_store,
         state_store,
     )
@@ -177,6 +190,11 @@ pub async fn start(
         ProposerConfig {
             max_commands: config.max_batch_commands,
             max_bytes: config.max_batch_bytes,
+            max_pending: config.max_pending_proposals,
+            max_pending_bytes: config.max_pending_bytes,
+            limits: crate::machine::Limits {
+                max_state_bytes: config.max_state_bytes,
+            },
             max_inflight: config.max_inflight,
             tick: std::time::Duration::from_millis(config.tick_ms),
             quorum_lost_after: std::time::Duration::from_millis(config.election_max_ms),
@@ -189,6 +207,7 @@ pub async fn start(
         id,
         config: config.clone(),
         raft: raft.clone(),
+        reads: raft::read::Reads::new(id, raft.clone(), peers.clone(), state.clone()),
         state,
         proposer: proposer.clone(),
         peers,
@@ -219,7 +238,10 @@ pub async fn start(
         "peer",
         peer_listener,
         peer_app,
-        config.listener_limits(true),
+        crate::listener::ListenerLimits {
+            max_connections: fds.peer_connections,
+            ..config.listener_limits(true)
+        },
         tls.peer.clone(),
         stop.clone(),
     ));
@@ -227,7 +249,10 @@ pub async fn start(
         "api",
         api_listener,
         api_app,
-        config.listener_limits(false),
+        crate::listener::ListenerLimits {
+            max_connections: fds.api_connections,
+            ..config.listener_limits(false)
+        },
         tls.api.clone(),
         stop.clone(),
     ));

@@ -10,8 +10,11 @@ use crate::machine::Rejection;
 use crate::raft::proposer::ProposeError;
 use crate::raft::read::ReadError;
 
-/// Seconds a client is told to wait before retrying a submit refused as `queue_full`.
+/// Seconds a client is told to wait before retrying a submit refused as `queue_full`
+/// or `state_full`.
 const QUEUE_FULL_RETRY_AFTER_S: u64 = 1;
+/// Seconds a client is told to wait before retrying a write refused as `overloaded`.
+const OVERLOADED_RETRY_AFTER_S: u64 = 1;
 
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,14 @@ pub enum ApiError {
     /// The session's queue is full (429 `queue_full`, `Retry-After`); nothing written.
     #[error("{0}")]
     QueueFull(String),
+    /// The cluster's state is at `--max-state-bytes` (429 `state_full`, `Retry-After`);
+    /// nothing written.
+    #[error("{0}")]
+    StateFull(String),
+    /// Too many writes wait on this node (429 `overloaded`, `Retry-After`); nothing
+    /// written.
+    #[error("{0}")]
+    Overloaded(String),
     /// No leader in time, or the outcome is unknown; retry after the given seconds.
     #[error("{message}")]
     Unavailable {
@@ -62,7 +73,9 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RevealMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull(_) | ApiError::StateFull(_) | ApiError::Overloaded(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -79,6 +92,8 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::RevealMismatch(_) => "reveal_mismatch",
             ApiError::QueueFull(_) => "queue_full",
+            ApiError::StateFull(_) => "state_full",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
@@ -92,7 +107,8 @@ impl IntoResponse for ApiError {
         let mut response = (status, body).into_response();
         let retry_after = match &self {
             ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
-            ApiError::QueueFull(_) => Some(QUEUE_FULL_RETRY_AFTER_S),
+            ApiError::QueueFull(_) | ApiError::StateFull(_) => Some(QUEUE_FULL_RETRY_AFTER_S),
+            ApiError::Overloaded(_) => Some(OVERLOADED_RETRY_AFTER_S),
             _ => None,
         };
         if let Some(secs) = retry_after {
@@ -115,6 +131,7 @@ impl From<Rejection> for ApiError {
             Rejection::TooLarge(m) => ApiError::TooLarge(m),
             Rejection::IdempotencyConflict(m) => ApiError::IdempotencyConflict(m),
             Rejection::QueueFull(m) => ApiError::QueueFull(m),
+            Rejection::StateFull(m) => ApiError::StateFull(m),
         }
     }
 }
@@ -135,6 +152,8 @@ impl From<ProposeError> for ApiError {
                 retry_after: 1,
             },
             ProposeError::Fatal(m) => ApiError::Internal(m),
+            ProposeError::Overloaded(m) => ApiError::Overloaded(m),
+            ProposeError::TooLarge(m) => ApiError::TooLarge(m),
             // Refused by the leader's peer listener before processing: nothing written.
             ProposeError::Refused { status: 413, .. } => ApiError::TooLarge(e.to_string()),
             ProposeError::Refused { .. } => ApiError::Unavailable {

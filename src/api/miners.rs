@@ -11,6 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::copies::AssignmentRead;
 use super::wire::{assignment_json, miner_json, Empty, RegisterMiner};
 use super::{auth, propose, ApiError, JsonBody, QueryParams};
 use crate::machine::{Command, MinerAuth, MinerState, Response, TaskId};
@@ -45,13 +46,14 @@ async fn miner_update(
     auth: MinerAuth,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     propose(node, command).await?;
-    let body = node.state.read(|s| {
-        s.miner(auth.miner)
-            .map(|m| miner_json(m, node.state.applied_index()))
-    });
-    Ok(Json(
-        body.unwrap_or_else(|| json!({"id": auth.miner.to_string()})),
-    ))
+    // Copied under the lock, encoded after it.
+    let copy = node
+        .state
+        .read(|s| s.miner(auth.miner).cloned().map(|m| (m, node.state.applied_index())));
+    Ok(Json(copy.map_or_else(
+        || json!({"id": auth.miner.to_string()}),
+        |(m, index)| miner_json(&m, index),
+    )))
 }
 
 pub async fn heartbeat(
@@ -89,11 +91,10 @@ pub async fn read(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let auth = auth::miner_itself(&node, &headers, &id).await?;
-    let body = node.state.read(|s| {
-        s.miner(auth.miner)
-            .map(|m| miner_json(m, node.state.applied_index()))
-    });
-    body.map(Json)
+    let copy = node
+        .state
+        .read(|s| s.miner(auth.miner).cloned().map(|m| (m, node.state.applied_index())));
+    copy.map(|(m, index)| Json(miner_json(&m, index)))
         .ok_or_else(|| ApiError::NotFound(format!("unknown miner {id}")))
 }
 
@@ -168,22 +169,33 @@ pub async fn assignments(
             None => busy,
         };
         if ready || Instant::now() >= deadline {
-            let (list, more, index) = node.state.read(|s| {
+            // Copies under the lock (payloads included); base64 and JSON after it.
+            let (copies, more, index) = node.state.read(|s| {
                 let (page, more) = s.assignments_page(auth.miner, after_task, limit);
-                let list: Vec<serde_json::Value> = page
+                let copies: Vec<_> = page
                     .into_iter()
                     .map(|(t, slot)| {
                         // The miner's latest slot of the task (a task may come back
                         // to a miner that held it): its state, and when it was given,
                         // which tells a new slot from an old one.
                         let latest = t.assignments.iter().rev().find(|a| a.miner == auth.miner);
-                        let mut v = assignment_json(t, latest.map_or(slot, |a| a.state));
-                        v["assigned_ms"] = json!(latest.map(|a| a.assigned_ms));
-                        v
+                        (
+                            AssignmentRead::of(t),
+                            latest.map_or(slot, |a| a.state),
+                            latest.map(|a| a.assigned_ms),
+                        )
                     })
                     .collect();
-                (list, more, node.state.applied_index())
+                (copies, more, node.state.applied_index())
             });
+            let list: Vec<serde_json::Value> = copies
+                .iter()
+                .map(|(t, slot, assigned_ms)| {
+                    let mut v = assignment_json(t, *slot);
+                    v["assigned_ms"] = json!(assigned_ms);
+                    v
+                })
+                .collect();
             let next = if more {
                 list.last().map(|v| v["task_id"].clone())
             } else {

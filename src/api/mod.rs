@@ -9,11 +9,14 @@
 //!
 //! One file per resource: [`sessions`], [`tasks`], [`miners`], [`cluster`] (with
 //! health, readiness and metrics), [`events`] (server-sent events and WebSocket), and
-//! [`auth`], [`error`], [`wire`] (JSON bodies and encodings) shared by them. [`listing`]
+//! [`auth`], [`error`], [`wire`] (JSON bodies and encodings) shared by them;
+//! [`copies`] (what a read takes out of the state's lock to encode after it) and
+//! [`waiters`] (bounds on event streams and long polls). [`listing`]
 //! pages through sessions and miners for operators; [`page`] serves the operator page.
 
 mod auth;
 mod cluster;
+mod copies;
 mod error;
 mod events;
 mod listing;
@@ -21,6 +24,7 @@ mod miners;
 mod page;
 mod sessions;
 mod tasks;
+mod waiters;
 mod wire;
 
 use std::sync::Arc;
@@ -45,6 +49,10 @@ pub const MINER_BODY_LIMIT: usize = 64 << 10;
 /// The API's routes over a node.
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config.max_body_bytes;
+    // Event streams and long polls are bounded per node.
+    let waiters = waiters::Waiters::new(node.config.max_event_streams, node.config.max_long_polls);
+    let stream_bound = middleware::from_fn_with_state(waiters.clone(), waiters::bound_streams);
+    let polls = middleware::from_fn_with_state(waiters, waiters::bound_long_polls);
     // User, router and operator calls: the API key when one is set.
     let keyed = Router::new()
         .route("/v1/sessions", post(sessions::create))
@@ -52,7 +60,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/sessions/{id}/close", post(sessions::close))
         .route("/v1/sessions/{id}/tasks", post(tasks::submit))
         .route("/v1/sessions/{id}/tasks:batch", post(tasks::submit_batch))
-        .route("/v1/tasks/{id}", get(tasks::read))
+        .route("/v1/tasks/{id}", get(tasks::read).layer(polls.clone()))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/pool", get(miners::pool))
         .route("/v1/cluster", get(cluster::status))
@@ -70,7 +78,10 @@ pub fn router(node: Arc<Node>) -> Router {
     };
     // Event streams: the API key, also as `?key=` (browsers cannot set headers on
     // EventSource or WebSocket).
-    let streams = Router::new().route("/v1/sessions/{id}/events", get(events::stream));
+    let streams = Router::new().route(
+        "/v1/sessions/{id}/events",
+        get(events::stream).layer(stream_bound),
+    );
     let streams = match node.config.api_key {
         Some(_) => streams.layer(middleware::from_fn_with_state(
             node.clone(),
@@ -109,7 +120,10 @@ pub fn router(node: Arc<Node>) -> Router {
             post(miners::heartbeat).layer(small),
         )
         .route("/v1/miners/{id}/drain", post(miners::drain).layer(small))
-        .route("/v1/miners/{id}/assignments", get(miners::assignments))
+        .route(
+            "/v1/miners/{id}/assignments",
+            get(miners::assignments).layer(polls),
+        )
         .route("/v1/tasks/{id}/ack", post(tasks::ack).layer(small))
         .route(
             "/v1/tasks/{id}/precommit",
@@ -239,14 +253,7 @@ pub(crate) async fn lookup<T>(
     if let Some(found) = node.state.read(&find) {
         return Ok(Some(found));
     }
-    crate::raft::read::linearize(
-        node.id,
-        &node.raft,
-        &node.peers,
-        &node.state,
-        Duration::from_secs(2),
-    )
-    .await?;
+    node.reads.linearize(Duration::from_secs(2)).await?;
     Ok(node.state.read(&find))
 }
 

@@ -55,13 +55,18 @@ pub async fn create(
     else {
         return Err(ApiError::Internal("unexpected response".into()));
     };
+    // Copied under the lock, encoded after it.
     let body = node
         .state
         .read(|s| {
             s.session(session)
-                .map(|s| session_json(s, node.state.applied_index()))
+                .cloned()
+                .map(|s| (s, node.state.applied_index()))
         })
-        .unwrap_or_else(|| serde_json::json!({"id": session.to_string()}));
+        .map_or_else(
+            || serde_json::json!({"id": session.to_string()}),
+            |(s, index)| session_json(&s, index),
+        );
     Ok((StatusCode::CREATED, Json(body)))
 }
 
@@ -72,11 +77,12 @@ pub async fn read(
     let id = parse_session(&id)?;
     let found = lookup(&node, |s| {
         s.session(id)
-            .map(|s| session_json(s, node.state.applied_index()))
+            .cloned()
+            .map(|s| (s, node.state.applied_index()))
     })
     .await?;
     found
-        .map(Json)
+        .map(|(s, index)| Json(session_json(&s, index)))
         .ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))
 }
 

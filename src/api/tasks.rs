@@ -11,6 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::copies::TaskRead;
 use super::sessions::parse_session;
 use super::wire::{
     parse_hash, task_json, unbase64, Commit, Empty, Precommit, SubmitBatch, SubmitTask,
@@ -133,14 +134,7 @@ pub async fn read(
     match q.consistency.as_deref() {
         None | Some("local") => {}
         Some("linearizable") => {
-            crate::raft::read::linearize(
-                node.id,
-                &node.raft,
-                &node.peers,
-                &node.state,
-                node.config.write_timeout(),
-            )
-            .await?;
+            node.reads.linearize(node.config.write_timeout()).await?;
         }
         Some(other) => {
             return Err(ApiError::bad(format!(
@@ -163,11 +157,12 @@ pub async fn read(
     }
     .min(Duration::from_millis(node.config.max_wait_ms));
 
+    // A copy under the lock; the JSON is built after it is released.
     let view = |s: &crate::machine::State| {
         s.task(task).map(|t| {
             (
                 t.state.is_terminal(),
-                task_json(t, node.state.applied_index()),
+                (TaskRead::of(t), node.state.applied_index()),
             )
         })
     };
@@ -191,7 +186,7 @@ pub async fn read(
             }
         }
     }
-    Ok(Json(body))
+    Ok(Json(task_json(&body.0, body.1)))
 }
 
 pub async fn cancel(

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::ApiError;
-use crate::machine::{Miner, Session, SessionState, SlotState, Task};
+use super::copies::{AssignmentRead, TaskRead};
+use crate::machine::{Miner, Session, SessionState, SlotState};
 
 /// Decodes a base64 field.
 pub fn unbase64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
@@ -144,7 +145,7 @@ pub fn session_json(s: &Session, applied_index: u64) -> Value {
     })
 }
 
-pub fn task_json(t: &Task, applied_index: u64) -> Value {
+pub fn task_json(t: &TaskRead, applied_index: u64) -> Value {
     json!({
         "id": t.id.to_string(),
         "session_id": t.session.to_string(),
@@ -186,7 +187,7 @@ pub fn miner_json(m: &Miner, applied_index: u64) -> Value {
     })
 }
 
-pub fn assignment_json(t: &Task, slot: SlotState) -> Value {
+pub fn assignment_json(t: &AssignmentRead, slot: SlotState) -> Value {
     json!({
         "task_id": t.id.to_string(),
         "session_id": t.session.to_string(),

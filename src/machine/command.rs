@@ -20,6 +20,26 @@ pub struct Batch {
     /// machine never reads a clock of its own; time only moves forward.
     pub now_ms: u64,
     pub commands: Vec<Command>,
+    /// The cluster-wide bounds the leader that proposed it enforces, carried in the
+    /// log so every replica applies the same ones whatever its own flags say.
+    pub limits: Limits,
+}
+
+/// Cluster-wide bounds of the state, stamped into every batch by the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// New tasks are refused (`state_full`) once the state's approximate size
+    /// ([`super::State::state_bytes`]) would pass this.
+    pub max_state_bytes: u64,
+}
+
+impl Default for Limits {
+    /// No bound.
+    fn default() -> Self {
+        Limits {
+            max_state_bytes: u64::MAX,
+        }
+    }
 }
 
 /// The settings of a new session. Every field is already defaulted by the caller.

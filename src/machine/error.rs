@@ -34,6 +34,10 @@ pub enum Rejection {
     /// `queue_full`); retry once some have finished.
     #[error("{0}")]
     QueueFull(String),
+    /// The state's approximate size is at the cluster's `--max-state-bytes` (HTTP 429
+    /// `state_full`); retry once finished tasks are purged.
+    #[error("{0}")]
+    StateFull(String),
 }
 
 impl Rejection {
@@ -48,6 +52,7 @@ impl Rejection {
             Rejection::TooLarge(_) => "too_large",
             Rejection::IdempotencyConflict(_) => "idempotency_conflict",
             Rejection::QueueFull(_) => "queue_full",
+            Rejection::StateFull(_) => "state_full",
         }
     }
 }

@@ -43,6 +43,7 @@
 mod command;
 mod dispatch;
 mod error;
+mod footprint;
 mod idempotency;
 mod ids;
 mod lifecycle;
@@ -59,7 +60,8 @@ use std::mem;
 use serde::{Deserialize, Serialize};
 
 pub use command::{
-    Applied, Batch, Command, Digest, Event, EventKind, MinerAuth, NewTask, Response, SessionSpec,
+    Applied, Batch, Command, Digest, Event, EventKind, Limits, MinerAuth, NewTask, Response,
+    SessionSpec,
 };
 pub use error::Rejection;
 pub use idempotency::RememberedKey;
@@ -170,6 +172,8 @@ struct Indexes {
     /// Per session, its unfinished tasks, so closing a session visits only its own
     /// tasks (never every task of the cluster). No entry for a session without any.
     unfinished: HashMap<SessionId, BTreeSet<TaskId>>,
+    /// The approximate bytes of every task (see `footprint`).
+    footprint: footprint::Footprint,
 }
 
 /// What one apply is doing: its time, the transitions it caused and what it touched.
@@ -201,6 +205,8 @@ pub struct State {
     idx: Indexes,
     step: Step,
     dirty: BTreeSet<Key>,
+    /// The bounds of the batch being applied (never encoded: every batch carries them).
+    limits: Limits,
 }
 
 impl PartialEq for State {
@@ -221,6 +227,21 @@ impl State {
 
     /// Applies one command at the leader's time `now_ms`. On `Err` nothing changed.
     pub fn apply(&mut self, cmd: &Command, now_ms: u64) -> Result<Applied, Rejection> {
+        // This command's changes are counted apart from the earlier ones, so the
+        // footprint looks again at exactly the tasks it touched.
+        let earlier = mem::take(&mut self.dirty);
+        let result = self.apply_one(cmd, now_ms);
+        let mine = mem::replace(&mut self.dirty, earlier);
+        for key in mine {
+            if let Key::Task(id) = key {
+                self.idx.footprint.update(id, self.tasks.get(&id));
+            }
+            self.dirty.insert(key);
+        }
+        result
+    }
+
+    fn apply_one(&mut self, cmd: &Command, now_ms: u64) -> Result<Applied, Rejection> {
         self.step = Step {
             now: now_ms.max(self.header.now_ms),
             ..Step::default()
@@ -279,11 +300,17 @@ impl State {
     /// it looks at depends on the time, so the leader's stamp does not matter. A
     /// reveal whose hash does not match its precommit passes: apply records it.
     pub fn check(&self, cmd: &Command) -> Result<(), Rejection> {
+        self.check_within(cmd, &self.limits)
+    }
+
+    /// [`State::check`] under the bounds a batch will carry (the leader checks with
+    /// the limits it is about to stamp).
+    pub fn check_within(&self, cmd: &Command, limits: &Limits) -> Result<(), Rejection> {
         match cmd {
             Command::CreateSession(spec) => session::validate_spec(spec),
             Command::CloseSession { session } => self.validate_close(*session),
             Command::SubmitTasks { session, tasks } => {
-                self.validate_submit(*session, tasks).map(drop)
+                self.validate_submit(*session, tasks, limits).map(drop)
             }
             Command::CancelTask { task } => self.validate_cancel(*task),
             Command::RegisterMiner {
@@ -310,6 +337,7 @@ impl State {
 
     /// Applies every command of a batch in order.
     pub fn apply_batch(&mut self, batch: &Batch) -> Vec<Result<Applied, Rejection>> {
+        self.limits = batch.limits;
         batch
             .commands
             .iter()
@@ -339,6 +367,15 @@ impl State {
             self.rebalance(session);
             self.schedule(session);
         }
+    }
+
+    /// The state's approximate size in memory, bytes (see `footprint`): what
+    /// `--max-state-bytes` bounds. The same on every replica that applied the same log.
+    pub fn state_bytes(&self) -> u64 {
+        self.idx.footprint.tasks_total()
+            + self.sessions.len() as u64 * footprint::SESSION_BYTES
+            + self.miners.len() as u64 * footprint::MINER_BYTES
+            + self.keys.len() as u64 * footprint::KEY_BYTES
     }
 
     /// The leader's time of the last applied command.
@@ -469,6 +506,7 @@ impl State {
             idx.deadlines
                 .insert((k.expires_ms, Due::KeyPurge(k.session, k.key_hash)));
         }
+        idx.footprint = footprint::Footprint::rebuild(&self.tasks);
         self.idx = idx;
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {

@@ -2,7 +2,8 @@
 //!
 //! [`State::validate_submit`] decides everything a submit can be refused for (unknown
 //! or closed session, empty, over a limit, an idempotency key reused for another task,
-//! the session's unfinished tasks past its `max_queued_tasks`)
+//! the session's unfinished tasks past its `max_queued_tasks`, the cluster's state
+//! past its `--max-state-bytes`)
 //! and plans each task: new, or an earlier task its key names. [`State::submit`] then
 //! only carries the plan out, so [`State::check`] and apply refuse exactly alike.
 
@@ -11,7 +12,9 @@ use super::idempotency::{fingerprint, key_hash};
 use super::ids::{SessionId, TaskId};
 use super::session::SessionState;
 use super::task::{Task, TaskState};
-use super::{limits, Digest, EventKind, Key, NewTask, Rejection, Response, State};
+use super::{
+    footprint, limits, Digest, EventKind, Key, Limits, NewTask, Rejection, Response, State,
+};
 
 /// What a submit does with one of its tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +33,7 @@ impl State {
         &self,
         session: SessionId,
         tasks: &[NewTask],
+        bounds: &Limits,
     ) -> Result<Vec<Planned>, Rejection> {
         let s = self
             .sessions
@@ -114,6 +118,22 @@ impl State {
                 s.spec.max_queued_tasks
             )));
         }
+        // The cluster's memory bound counts what the new tasks would take.
+        let adding_bytes: u64 = tasks
+            .iter()
+            .zip(&plan)
+            .filter(|(_, p)| matches!(p, Planned::New(_)))
+            .map(|(t, _)| footprint::new_task_bytes(t))
+            .sum();
+        let held = self.state_bytes();
+        if adding_bytes > 0 && held.saturating_add(adding_bytes) > bounds.max_state_bytes {
+            return Err(Rejection::StateFull(format!(
+                "the cluster's state holds about {held} bytes; {adding} more tasks (about \
+                 {adding_bytes} bytes) would pass its --max-state-bytes of {}; nothing was \
+                 written: retry once finished tasks have been purged",
+                bounds.max_state_bytes
+            )));
+        }
         Ok(plan)
     }
 
@@ -130,7 +150,8 @@ impl State {
         session: SessionId,
         tasks: &[NewTask],
     ) -> Result<Response, Rejection> {
-        let plan = self.validate_submit(session, tasks)?;
+        let bounds = self.limits;
+        let plan = self.validate_submit(session, tasks, &bounds)?;
         let s = &self.sessions[&session];
         let k = s.k();
         let effective: Vec<(i32, u64)> = tasks.iter().map(|t| self.effective(s, t)).collect();

@@ -1,7 +1,9 @@
 //! The Raft layer: openraft's types and configuration, the peer network client,
-//! group commit (the proposer, with its cluster clock, its proposals and the
-//! classification of their outcomes), linearizable reads, and cluster membership.
+//! group commit (the proposer, with its admission bounds, its cluster clock, its
+//! proposals and the classification of their outcomes), linearizable reads, and
+//! cluster membership.
 
+pub mod admission;
 pub mod clock;
 pub mod network;
 pub mod outcome;

@@ -19,6 +19,16 @@
 //! from the same point is answered `PayloadTooLarge` with the running request's
 //! length, which makes openraft retry at once with that range. Heartbeats (no
 //! entries) keep openraft's short timeout.
+//!
+//! Replication is bounded in bytes too. openraft 0.9 bounds a request only by its
+//! number of entries (`max_payload_entries`); an entry is at most `--max-batch-bytes`
+//! (the proposer never packs more), but sixteen of them would still be 32 MiB. So a
+//! request is cut here to the longest prefix of its entries that encodes to at most
+//! `--max-replication-bytes` (always at least one entry), and a follower's success
+//! on that prefix is reported as openraft's `PartialSuccess` up to its last entry:
+//! openraft then sends the rest from there. A request thus fits in the replication
+//! timeout whatever the entries' sizes, as long as the link moves
+//! `--max-replication-bytes` within it.
 
 use std::time::Duration;
 
@@ -169,16 +179,38 @@ impl PeerClient {
 pub struct Network {
     client: PeerClient,
     replication_timeout: Duration,
+    max_replication_bytes: usize,
 }
 
 impl Network {
-    /// `replication_timeout` bounds a replication request that carries entries.
-    pub fn new(client: PeerClient, replication_timeout: Duration) -> Self {
+    /// `replication_timeout` bounds a replication request that carries entries, and
+    /// `max_replication_bytes` the encoded size of those entries.
+    pub fn new(
+        client: PeerClient,
+        replication_timeout: Duration,
+        max_replication_bytes: usize,
+    ) -> Self {
         Network {
             client,
             replication_timeout,
+            max_replication_bytes,
         }
     }
+}
+
+/// How many of the leading entries (of these encoded sizes) one request carries:
+/// as many as fit in `max_bytes`, and at least one.
+pub fn entries_that_fit(sizes: impl IntoIterator<Item = usize>, max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0usize;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if n > 0 && total > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -190,6 +222,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.peer.clone(),
             replication_timeout: self.replication_timeout,
+            max_replication_bytes: self.max_replication_bytes,
             append: None,
         }
     }
@@ -229,6 +262,7 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     replication_timeout: Duration,
+    max_replication_bytes: usize,
     append: Option<RunningAppend>,
 }
 
@@ -282,8 +316,18 @@ impl Connection {
     /// else starts it in a task bounded by the replication timeout (see the module doc).
     async fn append_with_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        // Only the prefix that fits in the byte bound goes (see the module doc).
+        let fit = entries_that_fit(
+            rpc.entries.iter().map(codec::encoded_len),
+            self.max_replication_bytes,
+        );
+        let cut = (fit < rpc.entries.len()).then(|| {
+            metrics::counter!("sq_replication_requests_cut_total").increment(1);
+            rpc.entries.truncate(fit);
+            rpc.entries.last().map(|e| e.log_id)
+        });
         let key = AppendKey::of(&rpc);
         match &self.append {
             Some(running) if running.key == key => {}
@@ -320,9 +364,16 @@ impl Connection {
         let result = joined.map_err(|e| {
             RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
         })?;
-        result
+        let response = result
             .map_err(rpc_error)?
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
+        Ok(match (response, cut) {
+            // The follower holds the prefix sent: openraft sends the rest from there.
+            (AppendEntriesResponse::Success, Some(last)) => {
+                AppendEntriesResponse::PartialSuccess(last)
+            }
+            (response, _) => response,
+        })
     }
 }
 
@@ -363,5 +414,19 @@ impl RaftNetwork<TypeConfig> for Connection {
         // Retry an unreachable peer every 200 ms rather than openraft's 500 ms, so a
         // restarted node is caught up quickly.
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_carries_the_entries_that_fit_and_always_one() {
+        assert_eq!(entries_that_fit([10, 10, 10], 25), 2);
+        assert_eq!(entries_that_fit([10, 10, 10], 30), 3);
+        assert_eq!(entries_that_fit([10, 10, 10], 1000), 3);
+        assert_eq!(entries_that_fit([50, 10], 25), 1, "one entry goes even alone over");
+        assert_eq!(entries_that_fit([], 25), 0);
     }
 }

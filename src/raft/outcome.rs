@@ -96,6 +96,11 @@ pub fn of_forward(result: Result<Result<Vec<CommandResult>, ProposeError>, PeerE
         }
         Ok(Err(ProposeError::Unknown(why))) => Outcome::Ambiguous(why),
         Ok(Err(e @ (ProposeError::Fatal(_) | ProposeError::Refused { .. }))) => Outcome::Failed(e),
+        // Refused at the leader's door: nothing was written, and sending it again at
+        // once would meet the same bound.
+        Ok(Err(e @ (ProposeError::Overloaded(_) | ProposeError::TooLarge(_)))) => {
+            Outcome::Failed(e)
+        }
         // Never reached the leader's handlers (connection refused, refused unread).
         Err(PeerError::Unreachable(..)) => Outcome::NotSent,
         // Timed out, reset, or garbled: the leader may have proposed it.

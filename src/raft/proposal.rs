@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::admission::Admitted;
 use super::proposer::ProposeError;
 use super::types::CommandResult;
 use crate::machine::Command;
@@ -84,12 +85,15 @@ impl Fate {
 /// A write waiting in the proposer.
 pub struct Proposal {
     pub commands: Vec<Command>,
+    /// The commands' encoded size, as they take it in a Raft entry.
     pub bytes: usize,
     pub deadline: Instant,
     /// Came from another node: only ever proposed locally, by the leader.
     pub forwarded: bool,
     pub fate: Arc<Fate>,
     pub reply: oneshot::Sender<Answer>,
+    /// Its share of the proposer's bounds, given back when it is dropped.
+    pub admitted: Option<Admitted>,
 }
 
 impl Proposal {
@@ -97,7 +101,7 @@ impl Proposal {
     pub fn new(commands: Vec<Command>, deadline: Instant, forwarded: bool) -> (Self, Waiter) {
         let (reply, rx) = oneshot::channel();
         let fate = Arc::new(Fate::default());
-        let bytes = commands.iter().map(Command::approx_size).sum();
+        let bytes = encoded_bytes(&commands);
         let proposal = Proposal {
             commands,
             bytes,
@@ -105,6 +109,7 @@ impl Proposal {
             forwarded,
             fate: fate.clone(),
             reply,
+            admitted: None,
         };
         (proposal, Waiter { rx, fate, deadline })
     }
@@ -123,6 +128,12 @@ impl Proposal {
             let _ = self.reply.send(Err(if maybe { e } else { otherwise }));
         }
     }
+}
+
+/// The bytes `commands` take in a Raft entry's list of commands.
+pub fn encoded_bytes(commands: &[Command]) -> usize {
+    // Each value alone carries the version byte, which a list of them does not.
+    commands.iter().map(|c| crate::codec::encoded_len(c) - 1).sum()
 }
 
 /// The caller's end of a proposal.

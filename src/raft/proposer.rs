@@ -37,12 +37,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::admission::{Admission, AdmissionLimits, ENTRY_FRAMING};
 use super::clock::ClusterClock;
 use super::network::{paths, PeerClient};
 use super::outcome::{self, Outcome};
 use super::proposal::{Answer, Proposal};
 use super::types::{CommandResult, NodeId, Raft, RaftMetrics};
-use crate::machine::{Batch, Command, State};
+use crate::machine::{Batch, Command, Limits, State};
 use crate::store::AppliedState;
 
 /// Why a write was not done.
@@ -64,13 +65,27 @@ pub enum ProposeError {
     /// (with this HTTP status): nothing was written.
     #[error("the leader refused the forwarded write ({status}): {message}")]
     Refused { status: u16, message: String },
+    /// Too many writes wait already ([`super::admission`]): nothing was written.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The write cannot fit in one Raft entry ([`super::admission`]): nothing was written.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Tuning of the proposer.
 #[derive(Clone, Copy, Debug)]
 pub struct ProposerConfig {
     pub max_commands: usize,
+    /// Largest Raft entry, bytes (`--max-batch-bytes`): the commands of one batch
+    /// take at most this less [`ENTRY_FRAMING`].
     pub max_bytes: usize,
+    /// Most proposals waiting at once (`--max-pending-proposals`).
+    pub max_pending: usize,
+    /// Most encoded bytes of proposals waiting at once (`--max-pending-bytes`).
+    pub max_pending_bytes: usize,
+    /// The cluster-wide bounds this node stamps into the batches it proposes as leader.
+    pub limits: Limits,
     pub max_inflight: usize,
     pub tick: Duration,
     /// A leader that has not heard from a quorum for this long (the longest election
@@ -88,6 +103,7 @@ pub struct ProposerConfig {
 pub struct Proposer {
     tx: mpsc::Sender<Proposal>,
     stats: Arc<Stats>,
+    admission: Arc<Admission>,
 }
 
 /// Counters of the proposer, for metrics.
@@ -130,7 +146,16 @@ impl Proposer {
             stats: stats.clone(),
         };
         tasks.spawn(worker.run());
-        Proposer { tx, stats }
+        let admission = Admission::new(AdmissionLimits {
+            max_pending: config.max_pending,
+            max_pending_bytes: config.max_pending_bytes,
+            max_entry_bytes: config.max_bytes,
+        });
+        Proposer {
+            tx,
+            stats,
+            admission,
+        }
     }
 
     /// Proposes commands and waits until they are committed and applied (or refused),
@@ -145,7 +170,9 @@ impl Proposer {
     }
 
     async fn submit(&self, commands: Vec<Command>, timeout: Duration, forwarded: bool) -> Answer {
-        let (proposal, waiter) = Proposal::new(commands, Instant::now() + timeout, forwarded);
+        let (mut proposal, waiter) = Proposal::new(commands, Instant::now() + timeout, forwarded);
+        // Refused at the door, never queued: nothing was written.
+        proposal.admitted = Some(self.admission.admit(proposal.bytes)?);
         self.tx
             .send(proposal)
             .await
@@ -155,6 +182,11 @@ impl Proposer {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Proposals and their bytes waiting now (queued or in a batch on its way).
+    pub fn pending(&self) -> (usize, usize) {
+        self.admission.pending()
     }
 }
 
@@ -377,6 +409,7 @@ impl Worker {
         let batch = Batch {
             now_ms: self.clock.stamp(term, state_ms),
             commands,
+            limits: self.config.limits,
         };
         // Awaited as long as any of its callers still waits.
         let until = taken
@@ -498,18 +531,20 @@ fn take_batch(
     let mut taken: Vec<Proposal> = Vec::new();
     let mut refused = Vec::new();
     let (mut count, mut bytes) = (0usize, 0usize);
+    // Admission refuses any proposal larger than this, so a batch never is either.
+    let max_bytes = config.max_bytes.saturating_sub(ENTRY_FRAMING);
     while let Some(p) = pending.front() {
         if p.fate.given_up() {
             pending.pop_front();
             continue;
         }
-        if let Some(rejections) = state.and_then(|s| all_refused(s, &p.commands)) {
+        if let Some(rejections) = state.and_then(|s| all_refused(s, &p.commands, &config.limits)) {
             let p = pending.pop_front().expect("front exists");
             refused.push((p, rejections));
             continue;
         }
         let fits =
-            count + p.commands.len() <= config.max_commands && bytes + p.bytes <= config.max_bytes;
+            count + p.commands.len() <= config.max_commands && bytes + p.bytes <= max_bytes;
         if !taken.is_empty() && !fits {
             break;
         }
@@ -524,10 +559,10 @@ fn take_batch(
     (taken, refused)
 }
 
-/// The rejections of `commands` if the state refuses every one of them. Checked one
-/// after the other on the same state: a refused command changes nothing, so each
+/// The rejections of `commands` if the state refuses every one of them under the
+/// bounds the next batch will carry. Checked one after the other on the same state: a refused command changes nothing, so each
 /// later one would meet exactly this state.
-fn all_refused(state: &State, commands: &[Command]) -> Option<Vec<CommandResult>> {
+fn all_refused(state: &State, commands: &[Command], limits: &Limits) -> Option<Vec<CommandResult>> {
     if commands.is_empty() {
         return None;
     }
@@ -535,7 +570,7 @@ fn all_refused(state: &State, commands: &[Command]) -> Option<Vec<CommandResult>
         .iter()
         .map(|c| match c {
             Command::Tick => None,
-            c => state.check(c).err().map(Err),
+            c => state.check_within(c, limits).err().map(Err),
         })
         .collect()
 }
@@ -560,6 +595,9 @@ mod tests {
         ProposerConfig {
             max_commands,
             max_bytes,
+            max_pending: 1000,
+            max_pending_bytes: 1 << 30,
+            limits: Limits::default(),
             max_inflight: 1,
             tick: Duration::from_millis(100),
             quorum_lost_after: Duration::from_millis(500),
@@ -600,12 +638,49 @@ mod tests {
         );
         assert!(taken.iter().all(|p| p.fate.maybe_applied()), "marked sent");
         assert_eq!(pending.len(), 1);
-        // By bytes (64 per ack here), and the first proposal always goes, even alone
-        // over the bound.
-        let mut pending = queue(&[4, 1]);
-        let (taken, _) = take_batch(&mut pending, &config(100, 128), None);
-        assert_eq!(taken.len(), 1);
+        // By encoded bytes: room for five acks besides the entry's framing.
+        let ack_bytes = super::super::proposal::encoded_bytes(&[ack(0)]);
+        let mut pending = queue(&[4, 1, 1]);
+        let bound = ENTRY_FRAMING + 5 * ack_bytes;
+        let (taken, _) = take_batch(&mut pending, &config(100, bound), None);
+        assert_eq!(taken.len(), 2);
         assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn a_full_batch_encodes_to_an_entry_no_larger_than_max_batch_bytes() {
+        use crate::raft::types::Entry;
+        let max_bytes = 64 << 10;
+        let session = crate::machine::SessionId(u64::MAX);
+        let submit = |n: usize| Command::SubmitTasks {
+            session,
+            tasks: vec![crate::machine::NewTask {
+                payload: vec![7; n],
+                priority: Some(i32::MIN),
+                idempotency_key: Some("k".repeat(256)),
+                queue_timeout_ms: Some(u64::MAX),
+            }],
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut pending: VecDeque<Proposal> = (0..40)
+            .map(|i| Proposal::new(vec![submit(1000 + 37 * i)], deadline, false).0)
+            .collect();
+        let (taken, _) = take_batch(&mut pending, &config(4096, max_bytes), None);
+        assert!(!pending.is_empty(), "the bound was reached");
+        let mut commands: Vec<Command> =
+            taken.iter().flat_map(|p| p.commands.iter().cloned()).collect();
+        commands.push(Command::Tick);
+        let entry = Entry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(u64::MAX, u64::MAX), u64::MAX),
+            payload: openraft::EntryPayload::Normal(Batch {
+                now_ms: u64::MAX,
+                commands,
+                limits: Limits { max_state_bytes: u64::MAX - 1 },
+            }),
+        };
+        let encoded = crate::codec::encoded_len(&entry);
+        assert!(encoded <= max_bytes, "{encoded} > {max_bytes}");
+        assert!(encoded > max_bytes - 4096, "the batch was packed close to the bound");
     }
 
     #[test]
@@ -621,8 +696,9 @@ mod tests {
     #[test]
     fn what_the_state_accepts_is_taken_and_ticks_are_never_checked() {
         let state = State::new();
-        assert_eq!(all_refused(&state, &[]), None);
-        assert_eq!(all_refused(&state, &[Command::Tick]), None);
+        let limits = Limits::default();
+        assert_eq!(all_refused(&state, &[], &limits), None);
+        assert_eq!(all_refused(&state, &[Command::Tick], &limits), None);
         // Whatever State::check refuses is set apart with apply's shape of result;
         // what it lets through is proposed.
         let mut pending = queue(&[1, 2]);

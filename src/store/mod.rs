@@ -92,6 +92,23 @@ fn corruption_hint(e: &rocksdb::Error) -> &'static str {
     }
 }
 
+/// Settings of the RocksDB a node opens.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Most table files RocksDB keeps open at once (its `max_open_files`), so the
+    /// store always has descriptors left however many connections the node holds
+    /// (see [`crate::descriptors`]).
+    pub max_open_files: i32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            max_open_files: 256,
+        }
+    }
+}
+
 /// Opens (or creates) the node's storage under `dir`.
 ///
 /// `node_id` and `cluster` are checked against the identity the directory was created
@@ -100,6 +117,16 @@ pub async fn open(
     dir: &Path,
     node_id: u64,
     cluster: &str,
+) -> Result<(LogStore, StateStore), OpenError> {
+    open_tuned(dir, node_id, cluster, Tuning::default()).await
+}
+
+/// [`open`] with the given RocksDB settings.
+pub async fn open_tuned(
+    dir: &Path,
+    node_id: u64,
+    cluster: &str,
+    tuning: Tuning,
 ) -> Result<(LogStore, StateStore), OpenError> {
     let io = |source| OpenError::Io {
         path: dir.to_path_buf(),
@@ -112,7 +139,7 @@ pub async fn open(
         }
     }
     check_identity(dir, node_id, cluster)?;
-    let db = open_db(&dir.join("db"))?;
+    let db = open_db(&dir.join("db"), tuning)?;
     let db = Arc::new(db);
     let log = LogStore::new(db.clone());
     let state = StateStore::open(db, dir.join("snapshots")).await?;
@@ -177,8 +204,9 @@ fn check_identity(dir: &Path, node_id: u64, cluster: &str) -> Result<(), OpenErr
     }
 }
 
-fn open_db(path: &Path) -> Result<DB, OpenError> {
+fn open_db(path: &Path, tuning: Tuning) -> Result<DB, OpenError> {
     let mut opts = Options::default();
+    opts.set_max_open_files(tuning.max_open_files.max(16));
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);

@@ -52,10 +52,12 @@ fn entries(n: u64) -> Vec<Entry> {
                     std::collections::BTreeMap::new(),
                 )),
                 2 => EntryPayload::Normal(Batch {
+                    limits: Default::default(),
                     now_ms: 1000,
                     commands: vec![Command::CreateSession(spec.clone())],
                 }),
                 _ => EntryPayload::Normal(Batch {
+                    limits: Default::default(),
                     now_ms: 1000 + i,
                     commands: vec![],
                 }),
@@ -71,7 +73,7 @@ fn crash_image(db_dir: &Path, into: &Path) -> rocksdb::DB {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), into.join(entry.file_name())).unwrap();
     }
-    open_db(into).unwrap()
+    open_db(into, Tuning::default()).unwrap()
 }
 
 fn durable_applied(db: &rocksdb::DB) -> Option<LogId> {

@@ -57,6 +57,7 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry {
     Entry {
         log_id: log_id(1, index),
         payload: EntryPayload::Normal(Batch {
+            limits: Default::default(),
             now_ms: 1000 + index,
             commands,
         }),
@@ -277,7 +278,7 @@ async fn a_foreign_or_unknown_data_directory_is_refused() {
         sm.apply(workload(1)).await.unwrap();
     }
     {
-        let db = open_db(&dir2.path().join("db")).unwrap();
+        let db = open_db(&dir2.path().join("db"), Tuning::default()).unwrap();
         let cf = db.cf_handle(CF_STATE).unwrap();
         db.put_cf(cf, [4u8, 0, 0, 0, 0, 0, 0, 0, 1], b"\x01garbage")
             .unwrap();

@@ -56,6 +56,9 @@ pub struct Options {
     /// The CA of the nodes' API certificates, when their API speaks TLS: the
     /// cluster's clients and URLs then use https and trust it.
     pub ca_file: Option<PathBuf>,
+    /// Start every node under `ulimit -n` of this many file descriptors (soft and
+    /// hard), as on a host with a low limit. Loopback nodes only.
+    pub nofile: Option<u64>,
 }
 
 impl Default for Options {
@@ -68,6 +71,7 @@ impl Default for Options {
             env: vec![],
             node_env: vec![],
             ca_file: None,
+            nofile: None,
         }
     }
 }
@@ -188,13 +192,21 @@ impl TestCluster {
             .open(&node.log)
             .expect("log file");
         // `ip netns exec` execs the binary: the child's pid is the node's.
-        let mut cmd = match &node.netns {
-            Some(ns) => {
+        let mut cmd = match (&node.netns, self.options.nofile) {
+            (Some(ns), _) => {
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", ns]).arg(binary());
                 cmd
             }
-            None => Command::new(binary()),
+            // The shell sets the limit and execs the binary: the child's pid is the node's.
+            (None, Some(n)) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(binary());
+                cmd
+            }
+            (None, None) => Command::new(binary()),
         };
         cmd.arg("node")
             .arg("--id")

@@ -161,3 +161,57 @@ fn closing_one_session_of_many_visits_only_its_own_unfinished_tasks() {
         assert_eq!(w.s.session(*s).unwrap().counts.live(), 50);
     }
 }
+
+#[test]
+fn the_state_bound_refuses_new_tasks_alike_in_check_and_apply() {
+    let mut w = World::new();
+    let s = w.session(1, 1);
+    let _m = w.miner(1);
+    let base = w.s.state_bytes();
+    let t = w.submit(s, &"p".repeat(1000));
+    let one = w.s.state_bytes() - base;
+    assert!(one >= 1000 + footprint::TASK_BYTES, "{one}");
+    // Room for one more task of this size, not two: a batch of two is refused whole.
+    w.s.limits = Limits {
+        max_state_bytes: w.s.state_bytes() + one + one / 2,
+    };
+    let (a, b) = ("a".repeat(1000), "b".repeat(1000));
+    let full = w.refused(submit_cmd(s, &[&a, &b], None));
+    assert!(matches!(full, Rejection::StateFull(_)), "{full}");
+    assert_eq!(full.code(), "state_full");
+    assert!(full.to_string().contains("--max-state-bytes"), "{full}");
+    w.submit_with(s, &a, None, Some("ka"));
+    assert_eq!(w.refused(submit_cmd(s, &[&b], None)).code(), "state_full");
+    // A retry of a remembered key adds nothing, so it is answered even when full.
+    let retry = w.ok(submit_cmd(s, &[&a], Some("ka")));
+    assert!(matches!(retry, Response::TasksSubmitted { ref tasks } if !tasks[0].1));
+    // A finished task drops its payload: room again.
+    let before = w.s.state_bytes();
+    w.complete(t, "out");
+    assert!(w.s.state_bytes() < before);
+    w.submit(s, &b);
+}
+
+#[test]
+fn the_state_bound_comes_from_the_batch_and_the_count_survives_a_restore() {
+    let mut w = World::new();
+    let s = w.session(1, 1);
+    let _m = w.miner(1);
+    let t = w.submit(s, &"x".repeat(5000));
+    w.complete(t, &"y".repeat(3000));
+    w.submit_with(s, &"z".repeat(700), None, Some("k"));
+    // A restored state (as after a restart or a snapshot) counts the same bytes.
+    let restored = State::decode(&w.s.encode()).unwrap();
+    assert_eq!(restored.state_bytes(), w.s.state_bytes());
+    // Every replica applies the bound the batch carries, whatever it held before.
+    let batch = |max_state_bytes| Batch {
+        now_ms: w.now,
+        commands: vec![submit_cmd(s, &["tiny"], None)],
+        limits: Limits { max_state_bytes },
+    };
+    let mut replica = restored;
+    let refused = replica.apply_batch(&batch(1));
+    assert!(matches!(&refused[0], Err(Rejection::StateFull(_))), "{refused:?}");
+    let taken = replica.apply_batch(&batch(u64::MAX));
+    assert!(taken[0].is_ok(), "{taken:?}");
+}

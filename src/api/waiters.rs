@@ -1,0 +1,209 @@
+//! Bounds on the requests that wait on a node: event streams (SSE) and long polls.
+//!
+//! Each one holds a connection, a task and a subscription for as long as it waits,
+//! so without a bound a crowd of routers or miners could hold a node's memory and
+//! tasks however few writes they make. Each kind has its own count
+//! (`--max-event-streams`, `--max-long-polls`); past it a new one is answered at
+//! once with 503 `too_many_waiters` and `Retry-After` (another node, or a moment
+//! later, may take it), and the ones already waiting are untouched.
+//!
+//! The count is a layer on the routes ([`bound_streams`], [`bound_long_polls`]),
+//! so the handlers do not change: a permit is taken before the handler runs and
+//! travels with the response body, given back when the body ends (the stream closes,
+//! the client goes away, or the long poll answers). A request that does not wait (a
+//! task read without `wait`, an assignment list without `wait_ms`) takes no permit.
+//! A protocol upgraded off the response (a WebSocket) must hold a permit of its own
+//! ([`Waiters::stream_permit`]) for as long as it runs.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::ApiError;
+
+/// How long a client refused for too many waiters is told to wait, seconds.
+const RETRY_AFTER_S: u64 = 1;
+
+/// The permits of one node.
+pub struct Waiters {
+    streams: Arc<Semaphore>,
+    polls: Arc<Semaphore>,
+    max_streams: usize,
+    max_polls: usize,
+}
+
+/// One waiting request's place, given back on drop.
+pub struct WaiterPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Waiters {
+    pub fn new(max_streams: usize, max_polls: usize) -> Arc<Self> {
+        Arc::new(Waiters {
+            streams: Arc::new(Semaphore::new(max_streams)),
+            polls: Arc::new(Semaphore::new(max_polls)),
+            max_streams,
+            max_polls,
+        })
+    }
+
+    /// A place for an event stream, or the 503 that says there is none.
+    pub fn stream_permit(&self) -> Result<WaiterPermit, ApiError> {
+        take(
+            &self.streams,
+            "event streams",
+            self.max_streams,
+            "--max-event-streams",
+        )
+    }
+
+    /// A place for a long poll, or the 503 that says there is none.
+    pub fn poll_permit(&self) -> Result<WaiterPermit, ApiError> {
+        take(&self.polls, "long polls", self.max_polls, "--max-long-polls")
+    }
+
+    /// Event streams and long polls held now.
+    #[cfg(test)]
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.max_streams - self.streams.available_permits(),
+            self.max_polls - self.polls.available_permits(),
+        )
+    }
+}
+
+fn take(
+    slots: &Arc<Semaphore>,
+    what: &'static str,
+    max: usize,
+    flag: &str,
+) -> Result<WaiterPermit, ApiError> {
+    slots
+        .clone()
+        .try_acquire_owned()
+        .map(WaiterPermit)
+        .map_err(|_| {
+            metrics::counter!("sq_waiters_refused_total", "kind" => what).increment(1);
+            ApiError::Unavailable {
+                code: "too_many_waiters",
+                message: format!(
+                    "this node already holds {max} {what} ({flag}); retry later or ask \
+                     another node"
+                ),
+                retry_after: RETRY_AFTER_S,
+            }
+        })
+}
+
+/// Layer of the event-stream route: every request takes a stream permit.
+pub async fn bound_streams(
+    State(waiters): State<Arc<Waiters>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match waiters.stream_permit() {
+        Ok(permit) => hold(next.run(request).await, permit),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Layer of the long-pollable routes: a request that asks to wait takes a poll
+/// permit.
+pub async fn bound_long_polls(
+    State(waiters): State<Arc<Waiters>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !asks_to_wait(request.uri().query()) {
+        return next.run(request).await;
+    }
+    match waiters.poll_permit() {
+        Ok(permit) => hold(next.run(request).await, permit),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether a query asks to wait: a `wait` parameter (task reads), or a `wait_ms`
+/// that is not zero (assignment lists).
+pub fn asks_to_wait(query: Option<&str>) -> bool {
+    let Some(query) = query else { return false };
+    let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) else {
+        // Malformed: the handler answers 400 without waiting.
+        return false;
+    };
+    pairs.iter().any(|(k, v)| match k.as_str() {
+        "wait" => true,
+        "wait_ms" => v.trim() != "0",
+        _ => false,
+    })
+}
+
+/// The response, its body holding `permit` until it ends.
+fn hold(response: Response, permit: WaiterPermit) -> Response {
+    response.map(|body| {
+        Body::new(HeldBody {
+            body,
+            _permit: permit,
+        })
+    })
+}
+
+/// A response body that holds a waiter's permit until it ends or is dropped.
+struct HeldBody {
+    body: Body,
+    _permit: WaiterPermit,
+}
+
+impl http_body::Body for HeldBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_that_ask_to_wait_count() {
+        assert!(asks_to_wait(Some("wait=completed&timeout=10s")));
+        assert!(asks_to_wait(Some("wait_ms=5000&after=3")));
+        assert!(!asks_to_wait(Some("wait_ms=0")));
+        assert!(!asks_to_wait(Some("consistency=linearizable")));
+        assert!(!asks_to_wait(None));
+    }
+
+    #[test]
+    fn past_the_bound_a_waiter_is_refused_until_one_leaves() {
+        let w = Waiters::new(1, 2);
+        let s = w.stream_permit().unwrap();
+        let refused = w.stream_permit().err().expect("refused");
+        assert_eq!(refused.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.code(), "too_many_waiters");
+        assert!(refused.to_string().contains("--max-event-streams"));
+        let _p1 = w.poll_permit().unwrap();
+        let _p2 = w.poll_permit().unwrap();
+        assert!(w.poll_permit().is_err());
+        assert_eq!(w.held(), (1, 2));
+        drop(s);
+        assert!(w.stream_permit().is_ok());
+    }
+}

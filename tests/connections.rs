@@ -1,0 +1,185 @@
+//! Connection floods against real node processes started under `ulimit -n 1024`:
+//! thousands of idle and half-sent connections held open against one node's API.
+//! The node clips its connection caps to its descriptor limit (and says so), no node
+//! goes down, writes through the other nodes go on, and the flooded node serves new
+//! clients again once its idle and header timeouts have closed the flood's
+//! connections, while the flood is still held.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cannot_run, session_spec, Options, TestCluster};
+use reqwest::StatusCode;
+use serde_json::json;
+use session_queue::client::b64;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Connections the flood holds open: several times the flooded node's descriptors.
+const FLOOD: usize = 3000;
+const IDLE_TIMEOUT_MS: u64 = 2000;
+const HEADER_TIMEOUT_MS: u64 = 2000;
+
+/// Raises this process's soft descriptor limit to at least `need`; false if the hard
+/// limit does not allow it.
+fn raise_own_limit(need: u64) -> bool {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || (lim.rlim_max as u64) < need {
+            return false;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+    }
+}
+
+/// A client that opens a new connection for every request, as a new client would.
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+async fn submit(http: &reqwest::Client, base: &str, session: &str, what: &str) -> StatusCode {
+    match http
+        .post(format!("{base}/v1/sessions/{session}/tasks"))
+        .json(&json!({"payload": b64(what.as_bytes())}))
+        .send()
+        .await
+    {
+        Ok(r) => r.status(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_and_half_sent_connections_under_ulimit_1024_is_survived() {
+    if !raise_own_limit(FLOOD as u64 + 512) {
+        cannot_run(
+            "connections",
+            "this process cannot open enough descriptors for the flood (raise the hard `ulimit -n`)",
+        );
+        return;
+    }
+    let mut cluster = TestCluster::start_with(Options {
+        nofile: Some(1024),
+        flags: vec![
+            format!("--idle-timeout-ms={IDLE_TIMEOUT_MS}"),
+            format!("--header-read-timeout-ms={HEADER_TIMEOUT_MS}"),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    // Flood the leader: every write, wherever sent, must still reach it (the peer
+    // channel has a listener and a cap of its own).
+    let flooded = leader;
+    let others: Vec<usize> = (0..3).filter(|&i| i != flooded).collect();
+    let log = std::fs::read_to_string(&cluster.nodes[flooded].log).unwrap();
+    assert!(
+        log.contains("connection caps clipped"),
+        "under ulimit -n 1024 the node clips its caps and says so:\n{log}"
+    );
+
+    let session = cluster
+        .client_of(others[0])
+        .create_session(&session_spec(1, 1))
+        .await
+        .unwrap();
+    let http = fresh_client();
+
+    // The flood: half the connections send nothing, half stop in the middle of a
+    // request's headers. All are held until the end of the test.
+    let addr = cluster.api(flooded);
+    let mut held = Vec::with_capacity(FLOOD);
+    for i in 0..FLOOD {
+        let connect = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr));
+        if let Ok(Ok(mut stream)) = connect.await {
+            if i % 2 == 1 {
+                let _ = stream
+                    .write_all(b"GET /v1/cluster HTTP/1.1\r\nHost: flood\r\nX-Slow: ")
+                    .await;
+            }
+            held.push(stream);
+        }
+    }
+    assert!(
+        held.len() > 1024,
+        "the flood holds more connections than the node has descriptors ({} held)",
+        held.len()
+    );
+
+    // Writes through the other nodes go on during the flood.
+    for (n, &i) in others.iter().enumerate() {
+        for k in 0..5 {
+            let status = submit(&http, &cluster.url(i), &session, &format!("during-{n}-{k}")).await;
+            assert_eq!(status, StatusCode::CREATED, "a write through node {i} during the flood");
+        }
+    }
+
+    // The flooded node serves a new client again once its timeouts closed the
+    // flood's connections, the flood still held.
+    let deadline =
+        Instant::now() + Duration::from_millis(3 * (IDLE_TIMEOUT_MS + HEADER_TIMEOUT_MS) + 20_000);
+    let base = cluster.url(flooded);
+    let mut turned_away = 0;
+    loop {
+        let health = http.get(format!("{base}/health")).send().await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        turned_away += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the flooded node never served a new client again; logs:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "flood of {} connections held; new clients turned away {turned_away} times before one was served",
+        held.len()
+    );
+    assert_eq!(
+        submit(&http, &base, &session, "after").await,
+        StatusCode::CREATED,
+        "a write through the flooded node once it serves again"
+    );
+
+    // No node went down, the cap was met and the flood was closed by the timeouts.
+    for i in 0..3 {
+        assert!(
+            cluster.exited(i).is_none(),
+            "node {} exited; logs:\n{}",
+            i + 1,
+            cluster.logs()
+        );
+    }
+    assert!(
+        cluster.metric(flooded, "sq_connections_refused_total").await > 0.0,
+        "the flood went past the connection cap"
+    );
+    assert!(
+        cluster.metric(flooded, "sq_connections_idle_closed_total").await > 0.0,
+        "the flood's connections were closed as idle"
+    );
+    let s = cluster
+        .client_of(others[1])
+        .ok(
+            reqwest::Method::GET,
+            &format!("/v1/sessions/{session}"),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(s["submitted_total"].as_u64().unwrap() >= 11, "{s}");
+    drop(held);
+}
