@@ -20,11 +20,26 @@ use futures_util::stream;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::error::ErrorBody;
 use super::sessions::parse_session;
 use super::{lookup, ApiError};
 use crate::node::Node;
 use crate::store::Published;
 
+/// Server-sent events of every transition of the session's tasks, as applied here.
+#[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions", operation_id = "session_events",
+    params(("id" = String, Path, description = "Session id (`s-…`)")),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`: `event: transition` with a JSON `data` \
+            (schema `TransitionEvent`), `event: lagged` (`{\"missed\": n}`) when the client fell behind, \
+            `event: resync` (`{\"index\": n}`) after this node installed a snapshot; comments keep it alive.",
+            body = String, content_type = "text/event-stream"),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "This node could not catch up with the leader to tell", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn stream(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,

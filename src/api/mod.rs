@@ -9,13 +9,16 @@
 //!
 //! One file per resource: [`sessions`], [`tasks`], [`miners`], [`cluster`] (with
 //! health, readiness and metrics), [`events`] (server-sent events), and [`auth`],
-//! [`error`], [`wire`] (JSON bodies and encodings) shared by them.
+//! [`error`], [`wire`] (request bodies and encodings), [`replies`] (answers) shared
+//! by them; [`openapi`] gathers their descriptions into `GET /v1/openapi.json`.
 
 mod auth;
 mod cluster;
 mod error;
 mod events;
 mod miners;
+mod openapi;
+mod replies;
 mod sessions;
 mod tasks;
 mod wire;
@@ -113,7 +116,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(miner)
         .route("/health", get(cluster::health))
         .route("/ready", get(cluster::ready))
+        .route("/v1/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)
