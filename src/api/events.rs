@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ErrorBody;
+use super::replies::SessionEvent;
 use super::sessions::parse_session;
 use super::{lookup, ApiError};
 use crate::node::Node;
@@ -30,10 +31,10 @@ use crate::store::Published;
 #[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions", operation_id = "session_events",
     params(("id" = String, Path, description = "Session id (`s-…`)")),
     responses(
-        (status = 200, description = "An endless `text/event-stream`: `event: transition` with a JSON `data` \
-            (schema `TransitionEvent`), `event: lagged` (`{\"missed\": n}`) when the client fell behind, \
-            `event: resync` (`{\"index\": n}`) after this node installed a snapshot; comments keep it alive.",
-            body = String, content_type = "text/event-stream"),
+        (status = 200, description = "An endless `text/event-stream`; each event's `data` is JSON: \
+            `event: transition` (`TransitionEvent`), `event: lagged` (`LaggedEvent`) when the client fell \
+            behind, `event: resync` (`ResyncEvent`) after this node installed a snapshot; comments keep it alive.",
+            body = SessionEvent, content_type = "text/event-stream"),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "No such session", body = ErrorBody),
         (status = 503, description = "This node could not catch up with the leader to tell", body = ErrorBody,

@@ -56,7 +56,12 @@ use super::{cluster, events, miners, replies, sessions, tasks};
         cluster::metrics,
         document,
     ),
-    components(schemas(replies::TransitionEvent)),
+    components(schemas(
+        replies::StreamEvent,
+        replies::TransitionEvent,
+        replies::LaggedEvent,
+        replies::ResyncEvent
+    )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "sessions", description = "Users: sessions and their event streams"),
@@ -105,10 +110,38 @@ impl Modify for SecuritySchemes {
 pub fn json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes")
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+        fix_links(&mut doc);
+        serde_json::to_string_pretty(&doc).expect("the document serializes")
     })
+}
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`), which
+/// OpenAPI does not know (`operationId`; openapi-spec-validator refuses them): renamed.
+fn fix_links(doc: &mut serde_json::Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    let links = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links").and_then(|l| l.as_object_mut()))
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (from, to) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(from) {
+                link.insert(to.to_string(), value);
+            }
+        }
+    }
 }
 
 /// This document.

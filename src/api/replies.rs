@@ -527,6 +527,42 @@ pub struct Readiness {
     pub quorum_lost: bool,
 }
 
+/// One server-sent event of `GET /v1/sessions/{id}/events`, as a client reads it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionEvent {
+    /// `transition`, `lagged` or `resync`.
+    #[schema(pattern = "^(transition|lagged|resync)$")]
+    pub event: String,
+    /// JSON, a `StreamEvent`: `TransitionEvent`, `LaggedEvent` or `ResyncEvent` by `event`.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
+}
+
+/// The `data` of an event of `GET /v1/sessions/{id}/events`: a transition, or a
+/// notice that the stream skipped some (`lagged`, `resync`: re-read the tasks).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StreamEvent {
+    Transition(TransitionEvent),
+    Lagged(LaggedEvent),
+    Resync(ResyncEvent),
+}
+
+/// `event: lagged`: the client read too slowly and missed this many events.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaggedEvent {
+    pub missed: u64,
+}
+
+/// `event: resync`: this node installed a snapshot up to this log index; the
+/// transitions it covers were never applied here one by one.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncEvent {
+    pub index: u64,
+}
+
 /// The `data` of an `event: transition` of `GET /v1/sessions/{id}/events`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct TransitionEvent {

@@ -163,10 +163,13 @@ pub async fn submit_batch(
 #[into_params(parameter_in = Query)]
 pub struct ReadQuery {
     /// `local` (default): this node's applied state; `linearizable`: a read-index read.
+    #[param(pattern = "^(local|linearizable)$")]
     consistency: Option<String>,
     /// `completed` (or `done`): long-poll until the task is finished.
+    #[param(pattern = "^(completed|done)$")]
     wait: Option<String>,
-    /// Longest wait, e.g. `30s`, `500ms`, `2m` (default 30s, capped by the node).
+    /// Longest wait, e.g. `30s`, `500ms`, `2m` or milliseconds (default 30s, capped by the node).
+    #[param(pattern = "^[0-9]{1,12}(ms|s|m)?$")]
     timeout: Option<String>,
 }
 

@@ -52,7 +52,7 @@ pub struct CreateSession {
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
     /// The task's input, standard base64.
-    #[schema(content_encoding = "base64")]
+    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub payload: String,
     pub priority: Option<i32>,
     pub idempotency_key: Option<String>,
@@ -71,7 +71,10 @@ pub struct SubmitBatch {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterMiner {
+    /// A display name, 1..=256 bytes.
     pub name: String,
+    /// Tasks it works on at once, 1..=4096 (default 1).
+    #[schema(minimum = 1, maximum = 4096)]
     pub capacity: Option<u32>,
     #[serde(default)]
     pub tags: Vec<String>,
@@ -88,7 +91,10 @@ pub struct Empty {}
 #[serde(deny_unknown_fields)]
 pub struct Precommit {
     /// Hex sha256 of the output bytes followed by the nonce bytes.
-    #[schema(example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08")]
+    #[schema(
+        example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        pattern = "^[0-9a-fA-F]{64}$"
+    )]
     pub hash: String,
 }
 
@@ -97,10 +103,10 @@ pub struct Precommit {
 #[serde(deny_unknown_fields)]
 pub struct Commit {
     /// The output, standard base64.
-    #[schema(content_encoding = "base64")]
+    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub output: String,
     /// The nonce of the precommit, standard base64.
-    #[schema(content_encoding = "base64")]
+    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub nonce: String,
 }
 
