@@ -355,10 +355,10 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     match outcome {
         Ok(out) => {
             let junit = std::fs::read_to_string(reports.join("junit.xml")).unwrap_or_default();
-            // One test case per operation tested, and one for the stateful phase.
+            // One test case per operation tested (25 documented).
             let cases = junit.matches("<testcase").count();
             assert!(
-                cases >= 26,
+                cases >= 25,
                 "schemathesis tested only {cases} operations:\n{out}"
             );
             eprintln!("{out}");
