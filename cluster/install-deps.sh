@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building Session Queue needs and a fresh Debian/Ubuntu machine may lack:
 # a C++ compiler and libclang (RocksDB is built from source), curl, Rust itself, and
-# for the tests libfaketime (the `faketime` package) and fusermount3 (`fuse3`).
+# for the tests libfaketime (the `faketime` package), fusermount3 (`fuse3`) and
+# Python with venv (`python3-venv`).
 # Installs only what is missing; safe to run again.
 set -euo pipefail
 
@@ -21,6 +22,9 @@ have_pkg libfaketime || missing+=(faketime)
 # The power-loss tests (tests/lossyfs, tests/power_loss_cluster.rs, the fault run)
 # mount FUSE filesystems with fusermount3.
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+# The OpenAPI test (tests/openapi.rs) installs its PyPI tools into a Python venv.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then

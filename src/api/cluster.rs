@@ -9,8 +9,14 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::IntoParams;
 
+use super::error::ErrorBody;
+use super::replies::{
+    ClusterAnswer, ClusterStatus, Health, LocalView, Member, MemberStatus, MembershipChanged,
+    Readiness,
+};
 use super::wire::AddMember;
 use super::{ApiError, JsonBody, QueryParams};
 use crate::machine::TaskState;
@@ -19,35 +25,45 @@ use crate::raft::types::NodeAddr;
 use crate::raft::{self, MembershipError};
 
 /// This node's own view.
-fn local_view(node: &Node) -> Value {
+fn local_view(node: &Node) -> LocalView {
     let m = node.raft.metrics().borrow().clone();
-    json!({
-        "id": node.id,
-        "state": format!("{:?}", m.state).to_lowercase(),
-        "term": m.current_term,
-        "leader": m.current_leader,
-        "last_log_index": m.last_log_index,
-        "applied_index": node.state.applied_index(),
-        "snapshot_index": m.snapshot.map(|s| s.index),
-        "uptime_ms": node.started.elapsed().as_millis() as u64,
-    })
+    LocalView {
+        id: node.id,
+        state: format!("{:?}", m.state).to_lowercase(),
+        term: m.current_term,
+        leader: m.current_leader,
+        last_log_index: m.last_log_index,
+        applied_index: node.state.applied_index(),
+        snapshot_index: m.snapshot.map(|s| s.index),
+        uptime_ms: node.started.elapsed().as_millis() as u64,
+    }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
+    /// `true`: only the answering node's own view.
     local: Option<bool>,
 }
 
 /// Members, leader, term, and each member's applied index (asked over its API).
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", operation_id = "cluster_status",
+    params(StatusQuery),
+    responses(
+        (status = 200, description = "The cluster as this node sees it (with `local=true`: this node's own view)", body = ClusterAnswer),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
 pub async fn status(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     QueryParams(q): QueryParams<StatusQuery>,
-) -> Json<Value> {
+) -> Json<ClusterAnswer> {
     let me = local_view(&node);
     if q.local == Some(true) {
-        return Json(me);
+        return Json(ClusterAnswer::Local(me));
     }
     let m = node.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership().clone();
@@ -65,28 +81,32 @@ pub async fn status(
                 req = req.header(header::AUTHORIZATION, auth);
             }
             match req.send().await {
-                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                Ok(r) if r.status().is_success() => r.json::<LocalView>().await.ok(),
                 _ => None,
             }
         };
-        members.push(json!({
-            "id": id,
-            "api": addr.api,
-            "peer": addr.peer,
-            "voter": voters.contains(id),
-            "reachable": view.is_some(),
-            "state": view.as_ref().map(|v| v["state"].clone()),
-            "term": view.as_ref().map(|v| v["term"].clone()),
-            "applied_index": view.as_ref().map(|v| v["applied_index"].clone()),
-            "matched_index": m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index),
-        }));
+        members.push(MemberStatus {
+            id: *id,
+            api: addr.api.clone(),
+            peer: addr.peer.clone(),
+            voter: voters.contains(id),
+            reachable: view.is_some(),
+            state: view.as_ref().map(|v| v.state.clone()),
+            term: view.as_ref().map(|v| v.term),
+            applied_index: view.as_ref().map(|v| v.applied_index),
+            matched_index: m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|l| l.index),
+        });
     }
-    Json(json!({
-        "node": node.id,
-        "leader": m.current_leader,
-        "term": m.current_term,
-        "members": members,
-        "applied_index": node.state.applied_index(),
+    Json(ClusterAnswer::Cluster(ClusterStatus {
+        node: node.id,
+        leader: m.current_leader,
+        term: m.current_term,
+        members,
+        applied_index: node.state.applied_index(),
     }))
 }
 
@@ -98,9 +118,12 @@ async fn on_leader(
     path: &str,
     body: Option<Value>,
     change: impl std::future::Future<Output = Result<(), MembershipError>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MembershipChanged>, ApiError> {
     match change.await {
-        Ok(()) => Ok(Json(json!({"ok": true, "members": members(node)}))),
+        Ok(()) => Ok(Json(MembershipChanged {
+            ok: true,
+            members: members(node),
+        })),
         Err(MembershipError::NotLeader(Some(leader))) if leader != node.id => {
             let addr = node
                 .raft
@@ -133,7 +156,11 @@ async fn on_leader(
             let status = resp.status();
             let value: Value = resp.json().await.unwrap_or(Value::Null);
             if status.is_success() {
-                Ok(Json(value))
+                serde_json::from_value(value).map(Json).map_err(|e| ApiError::Unavailable {
+                    code: "outcome_unknown",
+                    message: format!("the leader's answer was not understood: {e}"),
+                    retry_after: 1,
+                })
             } else {
                 let message = value["error"]["message"]
                     .as_str()
@@ -162,18 +189,36 @@ async fn on_leader(
     }
 }
 
-fn members(node: &Node) -> Value {
+fn members(node: &Node) -> Vec<Member> {
     let m = node.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
     membership
         .nodes()
-        .map(
-            |(id, a)| json!({"id": id, "api": a.api, "peer": a.peer, "voter": voters.contains(id)}),
-        )
+        .map(|(id, a)| Member {
+            id: *id,
+            api: a.api.clone(),
+            peer: a.peer.clone(),
+            voter: voters.contains(id),
+        })
         .collect()
 }
 
+/// Adds a node online (as a learner, then a voter once caught up).
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", operation_id = "add_member",
+    request_body = AddMember,
+    responses(
+        (status = 200, description = "The configuration with the new member", body = MembershipChanged),
+        (status = 400, description = "Malformed body or addresses", body = ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = ErrorBody),
+        (status = 403, description = "Not the admin key, or the node has none (membership over HTTP is then disabled)", body = ErrorBody),
+        (status = 404, description = "Relayed from the leader", body = ErrorBody),
+        (status = 409, description = "The change is refused now (e.g. another change in progress)", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 503, description = "No leader, or the leader could not be reached", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("admin_key" = [])))]
 pub async fn add_member(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -188,7 +233,7 @@ pub async fn add_member(
         api: body.api.clone(),
         peer: body.peer.clone(),
     };
-    let value = serde_json::to_value(&body).expect("serialisable");
+    let value = serde_json::json!({"id": body.id, "api": body.api, "peer": body.peer});
     let change = raft::add_member(&node.raft, body.id, addr);
     on_leader(
         &node,
@@ -201,6 +246,20 @@ pub async fn add_member(
     .await
 }
 
+/// Removes a node online.
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster", operation_id = "remove_member",
+    params(("id" = String, Path, description = "Node id (a positive integer)")),
+    responses(
+        (status = 200, description = "The configuration without the member", body = MembershipChanged),
+        (status = 400, description = "Relayed from the leader", body = ErrorBody),
+        (status = 401, description = "Missing or unknown key", body = ErrorBody),
+        (status = 403, description = "Not the admin key, or the node has none (membership over HTTP is then disabled)", body = ErrorBody),
+        (status = 404, description = "Not a node id", body = ErrorBody),
+        (status = 409, description = "Not a member, the last voter, or another change in progress", body = ErrorBody),
+        (status = 503, description = "No leader, or the leader could not be reached", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("admin_key" = [])))]
 pub async fn remove_member(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -215,13 +274,23 @@ pub async fn remove_member(
 }
 
 /// Liveness: the process serves HTTP.
-pub async fn health(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(json!({"status": "ok", "id": node.id}))
+#[utoipa::path(get, path = "/health", tag = "operator", operation_id = "health",
+    responses((status = 200, description = "The process serves HTTP", body = Health)))]
+pub async fn health(State(node): State<Arc<Node>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        id: node.id,
+    })
 }
 
 /// Readiness: a leader is known, this node's applied state is close to its log, and,
 /// if this node leads, a quorum has answered it recently (a leader cut off from the
 /// others keeps its role until it hears of a newer term, but can commit nothing).
+#[utoipa::path(get, path = "/ready", tag = "operator", operation_id = "ready",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready (same body)", body = Readiness),
+    ))]
 pub async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let m = node.raft.metrics().borrow().clone();
     let applied = node.state.applied_index();
@@ -235,17 +304,23 @@ pub async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "ready": ready,
-        "leader": m.current_leader,
-        "applied_index": applied,
-        "behind": behind,
-        "quorum_lost": quorum_lost,
-    });
+    let body = Readiness {
+        ready,
+        leader: m.current_leader,
+        applied_index: applied,
+        behind,
+        quorum_lost,
+    };
     (status, Json(body))
 }
 
 /// Prometheus text: request counters and latencies, Raft, queue depth, batches.
+#[utoipa::path(get, path = "/metrics", tag = "operator", operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
 pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     let m = node.raft.metrics().borrow().clone();
     let labels = [("node", node.id.to_string())];

@@ -1,10 +1,14 @@
 //! The API's error type and its JSON form: `{"error": {"code", "message"}}` with the
-//! status the SPEC assigns to each kind of failure.
+//! status the SPEC assigns to each kind of failure. [`CODES`] lists every code; the
+//! OpenAPI document's error schema is built from it.
 
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::machine::Rejection;
 use crate::raft::proposer::ProposeError;
@@ -15,6 +19,47 @@ use crate::raft::read::ReadError;
 const QUEUE_FULL_RETRY_AFTER_S: u64 = 1;
 /// Seconds a client is told to wait before retrying a write refused as `overloaded`.
 const OVERLOADED_RETRY_AFTER_S: u64 = 1;
+
+/// Every `code` an error body may carry, one line each (keep in step with
+/// [`ApiError::code`]; a unit test checks it).
+pub const CODES: &[&str] = &[
+    "invalid",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "idempotency_conflict",
+    "too_large",
+    "reveal_mismatch",
+    "queue_full",
+    "unavailable",
+    "outcome_unknown",
+    "method_not_allowed",
+    "internal",
+];
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code and a message for people.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    #[schema(schema_with = code_schema)]
+    pub code: String,
+    pub message: String,
+}
+
+/// The schema of `code`: a string, one of [`CODES`].
+fn code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(CODES.iter().copied()))
+        .description(Some("A stable, machine-readable error code."))
+        .build()
+}
 
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +148,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+            },
+        });
         let mut response = (status, body).into_response();
         let retry_after = match &self {
             ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
@@ -118,6 +168,49 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Gives every error answer the JSON form, also those axum makes itself before a
+/// handler runs (a path segment that is not UTF-8 once decoded: 400 in plain text; a
+/// method the route does not take: 405 with an empty body and `Allow`). Status and
+/// headers stay; answers that are JSON already pass untouched.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        text => text.to_string(),
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        s if s.is_server_error() => "internal",
+        _ => "invalid",
+    };
+    let json = Json(ErrorBody {
+        error: ErrorDetail {
+            code: code.to_string(),
+            message,
+        },
+    })
+    .into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, json.into_body())
 }
 
 impl From<Rejection> for ApiError {
@@ -171,6 +264,32 @@ impl From<ReadError> for ApiError {
             code: "unavailable",
             message: e.to_string(),
             retry_after: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_listed() {
+        let errors = [
+            ApiError::bad(""),
+            ApiError::Unauthorized(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::Conflict(String::new()),
+            ApiError::IdempotencyConflict(String::new()),
+            ApiError::TooLarge(String::new()),
+            ApiError::RevealMismatch(String::new()),
+            ApiError::QueueFull(String::new()),
+            ApiError::from(ProposeError::NoLeader),
+            ApiError::from(ProposeError::Unknown(String::new())),
+            ApiError::Internal(String::new()),
+        ];
+        for e in errors {
+            assert!(CODES.contains(&e.code()), "{} is not in CODES", e.code());
         }
     }
 }

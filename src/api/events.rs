@@ -45,6 +45,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use super::error::ErrorBody;
+use super::replies::SessionEvent;
 use super::sessions::parse_session;
 use super::{lookup, ApiError, QueryParams};
 use crate::machine::SessionId;
@@ -61,6 +63,20 @@ pub struct EventsQuery {
     after: Option<String>,
 }
 
+/// Server-sent events of every transition of the session's tasks, as applied here.
+#[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions", operation_id = "session_events",
+    params(("id" = String, Path, description = "Session id (`s-…`)")),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`; each event's `data` is JSON: \
+            `event: transition` (`TransitionEvent`), `event: lagged` (`LaggedEvent`) when the client fell \
+            behind, `event: resync` (`ResyncEvent`) after this node installed a snapshot; comments keep it alive.",
+            body = SessionEvent, content_type = "text/event-stream"),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "This node could not catch up with the leader to tell", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn stream(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,

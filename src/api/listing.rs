@@ -17,7 +17,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::wire::{miner_json, session_json};
+use super::replies::{MinerView, SessionView};
 use super::{ApiError, QueryParams};
 use crate::machine::{MinerId, SessionId};
 use crate::node::Node;
@@ -53,12 +53,12 @@ impl PageQuery {
 }
 
 /// The answer: entries under `key`, the cursor of the next page, the applied index.
-fn page(key: &str, list: Vec<Value>, more: bool, applied_index: u64) -> Json<Value> {
-    let next = if more {
-        list.last().map(|v| v["id"].clone())
-    } else {
-        None
-    };
+fn page<T: serde::Serialize>(
+    key: &str,
+    list: Vec<T>,
+    next: Option<String>,
+    applied_index: u64,
+) -> Json<Value> {
     Json(json!({key: list, "next_before": next, "applied_index": applied_index}))
 }
 
@@ -72,13 +72,15 @@ pub async fn sessions(
     let (list, more, index) = node.state.read(|s| {
         let index = node.state.applied_index();
         let (sessions, more) = s.sessions_page(before, limit);
-        let list: Vec<Value> = sessions
+        // Copied under the lock; the JSON is built after it.
+        let list: Vec<SessionView> = sessions
             .into_iter()
-            .map(|s| session_json(s, index))
+            .map(|s| SessionView::from_session(s, index))
             .collect();
         (list, more, index)
     });
-    Ok(page("sessions", list, more, index))
+    let next = more.then(|| list.last().map(|v| v.id.clone())).flatten();
+    Ok(page("sessions", list, next, index))
 }
 
 /// `GET /v1/pool/miners`: miners newest first (gone ones until they are purged), with
@@ -91,8 +93,12 @@ pub async fn miners(
     let (list, more, index) = node.state.read(|s| {
         let index = node.state.applied_index();
         let (miners, more) = s.miners_page(before, limit);
-        let list: Vec<Value> = miners.into_iter().map(|m| miner_json(m, index)).collect();
+        let list: Vec<MinerView> = miners
+            .into_iter()
+            .map(|m| MinerView::from_miner(m, index))
+            .collect();
         (list, more, index)
     });
-    Ok(page("miners", list, more, index))
+    let next = more.then(|| list.last().map(|v| v.id.clone())).flatten();
+    Ok(page("miners", list, next, index))
 }

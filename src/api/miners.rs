@@ -9,14 +9,34 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
 
-use super::copies::AssignmentRead;
-use super::wire::{assignment_json, miner_json, Empty, RegisterMiner};
-use super::{auth, propose, ApiError, JsonBody, QueryParams};
+use super::error::ErrorBody;
+use super::replies::{
+    AssignmentsPage, MinerAssignment, MinerRegistered, MinerView, PoolStatus,
+};
+use super::wire::{Empty, RegisterMiner};
+use super::{auth, lookup, propose, ApiError, JsonBody, QueryParams};
 use crate::machine::{Command, MinerAuth, MinerState, Response, TaskId};
 use crate::node::Node;
 
+/// Registers a miner in the node pool; its token is returned once.
+#[utoipa::path(post, path = "/v1/miners", tag = "miners", operation_id = "register_miner",
+    request_body = RegisterMiner,
+    responses(
+        (status = 201, description = "Registered, once committed and applied", body = MinerRegistered,
+            links(
+                ("read" = (operation_id = "read_miner", parameters(("id" = "$response.body#/miner_id")))),
+                ("heartbeat" = (operation_id = "heartbeat_miner", parameters(("id" = "$response.body#/miner_id")))),
+                ("assignments" = (operation_id = "miner_assignments", parameters(("id" = "$response.body#/miner_id"))))
+            )),
+        (status = 400, description = "Malformed body, a name, capacity or tag out of range", body = ErrorBody),
+        (status = 401, description = "Missing or wrong miner key (or API key)", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("miner_key" = []), ("api_key" = [])))]
 pub async fn register(
     State(node): State<Arc<Node>>,
     JsonBody(body): JsonBody<RegisterMiner>,
@@ -34,48 +54,98 @@ pub async fn register(
     match propose(&node, command).await? {
         Response::MinerRegistered { miner } => Ok((
             StatusCode::CREATED,
-            Json(json!({"miner_id": miner.to_string(), "token": token})),
+            Json(MinerRegistered {
+                miner_id: miner.to_string(),
+                token,
+            }),
         )),
         _ => Err(ApiError::Internal("unexpected response".into())),
     }
 }
 
+/// Proposes a change of the calling miner and answers with the miner as it is after it
+/// (a follower that has not applied the change yet catches up first).
 async fn miner_update(
     node: &Node,
     command: Command,
     auth: MinerAuth,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MinerView>, ApiError> {
     propose(node, command).await?;
-    // Copied under the lock, encoded after it.
-    let copy = node
-        .state
-        .read(|s| s.miner(auth.miner).cloned().map(|m| (m, node.state.applied_index())));
-    Ok(Json(copy.map_or_else(
-        || json!({"id": auth.miner.to_string()}),
-        |(m, index)| miner_json(&m, index),
-    )))
+    let view = |s: &crate::machine::State| {
+        s.miner(auth.miner)
+            .map(|m| MinerView::from_miner(m, node.state.applied_index()))
+    };
+    lookup(node, view)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("miner {} is forgotten", auth.miner)))
 }
 
+/// Keeps the miner alive.
+#[utoipa::path(post, path = "/v1/miners/{id}/heartbeat", tag = "miners", operation_id = "heartbeat_miner",
+    params(("id" = String, Path, description = "Miner id (`m-…`)")),
+    request_body(content = Empty, description = "Empty, `{}`, or no body"),
+    responses(
+        (status = 200, description = "The miner after the heartbeat", body = MinerView),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
+        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
+        (status = 404, description = "No such miner", body = ErrorBody),
+        (status = 409, description = "The miner is gone (missed heartbeats or left)", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("miner_token" = [])))]
 pub async fn heartbeat(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(_): JsonBody<Empty>,
+    JsonBody(_empty): JsonBody<Empty>,
 ) -> Result<impl IntoResponse, ApiError> {
     let auth = auth::miner_itself(&node, &headers, &id).await?;
     miner_update(&node, Command::Heartbeat { auth }, auth).await
 }
 
+/// The miner finishes its current work and takes no more; gone when done.
+#[utoipa::path(post, path = "/v1/miners/{id}/drain", tag = "miners", operation_id = "drain_miner",
+    params(("id" = String, Path, description = "Miner id (`m-…`)")),
+    request_body(content = Empty, description = "Empty, `{}`, or no body"),
+    responses(
+        (status = 200, description = "The miner, draining", body = MinerView),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
+        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
+        (status = 404, description = "No such miner", body = ErrorBody),
+        (status = 409, description = "The miner is gone", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("miner_token" = [])))]
 pub async fn drain(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(_): JsonBody<Empty>,
+    JsonBody(_empty): JsonBody<Empty>,
 ) -> Result<impl IntoResponse, ApiError> {
     let auth = auth::miner_itself(&node, &headers, &id).await?;
     miner_update(&node, Command::DrainMiner { auth }, auth).await
 }
 
+/// The miner leaves the pool; its unfinished slots go back to the queue.
+#[utoipa::path(delete, path = "/v1/miners/{id}", tag = "miners", operation_id = "deregister_miner",
+    params(("id" = String, Path, description = "Miner id (`m-…`)")),
+    responses(
+        (status = 200, description = "The miner, gone", body = MinerView),
+        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
+        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
+        (status = 404, description = "No such miner", body = ErrorBody),
+        (status = 409, description = "The miner is gone already", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("miner_token" = [])))]
 pub async fn deregister(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -85,23 +155,37 @@ pub async fn deregister(
     miner_update(&node, Command::DeregisterMiner { auth }, auth).await
 }
 
+/// The calling miner, from this node's applied state.
+#[utoipa::path(get, path = "/v1/miners/{id}", tag = "miners", operation_id = "read_miner",
+    params(("id" = String, Path, description = "Miner id (`m-…`)")),
+    responses(
+        (status = 200, description = "The miner", body = MinerView),
+        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
+        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
+        (status = 404, description = "No such miner", body = ErrorBody),
+    ),
+    security(("miner_token" = [])))]
 pub async fn read(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let auth = auth::miner_itself(&node, &headers, &id).await?;
-    let copy = node
-        .state
-        .read(|s| s.miner(auth.miner).cloned().map(|m| (m, node.state.applied_index())));
-    copy.map(|(m, index)| Json(miner_json(&m, index)))
+    let body = node.state.read(|s| {
+        s.miner(auth.miner)
+            .map(|m| MinerView::from_miner(m, node.state.applied_index()))
+    });
+    body.map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("unknown miner {id}")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AssignmentsQuery {
+    /// Long-poll at most this long (capped by the node).
     wait_ms: Option<u64>,
+    /// The `applied_index` of the previous answer: wait until the list may have changed.
     after: Option<u64>,
     /// Most entries in the answer (default [`DEFAULT_PAGE`], at most [`MAX_PAGE`]).
     limit: Option<usize>,
@@ -129,6 +213,19 @@ pub const MAX_PAGE: usize = crate::machine::limits::MAX_CAPACITY as usize;
 /// miners' work, heartbeats, refused writes, other sessions) do not wake it, so a
 /// miner waiting on others neither spins nor misses its turn. A gone miner is
 /// answered 409 at once.
+#[utoipa::path(get, path = "/v1/miners/{id}/assignments", tag = "miners", operation_id = "miner_assignments",
+    params(("id" = String, Path, description = "Miner id (`m-…`)"), AssignmentsQuery),
+    responses(
+        (status = 200, description = "One page of the miner's unfinished assignments", body = AssignmentsPage),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
+        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
+        (status = 404, description = "No such miner", body = ErrorBody),
+        (status = 409, description = "The miner is gone: register again", body = ErrorBody),
+        (status = 503, description = "The node is stopping", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("miner_token" = [])))]
 pub async fn assignments(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -169,41 +266,34 @@ pub async fn assignments(
             None => busy,
         };
         if ready || Instant::now() >= deadline {
-            // Copies under the lock (payloads included); base64 and JSON after it.
-            let (copies, more, index) = node.state.read(|s| {
+            let (list, more, index) = node.state.read(|s| {
                 let (page, more) = s.assignments_page(auth.miner, after_task, limit);
-                let copies: Vec<_> = page
+                let list: Vec<MinerAssignment> = page
                     .into_iter()
                     .map(|(t, slot)| {
                         // The miner's latest slot of the task (a task may come back
                         // to a miner that held it): its state, and when it was given,
                         // which tells a new slot from an old one.
                         let latest = t.assignments.iter().rev().find(|a| a.miner == auth.miner);
-                        (
-                            AssignmentRead::of(t),
+                        MinerAssignment::from_task(
+                            t,
                             latest.map_or(slot, |a| a.state),
                             latest.map(|a| a.assigned_ms),
                         )
                     })
                     .collect();
-                (copies, more, node.state.applied_index())
+                (list, more, node.state.applied_index())
             });
-            let list: Vec<serde_json::Value> = copies
-                .iter()
-                .map(|(t, slot, assigned_ms)| {
-                    let mut v = assignment_json(t, *slot);
-                    v["assigned_ms"] = json!(assigned_ms);
-                    v
-                })
-                .collect();
             let next = if more {
-                list.last().map(|v| v["task_id"].clone())
+                list.last().map(|a| a.task_id.clone())
             } else {
                 None
             };
-            return Ok(Json(
-                json!({"assignments": list, "next_after_task": next, "applied_index": index}),
-            ));
+            return Ok(Json(AssignmentsPage {
+                assignments: list,
+                next_after_task: next,
+                applied_index: index,
+            }));
         }
         tokio::select! {
             changed = changes.changed() => {
@@ -219,7 +309,17 @@ pub async fn assignments(
 }
 
 /// The node pool and its scaling signal.
-pub async fn pool(State(node): State<Arc<Node>>) -> impl IntoResponse {
+#[utoipa::path(get, path = "/v1/pool", tag = "miners", operation_id = "pool",
+    responses(
+        (status = 200, description = "The pool, its scaling signal and queue depth", body = PoolStatus),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
+pub async fn pool(State(node): State<Arc<Node>>) -> Json<PoolStatus> {
     let (pool, depth) = node.state.read(|s| (s.pool(), s.depth()));
-    Json(json!({"pool": pool, "tasks": depth, "applied_index": node.state.applied_index()}))
+    Json(PoolStatus {
+        pool: pool.into(),
+        tasks: depth.into(),
+        applied_index: node.state.applied_index(),
+    })
 }

@@ -9,19 +9,21 @@
 //!
 //! One file per resource: [`sessions`], [`tasks`], [`miners`], [`cluster`] (with
 //! health, readiness and metrics), [`events`] (server-sent events and WebSocket), and
-//! [`auth`], [`error`], [`wire`] (JSON bodies and encodings) shared by them;
-//! [`copies`] (what a read takes out of the state's lock to encode after it) and
-//! [`waiters`] (bounds on event streams and long polls). [`listing`]
-//! pages through sessions and miners for operators; [`page`] serves the operator page.
+//! [`auth`], [`error`], [`wire`] (request bodies and encodings), [`replies`] (answers)
+//! shared by them (answers are copied out of the state's lock, then encoded), and
+//! [`waiters`] (bounds on event streams and long polls). [`openapi`]
+//! gathers their descriptions into `GET /v1/openapi.json`. [`listing`] pages through
+//! sessions and miners for operators; [`page`] serves the operator page.
 
 mod auth;
 mod cluster;
-mod copies;
 mod error;
 mod events;
 mod listing;
 mod miners;
 mod page;
+mod openapi;
+mod replies;
 mod sessions;
 mod tasks;
 mod waiters;
@@ -147,7 +149,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/", get(page::index))
         .route("/ui/app.js", get(page::script))
         .route("/ui/style.css", get(page::style))
+        .route("/v1/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)

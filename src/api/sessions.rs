@@ -7,7 +7,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 
-use super::wire::{session_json, CreateSession};
+use super::error::ErrorBody;
+use super::replies::{SessionClosed, SessionStateName, SessionView};
+use super::wire::CreateSession;
 use super::{lookup, propose, ApiError, JsonBody};
 use crate::machine::{Command, Response, SessionId, SessionSpec};
 use crate::node::Node;
@@ -46,6 +48,24 @@ pub(crate) fn parse_session(id: &str) -> Result<SessionId, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("unknown session {id}")))
 }
 
+/// Creates a session; every setting is optional.
+#[utoipa::path(post, path = "/v1/sessions", tag = "sessions", operation_id = "create_session",
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "Created, once committed and applied", body = SessionView,
+            links(
+                ("read" = (operation_id = "read_session", parameters(("id" = "$response.body#/id")))),
+                ("submit" = (operation_id = "submit_task", parameters(("id" = "$response.body#/id")))),
+                ("submit_batch" = (operation_id = "submit_batch", parameters(("id" = "$response.body#/id")))),
+                ("close" = (operation_id = "close_session", parameters(("id" = "$response.body#/id"))))
+            )),
+        (status = 400, description = "Malformed body or a setting out of range", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 503, description = "No leader in time; nothing written, or the outcome is unknown (`outcome_unknown`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn create(
     State(node): State<Arc<Node>>,
     JsonBody(body): JsonBody<CreateSession>,
@@ -55,21 +75,28 @@ pub async fn create(
     else {
         return Err(ApiError::Internal("unexpected response".into()));
     };
-    // Copied under the lock, encoded after it.
-    let body = node
-        .state
-        .read(|s| {
-            s.session(session)
-                .cloned()
-                .map(|s| (s, node.state.applied_index()))
-        })
-        .map_or_else(
-            || serde_json::json!({"id": session.to_string()}),
-            |(s, index)| session_json(&s, index),
-        );
+    // Applied on the leader; this node, if it is a follower, may not have applied it
+    // yet, and `lookup` catches up on a miss. Only a purge could make it miss again.
+    let body = lookup(&node, |s| {
+        s.session(session)
+            .map(|s| SessionView::from_session(s, node.state.applied_index()))
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("session {session} is already gone")))?;
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// A session, its settings and counters, from this node's applied state.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "sessions", operation_id = "read_session",
+    params(("id" = String, Path, description = "Session id (`s-…`)")),
+    responses(
+        (status = 200, description = "The session", body = SessionView),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 503, description = "This node could not catch up with the leader to tell", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn read(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -77,24 +104,37 @@ pub async fn read(
     let id = parse_session(&id)?;
     let found = lookup(&node, |s| {
         s.session(id)
-            .cloned()
-            .map(|s| (s, node.state.applied_index()))
+            .map(|s| SessionView::from_session(s, node.state.applied_index()))
     })
     .await?;
     found
-        .map(|(s, index)| Json(session_json(&s, index)))
+        .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))
 }
 
+/// Closes a session: its unfinished tasks are cancelled and its miners released.
+#[utoipa::path(post, path = "/v1/sessions/{id}/close", tag = "sessions", operation_id = "close_session",
+    params(("id" = String, Path, description = "Session id (`s-…`)")),
+    responses(
+        (status = 200, description = "Closed", body = SessionClosed),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 409, description = "Already closed", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn close(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let session = parse_session(&id)?;
     match propose(&node, Command::CloseSession { session }).await? {
-        Response::SessionClosed { session, cancelled } => Ok(Json(
-            serde_json::json!({"id": session.to_string(), "state": "closed", "cancelled": cancelled}),
-        )),
+        Response::SessionClosed { session, cancelled } => Ok(Json(SessionClosed {
+            id: session.to_string(),
+            state: SessionStateName::Closed,
+            cancelled,
+        })),
         _ => Err(ApiError::Internal("unexpected response".into())),
     }
 }

@@ -9,13 +9,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
 
-use super::copies::TaskRead;
 use super::sessions::parse_session;
-use super::wire::{
-    parse_hash, task_json, unbase64, Commit, Empty, Precommit, SubmitBatch, SubmitTask,
-};
+use super::error::ErrorBody;
+use super::replies::{BatchSubmitted, TaskSubmitted, TaskUpdated, TaskView};
+use super::wire::{parse_hash, unbase64, Commit, Empty, Precommit, SubmitBatch, SubmitTask};
 use super::{auth, lookup, parse_duration, propose, ApiError, JsonBody, QueryParams};
 use crate::machine::{limits, Command, NewTask, Response, TaskId};
 use crate::node::Node;
@@ -68,6 +67,28 @@ async fn submit_tasks(
     }
 }
 
+/// Submits one task.
+#[utoipa::path(post, path = "/v1/sessions/{id}/tasks", tag = "tasks", operation_id = "submit_task",
+    params(("id" = String, Path, description = "Session id (`s-…`)")),
+    request_body = SubmitTask,
+    responses(
+        (status = 201, description = "Created, once committed and applied", body = TaskSubmitted,
+            links(
+                ("read" = (operation_id = "read_task", parameters(("id" = "$response.body#/task_id")))),
+                ("cancel" = (operation_id = "cancel_task", parameters(("id" = "$response.body#/task_id"))))
+            )),
+        (status = 200, description = "The idempotency key matched an earlier task: its id, nothing created", body = TaskSubmitted),
+        (status = 400, description = "Malformed body, bad base64 or key", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 409, description = "The session is closed, or the key was used with another task (`idempotency_conflict`)", body = ErrorBody),
+        (status = 413, description = "Payload or body over the limit", body = ErrorBody),
+        (status = 429, description = "The session's queue is full (`queue_full`); nothing written", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "No leader in time, or the outcome is unknown (`outcome_unknown`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn submit(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -83,10 +104,30 @@ pub async fn submit(
     };
     Ok((
         status,
-        Json(json!({"task_id": task.to_string(), "created": created})),
+        Json(TaskSubmitted {
+            task_id: task.to_string(),
+            created,
+        }),
     ))
 }
 
+/// Submits many tasks at once, in one log entry; ids come back in order.
+#[utoipa::path(post, path = "/v1/sessions/{id}/tasks:batch", tag = "tasks", operation_id = "submit_batch",
+    params(("id" = String, Path, description = "Session id (`s-…`)")),
+    request_body = SubmitBatch,
+    responses(
+        (status = 201, description = "Submitted, once committed and applied", body = BatchSubmitted),
+        (status = 400, description = "Malformed body, an empty list, bad base64 or key", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 409, description = "The session is closed, or a key was used with another task (`idempotency_conflict`)", body = ErrorBody),
+        (status = 413, description = "Too many tasks, or a payload or the body over the limit", body = ErrorBody),
+        (status = 429, description = "The session's queue is full (`queue_full`); nothing written", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "No leader in time, or the outcome is unknown (`outcome_unknown`)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn submit_batch(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -107,24 +148,43 @@ pub async fn submit_batch(
         .map(|t| new_task(&node, t))
         .collect::<Result<Vec<_>, _>>()?;
     let submitted = submit_tasks(&node, &id, tasks).await?;
-    let created = submitted.iter().filter(|(_, c)| *c).count();
+    let created = submitted.iter().filter(|(_, c)| *c).count() as u64;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "task_ids": submitted.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>(),
-            "created": created,
-        })),
+        Json(BatchSubmitted {
+            task_ids: submitted.iter().map(|(t, _)| t.to_string()).collect(),
+            created,
+        }),
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadQuery {
+    /// `local` (default): this node's applied state; `linearizable`: a read-index read.
+    #[param(pattern = "^(local|linearizable)$")]
     consistency: Option<String>,
+    /// `completed` (or `done`): long-poll until the task is finished.
+    #[param(pattern = "^(completed|done)$")]
     wait: Option<String>,
+    /// Longest wait, e.g. `30s`, `500ms`, `2m` or milliseconds (default 30s, capped by the node).
+    #[param(pattern = "^[0-9]{1,12}(ms|s|m)?$")]
     timeout: Option<String>,
 }
 
+/// A task: state, assignments, result; optionally linearizable or long-polled.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", operation_id = "read_task",
+    params(("id" = String, Path, description = "Task id (`t-…`)"), ReadQuery),
+    responses(
+        (status = 200, description = "The task (when long-polling, finished or at the timeout)", body = TaskView),
+        (status = 400, description = "A bad query parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such task (or it was purged)", body = ErrorBody),
+        (status = 503, description = "No read index from a leader in time", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn read(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -157,12 +217,11 @@ pub async fn read(
     }
     .min(Duration::from_millis(node.config.max_wait_ms));
 
-    // A copy under the lock; the JSON is built after it is released.
     let view = |s: &crate::machine::State| {
         s.task(task).map(|t| {
             (
                 t.state.is_terminal(),
-                (TaskRead::of(t), node.state.applied_index()),
+                TaskView::from_task(t, node.state.applied_index()),
             )
         })
     };
@@ -186,9 +245,21 @@ pub async fn read(
             }
         }
     }
-    Ok(Json(task_json(&body.0, body.1)))
+    Ok(Json(body))
 }
 
+/// Cancels a task that is not finished.
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", operation_id = "cancel_task",
+    params(("id" = String, Path, description = "Task id (`t-…`)")),
+    responses(
+        (status = 200, description = "Cancelled", body = TaskUpdated),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is already finished", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("api_key" = [])))]
 pub async fn cancel(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -197,9 +268,12 @@ pub async fn cancel(
     task_update(&node, Command::CancelTask { task }).await
 }
 
-async fn task_update(node: &Node, command: Command) -> Result<Json<serde_json::Value>, ApiError> {
+async fn task_update(node: &Node, command: Command) -> Result<Json<TaskUpdated>, ApiError> {
     match propose(node, command).await? {
-        Response::TaskUpdated { task, state } => Ok(Json(json!({"task_id": task.to_string(), "state": state.as_str()}))),
+        Response::TaskUpdated { task, state } => Ok(Json(TaskUpdated {
+            task_id: task.to_string(),
+            state: state.into(),
+        })),
         Response::RevealRejected { task, state } => Err(ApiError::RevealMismatch(format!(
             "the revealed output and nonce do not hash to the precommitted hash; the assignment of {task} is rejected \
              (task is {})",
@@ -209,17 +283,49 @@ async fn task_update(node: &Node, command: Command) -> Result<Json<serde_json::V
     }
 }
 
+/// The miner is ready to work on its assignment.
+#[utoipa::path(post, path = "/v1/tasks/{id}/ack", tag = "miners", operation_id = "ack_task",
+    params(("id" = String, Path, description = "Task id (`t-…`)")),
+    request_body(content = Empty, description = "Empty, `{}`, or no body"),
+    responses(
+        (status = 200, description = "Acked", body = TaskUpdated),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
+        (status = 403, description = "Not this miner's assignment", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Not a legal transition now (e.g. acked already, task finished)", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("miner_token" = [])))]
 pub async fn ack(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(_): JsonBody<Empty>,
+    JsonBody(_empty): JsonBody<Empty>,
 ) -> Result<impl IntoResponse, ApiError> {
     let auth = auth::miner(&node, &headers).await?;
     let task = parse_task(&id)?;
     task_update(&node, Command::Ack { task, auth }).await
 }
 
+/// The miner commits to `sha256(output ‖ nonce)` before any output is revealed.
+#[utoipa::path(post, path = "/v1/tasks/{id}/precommit", tag = "miners", operation_id = "precommit_task",
+    params(("id" = String, Path, description = "Task id (`t-…`)")),
+    request_body = Precommit,
+    responses(
+        (status = 200, description = "Precommitted", body = TaskUpdated),
+        (status = 400, description = "Malformed body or hash", body = ErrorBody),
+        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
+        (status = 403, description = "Not this miner's assignment", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Not a legal transition now (e.g. before ack, a second precommit)", body = ErrorBody),
+        (status = 413, description = "Body over the limit", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("miner_token" = [])))]
 pub async fn precommit(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -232,6 +338,23 @@ pub async fn precommit(
     task_update(&node, Command::Precommit { task, auth, hash }).await
 }
 
+/// The miner reveals its output and nonce, checked against its precommit.
+#[utoipa::path(post, path = "/v1/tasks/{id}/commit", tag = "miners", operation_id = "commit_task",
+    params(("id" = String, Path, description = "Task id (`t-…`)")),
+    request_body = Commit,
+    responses(
+        (status = 200, description = "Revealed and matching its precommit", body = TaskUpdated),
+        (status = 400, description = "Malformed body or base64", body = ErrorBody),
+        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
+        (status = 403, description = "Not this miner's assignment", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Not a legal transition now (e.g. before the precommit phase closed)", body = ErrorBody),
+        (status = 413, description = "Output, nonce or body over the limit", body = ErrorBody),
+        (status = 422, description = "Does not hash to the precommit (`reveal_mismatch`): recorded, the assignment is rejected", body = ErrorBody),
+        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security(("miner_token" = [])))]
 pub async fn commit(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,

@@ -5,11 +5,9 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::ApiError;
-use super::copies::{AssignmentRead, TaskRead};
-use crate::machine::{Miner, Session, SessionState, SlotState};
 
 /// Decodes a base64 field.
 pub fn unbase64(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
@@ -22,11 +20,13 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 /// `POST /v1/sessions`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     pub owner: Option<String>,
+    /// k: miners per task, 1..=7 (default 1).
     pub redundancy: Option<u8>,
+    /// q: matching reveals that complete a task, 1..=k (default a majority of k).
     pub quorum: Option<u8>,
     pub priority: Option<i32>,
     pub tag: Option<String>,
@@ -48,9 +48,11 @@ pub struct CreateSession {
 }
 
 /// One task of a submit.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
+    /// The task's input, standard base64.
+    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub payload: String,
     pub priority: Option<i32>,
     pub idempotency_key: Option<String>,
@@ -59,17 +61,20 @@ pub struct SubmitTask {
 }
 
 /// `POST /v1/sessions/{id}/tasks:batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBatch {
     pub tasks: Vec<SubmitTask>,
 }
 
 /// `POST /v1/miners`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterMiner {
+    /// A display name, 1..=256 bytes.
     pub name: String,
+    /// Tasks it works on at once, 1..=4096 (default 1).
+    #[schema(minimum = 1, maximum = 4096)]
     pub capacity: Option<u32>,
     #[serde(default)]
     pub tags: Vec<String>,
@@ -77,31 +82,43 @@ pub struct RegisterMiner {
 }
 
 /// An empty body (`{}`), for ack and friends.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
 /// `POST /v1/tasks/{id}/precommit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Precommit {
+    /// Hex sha256 of the output bytes followed by the nonce bytes.
+    #[schema(
+        example = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        pattern = "^[0-9a-fA-F]{64}$"
+    )]
     pub hash: String,
 }
 
 /// `POST /v1/tasks/{id}/commit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Commit {
+    /// The output, standard base64.
+    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub output: String,
+    /// The nonce of the precommit, standard base64.
+    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
     pub nonce: String,
 }
 
 /// `POST /v1/cluster/members`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    /// The new node's id (positive).
     pub id: u64,
+    /// Its API address, `host:port`.
     pub api: String,
+    /// Its peer address, `host:port`.
     pub peer: String,
 }
 
@@ -112,87 +129,4 @@ pub fn parse_hash(text: &str) -> Result<[u8; 32], ApiError> {
     bytes
         .try_into()
         .map_err(|_| ApiError::bad("hash must be 64 hex digits (sha256)"))
-}
-
-pub fn session_json(s: &Session, applied_index: u64) -> Value {
-    json!({
-        "id": s.id.to_string(),
-        "owner": s.spec.owner,
-        "redundancy": s.spec.redundancy,
-        "quorum": s.spec.quorum,
-        "priority": s.spec.priority,
-        "tag": s.spec.tag,
-        "max_nodes": s.spec.max_nodes,
-        "ack_timeout_ms": s.spec.ack_timeout_ms,
-        "precommit_timeout_ms": s.spec.precommit_timeout_ms,
-        "commit_timeout_ms": s.spec.commit_timeout_ms,
-        "max_attempts": s.spec.max_attempts,
-        "retention_ms": s.spec.retention_ms,
-        "idle_release_ms": s.spec.idle_release_ms,
-        "queue_timeout_ms": s.spec.queue_timeout_ms,
-        "idempotency_window_ms": s.spec.idempotency_window_ms,
-        "max_queued_tasks": s.spec.max_queued_tasks,
-        "keep_finished_payloads": s.spec.keep_finished_payloads,
-        "state": match s.state { SessionState::Open => "open", SessionState::Closed => "closed" },
-        "created_ms": s.created_ms,
-        "closed_ms": s.closed_ms,
-        "reserved_nodes": s.reserved.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
-        "counts": s.counts,
-        "submitted_total": s.submitted_total,
-        "open_slots": s.open_slots,
-        "active_slots": s.active_slots,
-        "applied_index": applied_index,
-    })
-}
-
-pub fn task_json(t: &TaskRead, applied_index: u64) -> Value {
-    json!({
-        "id": t.id.to_string(),
-        "session_id": t.session.to_string(),
-        "state": t.state.as_str(),
-        "priority": t.priority,
-        "attempts": t.attempts,
-        "idempotency_key": t.idempotency_key,
-        "queue_timeout_ms": t.queue_timeout_ms,
-        "queue_deadline_ms": t.queue_deadline,
-        "assignments": t.assignments.iter().map(|a| json!({
-            "miner_id": a.miner.to_string(),
-            "state": a.state.as_str(),
-            "assigned_ms": a.assigned_ms,
-        })).collect::<Vec<_>>(),
-        "result": t.result.as_deref().map(base64),
-        "failure": t.failure,
-        "created_ms": t.created_ms,
-        "finished_ms": t.finished_ms,
-        "history": t.history.iter().map(|(s, at)| json!({"state": s.as_str(), "at_ms": at})).collect::<Vec<_>>(),
-        "applied_index": applied_index,
-    })
-}
-
-pub fn miner_json(m: &Miner, applied_index: u64) -> Value {
-    json!({
-        "id": m.id.to_string(),
-        "name": m.name,
-        "capacity": m.capacity,
-        "tags": m.tags,
-        "state": m.state.as_str(),
-        "session_id": m.reserved_by.map(|s| s.to_string()),
-        "in_flight": m.active.len(),
-        "last_heartbeat_ms": m.last_heartbeat_ms,
-        "heartbeat_timeout_ms": m.heartbeat_timeout_ms,
-        "revealed": m.revealed,
-        "expired": m.expired,
-        "rejections": m.rejections.len(),
-        "applied_index": applied_index,
-    })
-}
-
-pub fn assignment_json(t: &AssignmentRead, slot: SlotState) -> Value {
-    json!({
-        "task_id": t.id.to_string(),
-        "session_id": t.session.to_string(),
-        "payload": t.payload.as_deref().map(base64),
-        "state": slot.as_str(),
-        "task_state": t.state.as_str(),
-    })
 }
