@@ -159,10 +159,10 @@ pub fn task_json(t: &Task, applied_index: u64) -> Value {
             "state": a.state.as_str(),
             "assigned_ms": a.assigned_ms,
         })).collect::<Vec<_>>(),
-        "result": t.result.as_deref().map(base64),
-        "failure": t.failure,
+        "result": t.result().map(base64),
+        "failure": t.failure(),
         "created_ms": t.created_ms,
-        "finished_ms": t.finished_ms,
+        "finished_ms": t.finished_ms(),
         "history": t.history.iter().map(|(s, at)| json!({"state": s.as_str(), "at_ms": at})).collect::<Vec<_>>(),
         "applied_index": applied_index,
     })
