@@ -8,13 +8,16 @@
 #   benches/memory.sh [TASKS=1000000]
 #
 # Environment: SQ_BIN (default $CARGO_TARGET_DIR/release/session-queue), MEM_DIR
-# (default /tmp/sq-memory, wiped first), MEM_PORT (API base port, default 7700).
+# (default /tmp/sq-memory, wiped first), MEM_PORT (API base port, default 7300;
+# peers on +101..+103), MEM_SNAPSHOT_ENTRIES (default 500: the batch entries of a
+# million tasks are about 1,000, and node 3 must find the log purged to need a
+# snapshot).
 set -euo pipefail
 
 tasks=${1:-1000000}
 bin=${SQ_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/session-queue/target}/release/session-queue}
 dir=${MEM_DIR:-/tmp/sq-memory}
-port=${MEM_PORT:-7700}
+port=${MEM_PORT:-7300}
 [ -x "$bin" ] || { echo "no binary at $bin" >&2; exit 1; }
 
 rm -rf "$dir"
@@ -30,7 +33,8 @@ declare -A pid
 start() {
   SQ_CLUSTER_SECRET="$secret" nice "$bin" node --id "$1" \
     --api-addr "127.0.0.1:$((port + $1))" --peer-addr "127.0.0.1:$((port + 100 + $1))" \
-    --data-dir "$dir/node$1" --initial-cluster "$members" >>"$dir/node$1.log" 2>&1 &
+    --data-dir "$dir/node$1" --initial-cluster "$members" \
+    --snapshot-entries "${MEM_SNAPSHOT_ENTRIES:-500}" >>"$dir/node$1.log" 2>&1 &
   pid[$1]=$!
 }
 stop() {
