@@ -11,7 +11,8 @@
 # (default /tmp/sq-memory, wiped first), MEM_PORT (API base port, default 7300;
 # peers on +101..+103), MEM_SNAPSHOT_ENTRIES (default 500: the batch entries of a
 # million tasks are about 1,000, and node 3 must find the log purged to need a
-# snapshot).
+# snapshot), MEM_BATCH (tasks a batch call, default 1000; 100 makes ten times the
+# entries, so that node 3 must catch up by snapshot).
 set -euo pipefail
 
 tasks=${1:-1000000}
@@ -59,7 +60,7 @@ echo "empty cluster: RSS ${base[1]} / ${base[2]} / ${base[3]} KiB"
 
 # Queue the tasks: batch calls of 1,000 until the cluster holds enough.
 while [ "$(held 1)" -lt "$tasks" ]; do
-  nice "$bin" bench batch --nodes "$nodes" -c 4 -d 5 --batch-size 1000 >/dev/null 2>&1 || true
+  nice "$bin" bench batch --nodes "$nodes" -c 4 -d 5 --batch-size "${MEM_BATCH:-1000}" >/dev/null 2>&1 || true
 done
 # Let every node apply everything, and the allocator settle.
 for _ in $(seq 60); do
