@@ -161,6 +161,10 @@ mod tests {
     fn a_task_takes_one_small_allocation() {
         // 160 bytes is an allocator size class (mimalloc's and glibc's chunk sizes
         // alike); one byte more costs 32 a task.
-        assert!(std::mem::size_of::<Task>() <= 160, "{}", std::mem::size_of::<Task>());
+        assert!(
+            std::mem::size_of::<Task>() <= 160,
+            "{}",
+            std::mem::size_of::<Task>()
+        );
     }
 }

@@ -96,7 +96,12 @@ async fn send(snapshot: &Snapshot, bytes: &[u8], to: &mut StateStore) {
 }
 
 async fn build(sm: &mut StateStore) -> (Snapshot, Vec<u8>) {
-    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let bytes = snapshot_bytes(sm.get_current_snapshot().await.unwrap().unwrap().snapshot).await;
     (snapshot, bytes)
 }
@@ -117,7 +122,10 @@ async fn a_large_snapshot_streams_into_the_store_and_equals_the_source() {
     follower.apply(workload(2)).await.unwrap();
     send(&snapshot, &bytes, &mut follower).await;
     assert_eq!(follower.state_bytes(), source);
-    assert_eq!(follower.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
+    assert_eq!(
+        follower.applied_state().await.unwrap().0,
+        snapshot.meta.last_log_id
+    );
     assert_eq!(follower.reader().read(|s| s.sizes().2), 60_000);
 
     // On disk too: a snapshot built from the follower's state family holds exactly
@@ -128,7 +136,10 @@ async fn a_large_snapshot_streams_into_the_store_and_equals_the_source() {
     drop(_flog);
     let (_flog, mut follower) = open(dir.path(), 2, "test").await.unwrap();
     assert_eq!(follower.state_bytes(), source);
-    assert_eq!(follower.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
+    assert_eq!(
+        follower.applied_state().await.unwrap().0,
+        snapshot.meta.last_log_id
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +160,10 @@ async fn an_install_cut_short_by_a_stop_is_finished_at_open() {
     {
         let db = open_db(&dir.path().join("db")).unwrap();
         let raft = db.cf_handle(CF_RAFT).unwrap();
-        let current = db.get_cf(raft, b"snapshot").unwrap().expect("current pointer");
+        let current = db
+            .get_cf(raft, b"snapshot")
+            .unwrap()
+            .expect("current pointer");
         db.put_cf(raft, KEY_INSTALLING, &current).unwrap();
         let state = db.cf_handle(CF_STATE).unwrap();
         let written: Vec<Box<[u8]>> = db
@@ -165,7 +179,10 @@ async fn an_install_cut_short_by_a_stop_is_finished_at_open() {
     }
     let (_flog, mut follower) = open(dir.path(), 2, "test").await.unwrap();
     assert_eq!(follower.state_bytes(), source);
-    assert_eq!(follower.applied_state().await.unwrap().0, snapshot.meta.last_log_id);
+    assert_eq!(
+        follower.applied_state().await.unwrap().0,
+        snapshot.meta.last_log_id
+    );
     drop(follower);
     drop(_flog);
     let db = open_db(&dir.path().join("db")).unwrap();

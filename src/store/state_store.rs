@@ -200,12 +200,12 @@ impl StateStore {
                 .map_err(|e| format!("finishing an interrupted snapshot install: {e}"))?;
             load(&loader)
         })
-            .await
-            .expect("load task panicked")
-            .map_err(|reason| OpenError::Corrupt {
-                path: db.path().to_path_buf(),
-                reason,
-            })?;
+        .await
+        .expect("load task panicked")
+        .map_err(|reason| OpenError::Corrupt {
+            path: db.path().to_path_buf(),
+            reason,
+        })?;
         let applied = last_applied.map_or(0, |l| l.index);
         Ok(StateStore {
             db,

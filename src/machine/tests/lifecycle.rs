@@ -196,9 +196,7 @@ fn a_task_fails_when_its_attempts_run_out() {
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
     assert!(
-        task.failure()
-            .unwrap()
-            .contains("gave up after 2 attempts"),
+        task.failure().unwrap().contains("gave up after 2 attempts"),
         "{:?}",
         task.failure()
     );
