@@ -1,13 +1,56 @@
 //! Scale of the state machine: apply 1,000,000 submits of 256-byte payloads (in
 //! batches of 1,000, as the batch endpoint sends them), then complete every task
 //! through ack, precommit and reveal, timing each 100,000 to show the cost stays
-//! linear, and report the memory the million queued tasks take.
+//! linear, and report the memory the million queued tasks take, then the memory the
+//! million finished tasks take (their payloads dropped, result and history kept
+//! until retention).
+//!
+//! Memory is reported two ways: the process's resident set (RSS, what the operating
+//! system counts; the node's allocator, mimalloc, is used here too) and the live heap
+//! bytes the state holds (counted by a wrapper around the allocator: what was asked
+//! for and not freed, without the allocator's rounding and free pages). Both per task.
 //!
 //! Run: `cargo bench --bench scale` (`SQ_SCALE_TASKS` to change the count).
 
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use session_queue::machine::{sha256, Command, MinerAuth, NewTask, Response, SessionSpec, State};
+
+/// mimalloc, as the node uses, counting the bytes currently allocated.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_bytes() -> f64 {
+    LIVE.load(Ordering::Relaxed) as f64
+}
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -16,6 +59,19 @@ fn rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Prints the memory the tasks take now, relative to `(rss0, live0)`.
+fn report(what: &str, total: usize, (rss0, live0): (f64, f64)) {
+    let rss = rss_mib() - rss0;
+    let live = live_bytes() - live0;
+    println!(
+        "{total} {what} tasks of 256-byte payload: {rss:.0} MiB resident ({:.0} bytes per task), \
+         state heap {:.0} MiB ({:.0} bytes per task)",
+        rss * 1048576.0 / total as f64,
+        live / 1048576.0,
+        live / total as f64
+    );
 }
 
 fn main() {
@@ -48,7 +104,7 @@ fn main() {
     else {
         panic!()
     };
-    let rss0 = rss_mib();
+    let base = (rss_mib(), live_bytes());
     println!(
         "{:<10} {:>12} {:>14} {:>10}",
         "phase", "tasks done", "commands/s", "RSS MiB"
@@ -81,13 +137,7 @@ fn main() {
             t = Instant::now();
         }
     }
-    let queued_mib = rss_mib() - rss0;
-    println!(
-        "{} queued tasks of 256-byte payload: {:.0} MiB resident ({:.0} bytes per task)",
-        total,
-        queued_mib,
-        queued_mib * 1048576.0 / total as f64
-    );
+    report("queued", total, base);
 
     // 256 miners with room for 4,096 tasks each take every task.
     let mut miners = Vec::new();
@@ -166,4 +216,5 @@ fn main() {
         );
     }
     assert_eq!(s.depth().completed, total as u64);
+    report("finished", total, base);
 }

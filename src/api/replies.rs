@@ -256,7 +256,7 @@ impl TaskView {
             state: t.state.into(),
             priority: t.priority,
             attempts: t.attempts,
-            idempotency_key: t.idempotency_key.clone(),
+            idempotency_key: t.idempotency_key.as_deref().map(str::to_string),
             queue_timeout_ms: t.queue_timeout_ms,
             queue_deadline_ms: t.queue_deadline,
             assignments: t
@@ -268,10 +268,10 @@ impl TaskView {
                     assigned_ms: a.assigned_ms,
                 })
                 .collect(),
-            result: t.result.as_deref().map(base64),
-            failure: t.failure.clone(),
+            result: t.result().map(base64),
+            failure: t.failure().map(str::to_string),
             created_ms: t.created_ms,
-            finished_ms: t.finished_ms,
+            finished_ms: t.finished_ms(),
             history: t
                 .history
                 .iter()

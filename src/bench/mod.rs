@@ -81,6 +81,14 @@ pub struct BenchArgs {
     /// Give every submitted task a unique idempotency key.
     #[arg(long)]
     pub idempotency_keys: bool,
+    /// Retention of finished tasks in the session the bench creates, ms (a soak uses
+    /// a short one, so finished tasks are purged while it runs).
+    #[arg(long, default_value_t = 600_000)]
+    pub retention_ms: u64,
+    /// Lifecycle and mixed modes: submit at most this many tasks a second in all
+    /// (a steady rate for soaks); 0: as fast as the tasks in flight allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Submit into this session instead of creating one.
     #[arg(long)]
     pub session: Option<String>,
@@ -118,7 +126,7 @@ async fn create_session(client: &Client, args: &BenchArgs) -> anyhow::Result<Str
         "redundancy": k,
         "quorum": k,
         "max_nodes": (args.miners as u32).max(k as u32),
-        "retention_ms": 600_000,
+        "retention_ms": args.retention_ms,
         "idle_release_ms": 600_000,
         // Submit and batch runs queue far more than the default bound of unfinished
         // tasks per session (1,000,000) without miners to finish them.
@@ -320,8 +328,13 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
         args.connections
     };
     let body_payload = payload(args.payload);
+    // With a rate, submit number n (over all submitters) waits until n / rate
+    // seconds into the run.
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let submitted = Arc::new(AtomicU64::new(0));
     for i in 0..submitters {
         let client = client.pinned(i);
+        let submitted = submitted.clone();
         let (rec, pending, inflight, done_rec, failed) = (
             submit_rec.clone(),
             pending.clone(),
@@ -342,6 +355,14 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
                     break;
                 };
                 permit.expect("semaphore open").forget();
+                if let Some(interval) = interval {
+                    let n = submitted.fetch_add(1, Ordering::Relaxed);
+                    let at = started + interval.mul_f64(n as f64);
+                    if at >= until {
+                        break;
+                    }
+                    tokio::time::sleep_until(at.into()).await;
+                }
                 let t0 = Instant::now();
                 match client.call(Method::POST, &path, Some(&body), None).await {
                     Ok((status, v)) if status.is_success() => {

@@ -94,6 +94,19 @@ impl Queue {
         self.open.is_empty() && self.partial.is_empty()
     }
 
+    /// The lane a task is filed under, if it is queued. A task's key never changes
+    /// and there are at most eight lanes, so a lookup in each is cheaper in memory
+    /// than a map of every queued task to its lane (about 30 bytes a task).
+    pub(super) fn lane_of(&self, key: &QueueKey) -> Option<Lane> {
+        if self.partial.contains(key) {
+            return Some(Lane::Partial);
+        }
+        self.open
+            .iter()
+            .find(|(_, set)| set.contains(key))
+            .map(|(n, _)| Lane::Open(*n))
+    }
+
     /// The first task of the queue in priority order, servable or not.
     fn head(&self) -> Option<QueueKey> {
         self.open
@@ -197,7 +210,7 @@ impl State {
     pub(super) fn sync_queue(&mut self, id: TaskId) {
         let t = &self.tasks[&id];
         let (sid, key, lane) = (t.session, t.queue_key(), t.lane());
-        let old = self.idx.queued.get(&id).copied();
+        let old = self.idx.queues.get(&sid).and_then(|q| q.lane_of(&key));
         if old == lane {
             return;
         }
@@ -208,11 +221,9 @@ impl State {
                     self.idx.queues.remove(&sid);
                 }
             }
-            self.idx.queued.remove(&id);
         }
         if let Some(new) = lane {
             self.idx.queues.entry(sid).or_default().insert(new, key);
-            self.idx.queued.insert(id, new);
         }
         if old.is_some() != lane.is_some() {
             let t = &self.tasks[&id];
@@ -340,6 +351,8 @@ impl State {
         }
         let deadline = now.saturating_add(ack_timeout);
         let t = self.task_mut(id);
+        // Exactly the slots it takes: a growing Vec would round up to four.
+        t.assignments.reserve_exact(miners.len());
         for &m in miners {
             t.assignments.push(Assignment {
                 miner: m,

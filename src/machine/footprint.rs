@@ -36,17 +36,17 @@ pub const KEY_BYTES: u64 = 192;
 
 /// The approximate bytes of one task.
 pub fn task_bytes(t: &Task) -> u64 {
-    let blob = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, |b| b.len() as u64);
+    let blob = |b: Option<&[u8]>| b.map_or(0, |b| b.len() as u64);
     let outputs: u64 = t
         .assignments
         .iter()
-        .map(|a| ASSIGNMENT_BYTES + blob(&a.output))
+        .map(|a| ASSIGNMENT_BYTES + blob(a.output.as_deref()))
         .sum();
     TASK_BYTES
-        + blob(&t.payload)
-        + blob(&t.result)
+        + blob(t.payload.as_deref())
+        + blob(t.result())
         + t.idempotency_key.as_ref().map_or(0, |k| k.len() as u64)
-        + t.failure.as_ref().map_or(0, |f| f.len() as u64)
+        + t.failure().map_or(0, |f| f.len() as u64)
         + outputs
         + t.history.len() as u64 * HISTORY_BYTES
 }
@@ -78,7 +78,7 @@ impl Footprint {
     }
 
     /// Counts every task.
-    pub fn rebuild(tasks: &BTreeMap<TaskId, Task>) -> Self {
+    pub fn rebuild(tasks: &BTreeMap<TaskId, Box<Task>>) -> Self {
         let mut f = Footprint::default();
         for (id, t) in tasks {
             f.update(*id, Some(t));

@@ -93,7 +93,7 @@ impl State {
         if let Some(task) = self.tasks.get(&k.task) {
             let window = self.sessions[&session].spec.idempotency_window_ms;
             let later = task
-                .purge_at
+                .purge_at()
                 .unwrap_or_else(|| now.saturating_add(window))
                 .max(now);
             let k = self.keys.get_mut(&(session, hash)).expect("key exists");

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use super::ids::{MinerId, TaskId};
 use super::limits;
-use super::task::{SlotState, TaskState};
+use super::task::{SlotState, TaskEnd, TaskState};
 use super::tick::Due;
 use super::{Digest, EventKind, Key, State};
 
@@ -352,10 +352,14 @@ impl State {
         if !keep_payload {
             t.payload = None;
         }
-        t.result = result;
-        t.failure = failure;
-        t.finished_ms = Some(now);
-        t.purge_at = Some(purge_at);
+        t.end = Some(Box::new(TaskEnd {
+            result: result.map(Vec::into_boxed_slice),
+            failure: failure.map(String::into_boxed_str),
+            finished_ms: now,
+            purge_at,
+        }));
+        // A finished task changes no more until it is purged: hold no spare room.
+        t.assignments.shrink_to_fit();
         self.transition(id, state);
         self.sync_queue(id);
         let s = self.session_mut(sid);
@@ -403,7 +407,7 @@ impl State {
         let sid = t.session;
         let t = self.task_mut(id);
         t.state = state;
-        t.history.push((state, now));
+        t.record_state(state, now);
         self.idx.depth.add(old, -1);
         self.idx.depth.add(state, 1);
         let s = self.session_mut(sid);

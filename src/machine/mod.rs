@@ -51,6 +51,7 @@ mod pool;
 mod session;
 mod submit;
 mod task;
+mod task_record;
 mod tick;
 mod view;
 
@@ -68,10 +69,10 @@ pub use idempotency::RememberedKey;
 pub use ids::{MinerId, SessionId, TaskId};
 pub use pool::{Miner, MinerState};
 pub use session::{Session, SessionState, StateCounts};
-pub use task::{sha256, Assignment, SlotState, Task, TaskState};
+pub use task::{sha256, Assignment, SlotState, Task, TaskEnd, TaskState};
 pub use view::{PoolView, QueueDepth};
 
-use dispatch::{Lane, Queue};
+use dispatch::Queue;
 use tick::Due;
 
 /// Hard limits of the machine itself. The HTTP layer enforces its own (configurable,
@@ -157,8 +158,6 @@ enum RecordRef<'a> {
 struct Indexes {
     /// Per session, the tasks with open slots (see `dispatch`).
     queues: HashMap<SessionId, Queue>,
-    /// The lane each queued task is filed under, so it can be moved or removed.
-    queued: HashMap<TaskId, Lane>,
     /// Every pending deadline.
     deadlines: BTreeSet<(u64, Due)>,
     /// Miners in the pool, free to be reserved.
@@ -199,7 +198,9 @@ pub struct State {
     header: Header,
     sessions: BTreeMap<SessionId, Session>,
     miners: BTreeMap<MinerId, Miner>,
-    tasks: BTreeMap<TaskId, Task>,
+    /// Boxed: a `BTreeMap` node holds 11 entries and is about half full when ids
+    /// only grow, so a task held inline would cost its size about twice over.
+    tasks: BTreeMap<TaskId, Box<Task>>,
     /// Remembered idempotency keys, by session and sha256 of the key.
     keys: BTreeMap<(SessionId, Digest), RememberedKey>,
     idx: Indexes,
@@ -234,7 +235,7 @@ impl State {
         let mine = mem::replace(&mut self.dirty, earlier);
         for key in mine {
             if let Key::Task(id) = key {
-                self.idx.footprint.update(id, self.tasks.get(&id));
+                self.idx.footprint.update(id, self.tasks.get(&id).map(|t| &**t));
             }
             self.dirty.insert(key);
         }
@@ -399,7 +400,7 @@ impl State {
             Key::Header => Some(Record::Header(self.header.clone())),
             Key::Session(id) => self.sessions.get(&id).cloned().map(Record::Session),
             Key::Miner(id) => self.miners.get(&id).cloned().map(Record::Miner),
-            Key::Task(id) => self.tasks.get(&id).cloned().map(Record::Task),
+            Key::Task(id) => self.tasks.get(&id).map(|t| Record::Task((**t).clone())),
             Key::Idempotency(session, hash) => self
                 .keys
                 .get(&(session, hash))
@@ -415,7 +416,7 @@ impl State {
             Key::Header => RecordRef::Header(&self.header),
             Key::Session(id) => RecordRef::Session(self.sessions.get(&id)?),
             Key::Miner(id) => RecordRef::Miner(self.miners.get(&id)?),
-            Key::Task(id) => RecordRef::Task(self.tasks.get(&id)?),
+            Key::Task(id) => RecordRef::Task(&**self.tasks.get(&id)?),
             Key::Idempotency(session, hash) => {
                 RecordRef::Idempotency(self.keys.get(&(session, hash))?)
             }
@@ -445,7 +446,7 @@ impl State {
                     state.miners.insert(m.id, m);
                 }
                 Record::Task(t) => {
-                    state.tasks.insert(t.id, t);
+                    state.tasks.insert(t.id, Box::new(t));
                 }
                 Record::Idempotency(k) => {
                     state.keys.insert((k.session, k.key_hash), k);
@@ -485,7 +486,6 @@ impl State {
                     .entry(t.session)
                     .or_default()
                     .insert(lane, t.queue_key());
-                idx.queued.insert(t.id, lane);
             }
             if let Some(at) = t.phase_deadline {
                 idx.deadlines.insert((at, Due::Phase(t.id)));
@@ -493,7 +493,7 @@ impl State {
             if let Some(at) = t.queue_deadline {
                 idx.deadlines.insert((at, Due::Queue(t.id)));
             }
-            if let Some(at) = t.purge_at {
+            if let Some(at) = t.purge_at() {
                 idx.deadlines.insert((at, Due::TaskPurge(t.id)));
             }
             for a in &t.assignments {

@@ -176,29 +176,27 @@ impl State {
             let task = Task {
                 id,
                 session,
-                payload: Some(new.payload.clone()),
+                payload: Some(new.payload.as_slice().into()),
                 priority,
-                idempotency_key: new.idempotency_key.clone(),
+                idempotency_key: new.idempotency_key.as_deref().map(Into::into),
                 state: TaskState::Queued,
-                assignments: Vec::with_capacity(k as usize),
+                // Allocated when it is dispatched: a queued task holds no slot.
+                assignments: Vec::new(),
                 open_slots: k,
                 attempts: 0,
                 phase_deadline: None,
                 phase_closed: false,
                 queue_timeout_ms,
                 queue_deadline: None,
-                history: vec![(TaskState::Queued, now)],
-                result: None,
-                failure: None,
+                history: Box::new([(TaskState::Queued, now)]),
+                end: None,
                 created_ms: now,
-                finished_ms: None,
-                purge_at: None,
             };
             if let Some((hash, print)) = remember {
                 self.remember_key(session, hash, id, print);
             }
             self.idx.depth.add(TaskState::Queued, 1);
-            self.tasks.insert(id, task);
+            self.tasks.insert(id, Box::new(task));
             self.idx.unfinished.entry(session).or_default().insert(id);
             self.sync_queue(id);
             self.emit(id, None, EventKind::Submitted);

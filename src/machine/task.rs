@@ -124,17 +124,23 @@ pub struct Assignment {
 }
 
 /// A task. See the module documentation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Laid out for memory (a node may hold millions): 160 bytes, an allocator size class
+/// exactly. Byte strings are boxed slices (no spare capacity), what only a finished
+/// task has is boxed apart ([`TaskEnd`]), and the history is a boxed slice. Its
+/// record (what the store writes and snapshots carry) keeps the flat field order of
+/// earlier versions, see `task_record`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "super::task_record::TaskRecord")]
 pub struct Task {
     pub id: TaskId,
     pub session: SessionId,
     /// The payload, until the task finishes: a finished task needs it no more (its
     /// result, history and assignments stay until retention), so it is dropped then
     /// unless the session keeps finished payloads.
-    #[serde(with = "serde_bytes")]
-    pub payload: Option<Vec<u8>>,
+    pub payload: Option<Box<[u8]>>,
     pub priority: i32,
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<Box<str>>,
     pub state: TaskState,
     /// Every slot ever given out, in order. A miner may appear more than once (a slot
     /// of it expired and it took the task again), but holds at most one active slot,
@@ -153,17 +159,50 @@ pub struct Task {
     /// While it waits in the queue with a limit: when it fails as expired.
     pub queue_deadline: Option<u64>,
     /// Every state the task entered, with the leader time.
-    pub history: Vec<(TaskState, u64)>,
-    #[serde(with = "serde_bytes")]
-    pub result: Option<Vec<u8>>,
-    pub failure: Option<String>,
+    pub history: Box<[(TaskState, u64)]>,
+    /// How it ended, once it has.
+    pub end: Option<Box<TaskEnd>>,
     pub created_ms: u64,
-    pub finished_ms: Option<u64>,
-    /// When a finished task is purged.
-    pub purge_at: Option<u64>,
+}
+
+/// What a finished task keeps besides its slots and history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskEnd {
+    pub result: Option<Box<[u8]>>,
+    pub failure: Option<Box<str>>,
+    pub finished_ms: u64,
+    /// When it is purged.
+    pub purge_at: u64,
 }
 
 impl Task {
+    /// The agreed output of a completed task.
+    pub fn result(&self) -> Option<&[u8]> {
+        self.end.as_ref().and_then(|e| e.result.as_deref())
+    }
+
+    /// Why a failed or cancelled task ended.
+    pub fn failure(&self) -> Option<&str> {
+        self.end.as_ref().and_then(|e| e.failure.as_deref())
+    }
+
+    /// When it finished.
+    pub fn finished_ms(&self) -> Option<u64> {
+        self.end.as_ref().map(|e| e.finished_ms)
+    }
+
+    /// When a finished task is purged.
+    pub fn purge_at(&self) -> Option<u64> {
+        self.end.as_ref().map(|e| e.purge_at)
+    }
+
+    /// Appends to the history, keeping it exactly as long as it is.
+    pub(super) fn record_state(&mut self, state: TaskState, at: u64) {
+        let mut history = std::mem::take(&mut self.history).into_vec();
+        history.push((state, at));
+        self.history = history.into_boxed_slice();
+    }
+
     /// The index of the miner's latest slot: its active one, if it holds one.
     pub fn slot(&self, miner: MinerId) -> Option<usize> {
         self.assignments.iter().rposition(|a| a.miner == miner)

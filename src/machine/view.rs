@@ -32,7 +32,7 @@ pub struct PoolView {
 
 impl State {
     pub fn task(&self, id: TaskId) -> Option<&Task> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).map(|t| &**t)
     }
 
     pub fn session(&self, id: SessionId) -> Option<&Session> {
@@ -69,7 +69,7 @@ impl State {
         let mut page: Vec<(&Task, SlotState)> = m
             .active
             .range((from, Unbounded))
-            .filter_map(|t| self.tasks.get(t))
+            .filter_map(|t| self.tasks.get(t).map(|t| &**t))
             .filter_map(|t| t.slot(id).map(|i| (t, t.assignments[i].state)))
             .take(limit.saturating_add(1))
             .collect();

@@ -39,8 +39,12 @@ struct EntryCache {
     bytes: usize,
 }
 
-/// At most this many bytes of entries (by their encoded size) are cached.
-const CACHE_BYTES: usize = 64 << 20;
+/// At most this many bytes of entries (by their encoded size) are cached: enough
+/// for the entries still being replicated and applied (a few batches of at most
+/// `--max-batch-bytes` each); older ones are read back from RocksDB when a follower
+/// lags. Every byte here is held again by the state once applied, so a larger cache
+/// costs memory per queued task for no gain.
+const CACHE_BYTES: usize = 16 << 20;
 
 impl EntryCache {
     fn push(&mut self, entry: Entry, size: usize) {

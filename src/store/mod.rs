@@ -28,6 +28,7 @@
 //! of its directory, so a power loss cannot undo it after it was relied upon.
 
 mod event_window;
+mod install;
 mod log_store;
 mod miner_changes;
 mod snapshot;
@@ -219,14 +220,31 @@ fn open_db(path: &Path, tuning: Tuning) -> Result<DB, OpenError> {
     // middle of the WAL: a node would restart without entries it had acknowledged.
     // Refuse to open instead.
     opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+    // Bounded memory (see `memory` in docs/PERFORMANCE.md): the state is also held
+    // decoded in memory, so what RocksDB keeps is overhead. All memtables together
+    // are capped (a full one is flushed when the sum passes the cap), and every
+    // family shares one small block cache: the state family is read only at startup
+    // and by snapshot builds (which bypass the cache), the log family mostly from the
+    // log store's own cache of the newest entries.
+    opts.set_db_write_buffer_size(MEMTABLES_BYTES);
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let table = || {
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_block_cache(&cache);
+        t
+    };
     let mut log_opts = Options::default();
-    log_opts.set_write_buffer_size(64 << 20);
+    log_opts.set_write_buffer_size(MEMTABLE_BYTES);
+    log_opts.set_block_based_table_factory(&table());
+    let mut raft_opts = Options::default();
+    raft_opts.set_block_based_table_factory(&table());
     let mut state_opts = Options::default();
     state_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    state_opts.set_write_buffer_size(64 << 20);
+    state_opts.set_write_buffer_size(MEMTABLE_BYTES);
+    state_opts.set_block_based_table_factory(&table());
     let cfs = vec![
         ColumnFamilyDescriptor::new(CF_LOG, log_opts),
-        ColumnFamilyDescriptor::new(CF_RAFT, Options::default()),
+        ColumnFamilyDescriptor::new(CF_RAFT, raft_opts),
         ColumnFamilyDescriptor::new(CF_STATE, state_opts),
     ];
     DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| OpenError::Rocks {
@@ -235,11 +253,20 @@ fn open_db(path: &Path, tuning: Tuning) -> Result<DB, OpenError> {
     })
 }
 
+/// One memtable of the log or state family (RocksDB keeps up to two per family).
+const MEMTABLE_BYTES: usize = 32 << 20;
+/// All memtables together.
+const MEMTABLES_BYTES: usize = 64 << 20;
+/// The block cache all families share.
+const BLOCK_CACHE_BYTES: usize = 16 << 20;
+
 /// Big-endian key of a log index, so RocksDB's order is the log's order.
 pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+#[cfg(test)]
+mod install_tests;
 #[cfg(test)]
 mod power_tests;
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! transfer is refused rather than installed.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,17 +16,18 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use openraft::StorageIOError;
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{IteratorMode, WriteOptions, DB};
 use sha2::{Digest, Sha256};
 
+use super::install;
 use super::state_store::keys;
 use super::{CF_RAFT, CF_STATE};
 use crate::codec;
 use crate::machine::State;
 use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 
-const MAGIC: &[u8; 8] = b"SQSNAP\x00\x01";
-const END: u32 = u32::MAX;
+pub(super) const MAGIC: &[u8; 8] = b"SQSNAP\x00\x01";
+pub(super) const END: u32 = u32::MAX;
 const KEY_CURRENT: &[u8] = b"snapshot";
 
 /// The snapshot files of a node and the pointer to the current one.
@@ -37,7 +38,8 @@ pub struct SnapshotFiles {
     /// The file a snapshot is being received into.
     receiving: Mutex<Option<PathBuf>>,
     /// Held while the current snapshot is compared and replaced, so a build that
-    /// began before an install cannot put its older snapshot back over it.
+    /// began before an install cannot put its older snapshot back over it; and while
+    /// an install replaces the `state` family, so no build takes a view of it then.
     current_lock: Mutex<()>,
     /// Tests run this between taking a build's view and flushing the state, where
     /// apply may write concurrently.
@@ -101,7 +103,7 @@ impl<W: Write> Hashing<W> {
     }
 }
 
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+pub(super) fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
@@ -234,7 +236,11 @@ impl SnapshotFiles {
         // was applied since); flushing before it would leave entries applied in
         // between in the snapshot but only in the memtable, and a crash would then
         // leave a state older than the oldest log entry.
-        let view = self.db.snapshot();
+        // Never a view of a state family an install is replacing (see `install`).
+        let view = {
+            let _replacing = self.current_lock.lock().expect("current lock");
+            self.db.snapshot()
+        };
         #[cfg(test)]
         if let Some(hook) = self.between_view_and_flush.lock().expect("hook").take() {
             hook(&self.db);
@@ -262,7 +268,10 @@ impl SnapshotFiles {
         };
         out.put(MAGIC).map_err(err)?;
         let mut count = 0u64;
-        for item in view.iterator_cf(cf, IteratorMode::Start) {
+        // Read once, front to back: keep the block cache for what is read often.
+        let mut read = rocksdb::ReadOptions::default();
+        read.fill_cache(false);
+        for item in view.iterator_cf_opt(cf, read, IteratorMode::Start) {
             let (k, v) = item.map_err(io_err).map_err(err)?;
             out.frame(&k, &v).map_err(err)?;
             count += 1;
@@ -295,10 +304,11 @@ impl SnapshotFiles {
         Ok((meta, file))
     }
 
-    /// Checks a received snapshot, replaces the `state` family with it in one synced
-    /// batch, makes it the current snapshot and returns the state it holds.
+    /// Checks a received snapshot, replaces the `state` family with it, makes it the
+    /// current snapshot and returns the state it holds. Streams: neither the file nor
+    /// the records are ever held whole (see [`super::install`]).
     pub(super) async fn install(
-        &self,
+        self: &Arc<Self>,
         meta: &SnapshotMeta,
         file: tokio::fs::File,
     ) -> Result<(State, Option<LogId>, StoredMembership), StorageError> {
@@ -306,12 +316,14 @@ impl SnapshotFiles {
             StorageError::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
         };
         let mut received = file.into_std().await;
-        let db = self.db.clone();
+        let files = self.clone();
         let expected = meta.last_log_id;
         let name = format!("{}.snap", meta.snapshot_id.replace(['/', ' ', ':'], "_"));
         let (tmp, path) = (self.dir.join(format!("{name}.tmp")), self.dir.join(&name));
-        let (state, last_applied, membership) = tokio::task::spawn_blocking(move || {
-            // Keep a copy as this node's current snapshot, so it can serve it in turn.
+        let marker = codec::encode(&(meta, &name));
+        let installed = tokio::task::spawn_blocking(move || {
+            // Keep a copy as this node's current snapshot, so it can serve it in turn
+            // (and finish the install from it after a stop).
             use std::io::Seek;
             received.seek(std::io::SeekFrom::Start(0))?;
             let mut copy = File::options()
@@ -321,10 +333,16 @@ impl SnapshotFiles {
                 .truncate(true)
                 .open(&tmp)?;
             std::io::copy(&mut received, &mut copy)?;
+            drop(received);
             copy.sync_all()?;
-            let installed = replace_state(&db, copy, expected)?;
+            let installed = install::decode(copy, expected)?;
+            // No build takes a view of the half-written family, nor makes another
+            // snapshot current (deleting this file) until the marker names it.
+            let _replacing = files.current_lock.lock().expect("current lock");
             std::fs::rename(&tmp, &path)?;
             sync_dir(path.parent().expect("snapshot dir"))?;
+            install::begin(&files.db, &marker)?;
+            install::fill(&files.db, &path)?;
             Ok::<_, std::io::Error>(installed)
         })
         .await
@@ -334,98 +352,15 @@ impl SnapshotFiles {
         if let Some(path) = self.receiving.lock().expect("receiving lock").take() {
             let _ = std::fs::remove_file(path);
         }
-        Ok((state, last_applied, membership))
+        Ok(installed)
     }
-}
 
-/// Verifies a snapshot file and swaps the `state` family for its content atomically.
-fn replace_state(
-    db: &DB,
-    file: File,
-    expected: Option<LogId>,
-) -> std::io::Result<(State, Option<LogId>, StoredMembership)> {
-    let frames = read_frames(file)?;
-    let cf = db.cf_handle(CF_STATE).expect("state column family");
-    let mut batch = WriteBatch::default();
-    batch.delete_range_cf(cf, keys::FIRST, keys::END);
-    let mut records = Vec::with_capacity(frames.len());
-    let mut last_applied: Option<LogId> = None;
-    let mut membership = StoredMembership::default();
-    for (k, v) in &frames {
-        if k.as_slice() == keys::APPLIED {
-            last_applied = codec::decode(v).map_err(io_err)?;
-        } else if k.as_slice() == keys::MEMBERSHIP {
-            membership = codec::decode(v).map_err(io_err)?;
-        } else if !keys::is_meta(k) {
-            records.push(codec::decode_record(v).map_err(io_err)?);
+    /// Finishes an install a stop interrupted (see [`super::install`]); run at open,
+    /// before the state is loaded.
+    pub(super) fn resume_install(&self) -> std::io::Result<()> {
+        if let Some((meta, name)) = install::resume(&self.db, &self.dir)? {
+            self.set_current(&meta, &name)?;
         }
-        batch.put_cf(cf, k, v);
+        Ok(())
     }
-    if last_applied != expected {
-        return Err(io_err(format!(
-            "snapshot holds state applied up to {last_applied:?}, its meta says {expected:?}"
-        )));
-    }
-    drop(frames);
-    let mut opts = WriteOptions::default();
-    opts.set_sync(true);
-    db.write_opt(batch, &opts).map_err(io_err)?;
-    Ok((State::from_records(records), last_applied, membership))
-}
-
-/// Reads and verifies every frame of a snapshot file.
-fn read_frames(mut file: File) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(0))?;
-    let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut hash = Sha256::new();
-    let mut magic = [0u8; 8];
-    r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(io_err("not a Session Queue snapshot (bad magic)"));
-    }
-    hash.update(magic);
-    let mut frames = Vec::new();
-    let read_len = |r: &mut BufReader<File>, hash: &mut Sha256| -> std::io::Result<u32> {
-        let mut b = [0u8; 4];
-        r.read_exact(&mut b)?;
-        let n = u32::from_le_bytes(b);
-        if n != END {
-            hash.update(b);
-        }
-        Ok(n)
-    };
-    loop {
-        let klen = read_len(&mut r, &mut hash)?;
-        if klen == END {
-            break;
-        }
-        let mut key = vec![0u8; klen as usize];
-        r.read_exact(&mut key)?;
-        hash.update(&key);
-        let vlen = read_len(&mut r, &mut hash)?;
-        if vlen == END {
-            return Err(io_err("snapshot frame without a value"));
-        }
-        let mut value = vec![0u8; vlen as usize];
-        r.read_exact(&mut value)?;
-        hash.update(&value);
-        frames.push((key, value));
-    }
-    let mut count = [0u8; 8];
-    r.read_exact(&mut count)?;
-    let mut digest = [0u8; 32];
-    r.read_exact(&mut digest)?;
-    if u64::from_le_bytes(count) != frames.len() as u64 {
-        return Err(io_err("snapshot is truncated (frame count mismatch)"));
-    }
-    if hash.finalize().as_slice() != digest {
-        return Err(io_err("snapshot is corrupted (digest mismatch)"));
-    }
-    let mut rest = Vec::new();
-    r.read_to_end(&mut rest)?;
-    if !rest.is_empty() {
-        return Err(io_err("trailing bytes after the snapshot"));
-    }
-    Ok(frames)
 }

@@ -22,7 +22,7 @@ use super::miner_changes::{self, MinerChanges};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::{OpenError, CF_STATE};
 use crate::codec;
-use crate::machine::{Event, Key, MinerId, MinerState, State};
+use crate::machine::{Event, Key, MinerId, MinerState, Record, State};
 use crate::raft::types::{
     BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -156,18 +156,41 @@ pub(super) fn load(db: &DB) -> Result<Loaded, String> {
     let cf = db.cf_handle(CF_STATE).expect("state column family");
     let mut last_applied = None;
     let mut membership = StoredMembership::default();
-    let mut records = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::Start) {
-        let (key, value) = item.map_err(|e| e.to_string())?;
-        if key.as_ref() == keys::APPLIED {
-            last_applied = codec::decode(&value).map_err(|e| format!("last applied id: {e}"))?;
-        } else if key.as_ref() == keys::MEMBERSHIP {
-            membership = codec::decode(&value).map_err(|e| format!("membership: {e}"))?;
-        } else {
-            records.push(codec::decode_record(&value).map_err(|e| format!("record {key:?}: {e}"))?);
+    let mut failed = None;
+    // Read once, front to back, past the block cache; each record is decoded
+    // straight into the state, never all held decoded (or encoded) beside it.
+    let mut read = rocksdb::ReadOptions::default();
+    read.fill_cache(false);
+    let mut items = db.iterator_cf_opt(cf, read, IteratorMode::Start);
+    let records = std::iter::from_fn(|| loop {
+        let mut step = |item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>| -> Result<Option<Record>, String> {
+            let (key, value) = item.map_err(|e| e.to_string())?;
+            if key.as_ref() == keys::APPLIED {
+                last_applied =
+                    codec::decode(&value).map_err(|e| format!("last applied id: {e}"))?;
+            } else if key.as_ref() == keys::MEMBERSHIP {
+                membership = codec::decode(&value).map_err(|e| format!("membership: {e}"))?;
+            } else {
+                let record = codec::decode_record(&value)
+                    .map_err(|e| format!("record {key:?}: {e}"))?;
+                return Ok(Some(record));
+            }
+            Ok(None)
+        };
+        match step(items.next()?) {
+            Ok(Some(record)) => return Some(record),
+            Ok(None) => continue,
+            Err(e) => {
+                failed = Some(e);
+                return None;
+            }
         }
+    });
+    let state = State::from_records(records);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((state, last_applied, membership)),
     }
-    Ok((State::from_records(records), last_applied, membership))
 }
 
 impl StateStore {
@@ -178,21 +201,27 @@ impl StateStore {
                 source,
             }
         })?;
-        let loader = db.clone();
-        let (state, last_applied, membership) = tokio::task::spawn_blocking(move || load(&loader))
-            .await
-            .expect("load task panicked")
-            .map_err(|reason| OpenError::Corrupt {
-                path: db.path().to_path_buf(),
-                reason,
-            })?;
+        let files = Arc::new(files);
+        let (loader, resumer) = (db.clone(), files.clone());
+        let (state, last_applied, membership) = tokio::task::spawn_blocking(move || {
+            resumer
+                .resume_install()
+                .map_err(|e| format!("finishing an interrupted snapshot install: {e}"))?;
+            load(&loader)
+        })
+        .await
+        .expect("load task panicked")
+        .map_err(|reason| OpenError::Corrupt {
+            path: db.path().to_path_buf(),
+            reason,
+        })?;
         let applied = last_applied.map_or(0, |l| l.index);
         Ok(StateStore {
             db,
             shared: Arc::new(AppliedState::new(state, applied)),
             last_applied,
             membership,
-            files: Arc::new(files),
+            files,
         })
     }
 
@@ -348,7 +377,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         let (state, last_applied, membership) = self.files.install(meta, *snapshot).await?;
-        *self.shared.state.write().expect("state lock") = state;
+        let old = std::mem::replace(&mut *self.shared.state.write().expect("state lock"), state);
+        // Freeing a large state takes a while: not under the lock, not on this task.
+        tokio::task::spawn_blocking(move || drop(old));
         self.last_applied = last_applied;
         self.membership = membership;
         let index = last_applied.map_or(0, |l| l.index);

@@ -85,7 +85,7 @@ fn a_finished_task_drops_its_payload_but_keeps_its_result_and_history() {
     w.ok(Command::CancelTask { task: cancelled });
     let t = w.task(done);
     assert_eq!(t.payload, None);
-    assert_eq!(t.result.as_deref(), Some(&b"out"[..]));
+    assert_eq!(t.result(), Some(&b"out"[..]));
     assert!(!t.assignments.is_empty() && t.history.len() > 2);
     assert_eq!(w.task(cancelled).payload, None);
     // The dropped payload is written: a restored replica agrees.

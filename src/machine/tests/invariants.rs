@@ -10,7 +10,6 @@ use super::*;
 
 pub(super) fn assert_indexes_equal(a: &State, b: &State) {
     assert_eq!(a.idx.queues, b.idx.queues, "queues");
-    assert_eq!(a.idx.queued, b.idx.queued, "queued");
     assert_eq!(a.idx.deadlines, b.idx.deadlines, "deadlines");
     assert_eq!(a.idx.pool, b.idx.pool, "pool");
     assert_eq!(a.idx.needy, b.idx.needy, "needy");
@@ -27,6 +26,13 @@ pub(super) fn check_invariants(s: &State) {
     for t in s.tasks.values() {
         let session = &s.sessions[&t.session];
         counts.entry(t.session).or_default().add(t.state, 1);
+        // Filed in exactly the lane its slots say (the queue is the only record of it).
+        let filed = s
+            .idx
+            .queues
+            .get(&t.session)
+            .and_then(|q| q.lane_of(&t.queue_key()));
+        assert_eq!(filed, t.lane(), "{}: filed in the wrong lane", t.id);
         // A miner's slots of a task: all expired but maybe the last, so at most one is
         // active and none follows a reveal (valid or rejected).
         let mut last: BTreeMap<MinerId, usize> = BTreeMap::new();
@@ -106,7 +112,7 @@ pub(super) fn check_invariants(s: &State) {
             );
         }
         if t.state == TaskState::Completed {
-            let result = t.result.as_ref().expect("a completed task has a result");
+            let result = t.result().expect("a completed task has a result");
             let agree = t
                 .assignments
                 .iter()

@@ -50,7 +50,7 @@ fn a_task_goes_through_every_state_with_three_miners_and_quorum_two() {
     w.reveal(t, miners[1], "answer");
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Completed);
-    assert_eq!(task.result.as_deref(), Some(&b"answer"[..]));
+    assert_eq!(task.result(), Some(&b"answer"[..]));
     let states: Vec<TaskState> = task.history.iter().map(|(s, _)| *s).collect();
     assert_eq!(
         states,
@@ -196,12 +196,9 @@ fn a_task_fails_when_its_attempts_run_out() {
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
     assert!(
-        task.failure
-            .as_deref()
-            .unwrap()
-            .contains("gave up after 2 attempts"),
+        task.failure().unwrap().contains("gave up after 2 attempts"),
         "{:?}",
-        task.failure
+        task.failure()
     );
     assert!(w.s.pool().reserved >= 1);
     assert_eq!(w.s.session(s).unwrap().active_slots, 0);
@@ -244,9 +241,9 @@ fn disagreeing_reveals_fail_the_task() {
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
     assert!(
-        task.failure.as_deref().unwrap().starts_with("no quorum"),
+        task.failure().unwrap().starts_with("no quorum"),
         "{:?}",
-        task.failure
+        task.failure()
     );
 }
 

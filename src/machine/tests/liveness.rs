@@ -34,7 +34,7 @@ fn a_pool_of_exactly_k_completes_a_task_after_one_missed_ack() {
     w.reveal(t, m[0], "answer");
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Completed);
-    assert_eq!(task.result.as_deref(), Some(&b"answer"[..]));
+    assert_eq!(task.result(), Some(&b"answer"[..]));
     // The pool keeps serving: the next task goes to the same three.
     let t2 = w.submit(s, "next");
     assert_eq!(w.holders(t2), m.to_vec());
@@ -165,7 +165,7 @@ fn a_waiting_task_whose_slots_are_released_fails_on_its_attempts() {
     w.advance(PRECOMMIT_MS);
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
-    let failure = task.failure.as_deref().unwrap();
+    let failure = task.failure().unwrap();
     assert!(
         failure.starts_with("gave up after 2 attempts")
             && failure.contains("released after waiting"),

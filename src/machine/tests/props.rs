@@ -306,7 +306,7 @@ proptest! {
                 }
             }
             for t in primary.tasks.values().filter(|t| t.state.is_terminal()) {
-                finished.entry(t.id).or_insert_with(|| t.clone());
+                finished.entry(t.id).or_insert_with(|| (**t).clone());
             }
             if i == ops.len() / 2 {
                 restored_midway = Some((State::decode(&primary.encode()).unwrap(), log.len()));
@@ -395,8 +395,8 @@ proptest! {
         for t in &tasks {
             let task = w.task(*t);
             match task.state {
-                TaskState::Completed => prop_assert_eq!(task.result.as_deref(), Some(&b"ok"[..])),
-                TaskState::Failed => prop_assert!(missed > 0 && task.failure.is_some(), "{:?}", task),
+                TaskState::Completed => prop_assert_eq!(task.result(), Some(&b"ok"[..])),
+                TaskState::Failed => prop_assert!(missed > 0 && task.failure().is_some(), "{:?}", task),
                 other => prop_assert!(false, "{} ended {:?}", t, other),
             }
         }

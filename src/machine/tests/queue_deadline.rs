@@ -29,7 +29,7 @@ fn a_task_that_waits_too_long_for_miners_fails_as_expired() {
     w.advance(1);
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
-    let failure = task.failure.as_deref().unwrap();
+    let failure = task.failure().unwrap();
     assert!(failure.starts_with("expired:"), "{failure}");
     assert!(failure.contains("5000 ms"), "{failure}");
     assert_eq!(task.queue_deadline, None);
@@ -86,7 +86,7 @@ fn the_wait_is_measured_from_when_the_task_last_entered_the_queue() {
     w.advance(1);
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
-    assert!(task.failure.as_deref().unwrap().starts_with("expired:"));
+    assert!(task.failure().unwrap().starts_with("expired:"));
 }
 
 #[test]
@@ -101,7 +101,7 @@ fn a_partly_held_task_that_expires_in_the_queue_frees_its_miners() {
     w.advance(5_000);
     let task = w.task(t);
     assert_eq!(task.state, TaskState::Failed);
-    assert!(task.failure.as_deref().unwrap().contains("1 of 2 slots"));
+    assert!(task.failure().unwrap().contains("1 of 2 slots"));
     assert!(w.s.miner(a).unwrap().active.is_empty());
     assert_eq!(w.s.session(s).unwrap().active_slots, 0);
 }
@@ -117,7 +117,7 @@ fn the_queue_deadline_survives_a_restore() {
     restored.apply(&Command::Tick, w.now + 5_000).unwrap();
     let task = restored.task(t).unwrap();
     assert_eq!(task.state, TaskState::Failed);
-    assert!(task.failure.as_deref().unwrap().starts_with("expired:"));
+    assert!(task.failure().unwrap().starts_with("expired:"));
 }
 
 #[test]
