@@ -1,5 +1,6 @@
 //! A node: opens its storage, starts Raft, the proposer, the peer channel and the
-//! public API, and shuts them down in order on SIGTERM/SIGINT.
+//! public API, then applies the bootstrap rules ([`crate::raft::bootstrap`]), and
+//! shuts them down in order on SIGTERM/SIGINT.
 //!
 //! [`Node`] is what the API handlers hold: the Raft handle and proposer for writes,
 //! the applied-state reader for reads, the peer client for the leader's read index.
@@ -13,11 +14,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::{parse_members, NodeConfig};
+use crate::raft::bootstrap::{self, Bootstrap};
+use crate::raft::identity::{derive_cluster_id, ClusterIdentity};
 use crate::raft::network::{Network, PeerClient};
+use crate::raft::peer_auth::PeerAuth;
 use crate::raft::proposer::{Proposer, ProposerConfig};
 use crate::raft::types::{NodeId, Raft};
 use crate::store::AppliedState;
-use crate::{api, listener, peer, raft, shutdown, store};
+use crate::{api, listener, peer, shutdown, store};
 
 /// A running node, as its handlers see it.
 pub struct Node {
@@ -139,11 +143,15 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     config.validate()?;
     let id = config.id;
-    let (log_store, state_store) = store::open(&config.data_dir, id, &config.cluster_name)
+    let (mut log_store, state_store) = store::open(&config.data_dir, id, &config.cluster_name)
         .await
         .context("opening storage")?;
     let state = state_store.reader();
-    let peers = PeerClient::new(config.cluster_secret.clone());
+    let pristine = is_pristine(&mut log_store).await?;
+    let identity = Arc::new(
+        ClusterIdentity::open(id, config.data_dir.clone()).context("reading the cluster id")?,
+    );
+    let peers = PeerClient::new(config.cluster_secret.clone()).with_identity(identity.clone());
     let raft_config = Arc::new(config.raft_config()?);
     let raft = Raft::new(
         id,
@@ -155,14 +163,11 @@ pub async fn start(
     .await
     .context("starting raft")?;
 
-    if let Some(spec) = &config.initial_cluster {
-        let members = parse_members(spec)?;
-        if members.contains_key(&id) && raft::bootstrap(&raft, members).await? {
-            tracing::info!("initialised a new cluster");
-        }
-    }
-
     let mut tasks = JoinSet::new();
+    tasks.spawn(crate::raft::identity::follow_membership(
+        identity.clone(),
+        raft.clone(),
+    ));
     let proposer = Proposer::start(
         id,
         raft.clone(),
@@ -198,8 +203,10 @@ pub async fn start(
         id,
         raft: raft.clone(),
         proposer,
-        secret: config.cluster_secret.clone(),
+        auth: PeerAuth::new(id, &config.cluster_secret),
+        identity: identity.clone(),
         write_timeout: config.write_timeout(),
+        refused_logged: Default::default(),
     }));
     let api_app = api::router(node.clone());
     tracing::info!(
@@ -226,9 +233,40 @@ pub async fn start(
         None,
         stop.clone(),
     ));
+    // After the peer listener serves: bootstrapping asks the other initial members.
+    let members = match &config.initial_cluster {
+        Some(spec) => parse_members(spec)?,
+        None => Default::default(),
+    };
+    let boot = Bootstrap {
+        raft: raft.clone(),
+        identity,
+        peers: node.peers.clone(),
+        state: config.initial_cluster_state,
+        cluster_id: derive_cluster_id(
+            &config.cluster_name,
+            &config.initial_cluster_token,
+            &members,
+        ),
+        members,
+        pristine,
+    };
+    tasks.spawn(async move {
+        if let Err(e) = bootstrap::start(boot).await {
+            tracing::error!(error = %e, "bootstrap failed");
+        }
+    });
     Ok(Running {
         node,
         servers,
         tasks,
     })
+}
+
+/// Whether storage holds no vote and no log (a node that never took part).
+async fn is_pristine(log: &mut store::LogStore) -> anyhow::Result<bool> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log.read_vote().await.context("reading the vote")?;
+    let state = log.get_log_state().await.context("reading the log state")?;
+    Ok(vote.is_none() && state.last_log_id.is_none())
 }

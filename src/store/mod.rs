@@ -27,6 +27,7 @@
 //! purged entry. Every rename (identity file, snapshot files) is followed by an fsync
 //! of its directory, so a power loss cannot undo it after it was relied upon.
 
+pub mod cluster_file;
 mod log_store;
 mod miner_changes;
 mod snapshot;
