@@ -7,7 +7,10 @@
 #   data and logs under cluster/data/     (SQ_CLUSTER_DATA)
 #
 # Idempotent: run again, it starts only the nodes that are not running; a restarted
-# node rejoins with its data. SQ_API_KEY, when set, is required by the API;
+# node rejoins with its data. Only the very first run creates the cluster
+# (--initial-cluster-state new, with a random --initial-cluster-token); later runs
+# start nodes with `existing`, so a node whose data directory is gone comes back
+# blank: it does not vote as the member it was (see docs/DEPLOY.md to replace it). SQ_API_KEY, when set, is required by the API;
 # SQ_MINER_KEY, when set, gates miner registration.
 #
 # Secrets, kept with the data (mode 0600) so restarts reuse them:
@@ -56,6 +59,17 @@ fi
 # Files from before these were made private, too.
 chmod 600 "$data/cluster-secret" "$data/admin-key" 2>/dev/null || true
 
+# A brand-new cluster only if no node has ever joined one (has a cluster id).
+state=new
+for i in 1 2 3; do
+  if [ -s "$data/node$i/CLUSTER_ID" ] || [ -d "$data/node$i/db" ]; then state=existing; fi
+done
+if [ "$state" = new ] || [ ! -s "$data/cluster-token" ]; then
+  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$data/cluster-token"
+fi
+token=$(cat "$data/cluster-token")
+blank=()
+
 members=""
 for i in 1 2 3; do
   members+="${members:+,}$i=127.0.0.1:$((api_base + i))/127.0.0.1:$((peer_base + i))"
@@ -68,25 +82,36 @@ for i in 1 2 3; do
     echo "node $i already running (pid $(cat "$data/node$i.pid"))"
     continue
   fi
+  if [ "$state" = existing ] && [ ! -s "$data/node$i/CLUSTER_ID" ]; then
+    blank+=("$i")
+  fi
   SQ_CLUSTER_SECRET="$secret" SQ_ADMIN_KEY="$admin_key" nohup "$SQ_BIN" node \
     --id "$i" \
     --api-addr "127.0.0.1:$((api_base + i))" \
     --peer-addr "127.0.0.1:$((peer_base + i))" \
     --data-dir "$data/node$i" \
     --initial-cluster "$members" \
+    --initial-cluster-state "$state" \
+    --initial-cluster-token "$token" \
     >>"$data/node$i.log" 2>&1 </dev/null &
   echo $! >"$data/node$i.pid"
   echo "node $i started (pid $!), API http://127.0.0.1:$((api_base + i)), log $data/node$i.log"
 done
 
-# Wait until every node answers and one of them leads.
+for i in "${blank[@]}"; do
+  echo "node $i has no data (its directory was lost) but the cluster exists: it runs blank and" >&2
+  echo "  does not vote as the member it was. Replace it (docs/DEPLOY.md, 'More nodes, and" >&2
+  echo "  replacing one'): cluster remove $i, then add a node with a new id." >&2
+done
+
+# Wait until every node (but blank ones) answers and one of them leads.
 deadline=$((SECONDS + 90))
 until
   ready=0
   for i in 1 2 3; do
     curl -fsS -o /dev/null "http://127.0.0.1:$((api_base + i))/ready" 2>/dev/null && ready=$((ready + 1))
   done
-  [ "$ready" -eq 3 ]
+  [ "$ready" -ge $((3 - ${#blank[@]})) ]
 do
   for i in 1 2 3; do
     if ! running "$i"; then
