@@ -78,12 +78,12 @@ done
 running() { [ -s "$data/node$1.pid" ] && kill -0 "$(cat "$data/node$1.pid")" 2>/dev/null; }
 
 for i in 1 2 3; do
+  if [ "$state" = existing ] && [ ! -s "$data/node$i/CLUSTER_ID" ]; then
+    blank+=("$i")
+  fi
   if running "$i"; then
     echo "node $i already running (pid $(cat "$data/node$i.pid"))"
     continue
-  fi
-  if [ "$state" = existing ] && [ ! -s "$data/node$i/CLUSTER_ID" ]; then
-    blank+=("$i")
   fi
   SQ_CLUSTER_SECRET="$secret" SQ_ADMIN_KEY="$admin_key" nohup "$SQ_BIN" node \
     --id "$i" \
@@ -126,7 +126,11 @@ do
   fi
   sleep 0.3
 done
-leader=$(curl -fsS "http://127.0.0.1:$((api_base + 1))/v1/cluster?local=true" ${SQ_API_KEY:+-H "Authorization: Bearer $SQ_API_KEY"} | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
+ask=1
+for i in 1 2 3; do
+  case " ${blank[*]} " in *" $i "*) ;; *) ask=$i; break ;; esac
+done
+leader=$(curl -fsS "http://127.0.0.1:$((api_base + ask))/v1/cluster?local=true" ${SQ_API_KEY:+-H "Authorization: Bearer $SQ_API_KEY"} | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
 echo "cluster ready: leader is node ${leader:-?}; try: curl -s http://127.0.0.1:$((api_base + 1))/v1/cluster"
 if [ "$admin_where" = SQ_ADMIN_KEY ]; then
   echo "admin key (for cluster add/remove): the SQ_ADMIN_KEY you gave"

@@ -115,6 +115,11 @@ async fn authenticate(
         &signed,
     ) {
         Ok(v) => v,
+        Err(refusal) if refusal == peer_auth::Refusal::UnknownSession => {
+            // Usually a peer whose session predates this process: it says hello again.
+            tracing::info!(path = %path, "peer request {refusal}; refused");
+            return (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response();
+        }
         Err(refusal) => {
             tracing::warn!(path = %path, "peer request {refusal}; refused");
             return (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response();
