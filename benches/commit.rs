@@ -91,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
             "bench-secret-0123456789",
             "--initial-cluster",
             &members,
+            "--initial-cluster-state",
+            "new",
         ];
         let config = Wrapper::parse_from(args).config;
         nodes.push(node::start(config, api, peer).await?);

@@ -7,7 +7,10 @@
 #   data and logs under cluster/data/     (SQ_CLUSTER_DATA)
 #
 # Idempotent: run again, it starts only the nodes that are not running; a restarted
-# node rejoins with its data. SQ_API_KEY, when set, is required by the API;
+# node rejoins with its data. Only the very first run creates the cluster
+# (--initial-cluster-state new, with a random --initial-cluster-token); later runs
+# start nodes with `existing`, so a node whose data directory is gone comes back
+# blank: it does not vote as the member it was (see docs/DEPLOY.md to replace it). SQ_API_KEY, when set, is required by the API;
 # SQ_MINER_KEY, when set, gates miner registration.
 #
 # Secrets, kept with the data (mode 0600) so restarts reuse them:
@@ -97,6 +100,16 @@ if $tls; then
   scheme=https
   curl_tls=(--cacert "$tls_dir/ca.pem")
 fi
+# A brand-new cluster only if no node has ever joined one (has a cluster id).
+state=new
+for i in 1 2 3; do
+  if [ -s "$data/node$i/CLUSTER_ID" ] || [ -d "$data/node$i/db" ]; then state=existing; fi
+done
+if [ "$state" = new ] || [ ! -s "$data/cluster-token" ]; then
+  head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$data/cluster-token"
+fi
+token=$(cat "$data/cluster-token")
+blank=()
 
 members=""
 for i in 1 2 3; do
@@ -106,6 +119,9 @@ done
 running() { [ -s "$data/node$1.pid" ] && kill -0 "$(cat "$data/node$1.pid")" 2>/dev/null; }
 
 for i in 1 2 3; do
+  if [ "$state" = existing ] && [ ! -s "$data/node$i/CLUSTER_ID" ]; then
+    blank+=("$i")
+  fi
   if running "$i"; then
     echo "node $i already running (pid $(cat "$data/node$i.pid"))"
     continue
@@ -123,19 +139,27 @@ for i in 1 2 3; do
     --data-dir "$data/node$i" \
     --initial-cluster "$members" \
     "${tls_args[@]}" \
+    --initial-cluster-state "$state" \
+    --initial-cluster-token "$token" \
     >>"$data/node$i.log" 2>&1 </dev/null &
   echo $! >"$data/node$i.pid"
   echo "node $i started (pid $!), API $scheme://127.0.0.1:$((api_base + i)), log $data/node$i.log"
 done
 
-# Wait until every node answers and one of them leads.
+for i in "${blank[@]}"; do
+  echo "node $i has no data (its directory was lost) but the cluster exists: it runs blank and" >&2
+  echo "  does not vote as the member it was. Replace it (docs/DEPLOY.md, 'More nodes, and" >&2
+  echo "  replacing one'): cluster remove $i, then add a node with a new id." >&2
+done
+
+# Wait until every node (but blank ones) answers and one of them leads.
 deadline=$((SECONDS + 90))
 until
   ready=0
   for i in 1 2 3; do
     curl -fsS "${curl_tls[@]}" -o /dev/null "$scheme://127.0.0.1:$((api_base + i))/ready" 2>/dev/null && ready=$((ready + 1))
   done
-  [ "$ready" -eq 3 ]
+  [ "$ready" -ge $((3 - ${#blank[@]})) ]
 do
   for i in 1 2 3; do
     if ! running "$i"; then
@@ -150,7 +174,11 @@ do
   fi
   sleep 0.3
 done
-leader=$(curl -fsS "${curl_tls[@]}" "$scheme://127.0.0.1:$((api_base + 1))/v1/cluster?local=true" ${SQ_API_KEY:+-H "Authorization: Bearer $SQ_API_KEY"} | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
+ask=1
+for i in 1 2 3; do
+  case " ${blank[*]} " in *" $i "*) ;; *) ask=$i; break ;; esac
+done
+leader=$(curl -fsS "${curl_tls[@]}" "$scheme://127.0.0.1:$((api_base + ask))/v1/cluster?local=true" ${SQ_API_KEY:+-H "Authorization: Bearer $SQ_API_KEY"} | sed -n 's/.*"leader":\([0-9]*\).*/\1/p')
 echo "cluster ready: leader is node ${leader:-?}; try: curl -s ${curl_tls[*]:+${curl_tls[*]} }$scheme://127.0.0.1:$((api_base + 1))/v1/cluster"
 if $tls; then
   echo "TLS: API over https, mutual TLS between nodes; clients trust $tls_dir/ca.pem:"

@@ -61,11 +61,31 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
 
     /// The members of a brand-new cluster, `ID=API_ADDR/PEER_ADDR,...`. A node with
-    /// empty storage that is listed here initialises the cluster with these members;
-    /// every listed node may be given the same value. Ignored once the node has state.
+    /// empty storage that is listed here initialises the cluster with these members
+    /// when --initial-cluster-state is `new`; every listed node is given the same
+    /// value. Ignored once the node has state.
     /// Leave unset on a node that will be added with `cluster add`.
     #[arg(long, env = "SQ_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+
+    /// How a node with an empty data directory starts: `new` creates the cluster of
+    /// --initial-cluster (give it to every initial member, on the first start only);
+    /// `existing` joins only when added through membership, as a new learner, and
+    /// never votes before. A node with data ignores it. A node whose data was lost
+    /// and whose old peers remember it does not bootstrap even under `new`.
+    #[arg(
+        long,
+        env = "SQ_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "existing"
+    )]
+    pub initial_cluster_state: crate::raft::bootstrap::ClusterState,
+
+    /// Goes into the cluster id a bootstrap makes (with the cluster name and the
+    /// members), so two clusters with the same members get different ids; give
+    /// every initial member the same value (e.g. a random one per new cluster).
+    #[arg(long, env = "SQ_INITIAL_CLUSTER_TOKEN", default_value = "")]
+    pub initial_cluster_token: String,
 
     /// The cluster's name, recorded in the data directory so a node never starts on
     /// another cluster's data.
@@ -303,6 +323,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("advertise_peer", &self.advertise_peer)
             .field("data_dir", &self.data_dir)
             .field("initial_cluster", &self.initial_cluster)
+            .field("initial_cluster_state", &self.initial_cluster_state)
+            .field("initial_cluster_token", &self.initial_cluster_token)
             .field("cluster_name", &self.cluster_name)
             .field("cluster_secret", &"<redacted>")
             .field("cluster_secret_file", &self.cluster_secret_file)

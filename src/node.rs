@@ -1,6 +1,7 @@
 //! A node: opens its storage, starts Raft, the proposer, the peer channel and the
-//! public API (each over TLS when configured, see [`crate::tls`]), and shuts them
-//! down in order on SIGTERM/SIGINT.
+//! public API (each over TLS when configured, see [`crate::tls`]), then applies the
+//! bootstrap rules ([`crate::raft::bootstrap`]), and shuts them down in order on
+//! SIGTERM/SIGINT.
 //!
 //! [`Node`] is what the API handlers hold: the Raft handle and proposer for writes,
 //! the applied-state reader for reads, the peer client for the leader's read index.
@@ -14,11 +15,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::{parse_members, NodeConfig};
+use crate::raft::bootstrap::{self, Bootstrap};
+use crate::raft::identity::{derive_cluster_id, ClusterIdentity};
 use crate::raft::network::{Network, PeerClient};
+use crate::raft::peer_auth::PeerAuth;
 use crate::raft::proposer::{Proposer, ProposerConfig};
 use crate::raft::types::{NodeId, Raft};
 use crate::store::AppliedState;
-use crate::{api, listener, peer, raft, shutdown, store};
+use crate::{api, listener, peer, shutdown, store};
 
 /// A running node, as its handlers see it.
 pub struct Node {
@@ -29,7 +33,7 @@ pub struct Node {
     pub proposer: Proposer,
     pub peers: PeerClient,
     /// Linearizable reads, sharing read-index rounds.
-    pub reads: Arc<raft::read::Reads>,
+    pub reads: Arc<crate::raft::read::Reads>,
     /// Relays operator calls to the leader's API.
     pub http: reqwest::Client,
     pub metrics: PrometheusHandle,
@@ -149,12 +153,16 @@ pub async fn start(
     let tuning = store::Tuning {
         max_open_files: fds.rocks_files.min(i32::MAX as u64) as i32,
     };
-    let (log_store, state_store) =
+    let (mut log_store, state_store) =
         store::open_tuned(&config.data_dir, id, &config.cluster_name, tuning)
             .await
             .context("opening storage")?;
     let state = state_store.reader();
-    let mut peers = PeerClient::new(config.cluster_secret.clone());
+    let pristine = is_pristine(&mut log_store).await?;
+    let identity = Arc::new(
+        ClusterIdentity::open(id, config.data_dir.clone()).context("reading the cluster id")?,
+    );
+    let mut peers = PeerClient::new(config.cluster_secret.clone()).with_identity(identity.clone());
     if let Some(client) = tls.peer_client.clone() {
         peers = peers.with_tls(client);
     }
@@ -174,14 +182,11 @@ pub async fn start(
     .await
     .context("starting raft")?;
 
-    if let Some(spec) = &config.initial_cluster {
-        let members = parse_members(spec)?;
-        if members.contains_key(&id) && raft::bootstrap(&raft, members).await? {
-            tracing::info!("initialised a new cluster");
-        }
-    }
-
     let mut tasks = JoinSet::new();
+    tasks.spawn(crate::raft::identity::follow_membership(
+        identity.clone(),
+        raft.clone(),
+    ));
     let proposer = Proposer::start(
         id,
         raft.clone(),
@@ -207,7 +212,7 @@ pub async fn start(
         id,
         config: config.clone(),
         raft: raft.clone(),
-        reads: raft::read::Reads::new(id, raft.clone(), peers.clone(), state.clone()),
+        reads: crate::raft::read::Reads::new(id, raft.clone(), peers.clone(), state.clone()),
         state,
         proposer: proposer.clone(),
         peers,
@@ -220,8 +225,10 @@ pub async fn start(
         id,
         raft: raft.clone(),
         proposer,
-        secret: config.cluster_secret.clone(),
+        auth: PeerAuth::new(id, &config.cluster_secret),
+        identity: identity.clone(),
         write_timeout: config.write_timeout(),
+        refused_logged: Default::default(),
     }));
     let api_app = api::router(node.clone());
     tracing::info!(
@@ -256,11 +263,42 @@ pub async fn start(
         tls.api.clone(),
         stop.clone(),
     ));
+    // After the peer listener serves: bootstrapping asks the other initial members.
+    let members = match &config.initial_cluster {
+        Some(spec) => parse_members(spec)?,
+        None => Default::default(),
+    };
+    let boot = Bootstrap {
+        raft: raft.clone(),
+        identity,
+        peers: node.peers.clone(),
+        state: config.initial_cluster_state,
+        cluster_id: derive_cluster_id(
+            &config.cluster_name,
+            &config.initial_cluster_token,
+            &members,
+        ),
+        members,
+        pristine,
+    };
+    tasks.spawn(async move {
+        if let Err(e) = bootstrap::start(boot).await {
+            tracing::error!(error = %e, "bootstrap failed");
+        }
+    });
     Ok(Running {
         node,
         servers,
         tasks,
     })
+}
+
+/// Whether storage holds no vote and no log (a node that never took part).
+async fn is_pristine(log: &mut store::LogStore) -> anyhow::Result<bool> {
+    use openraft::storage::RaftLogStorage;
+    let vote = log.read_vote().await.context("reading the vote")?;
+    let state = log.get_log_state().await.context("reading the log state")?;
+    Ok(vote.is_none() && state.last_log_id.is_none())
 }
 
 /// The client a node calls other nodes' APIs with (relays to the leader, cluster

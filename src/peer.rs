@@ -2,16 +2,24 @@
 //! can be exposed without exposing Raft.
 //!
 //! Endpoints (bincode bodies, see [`crate::codec`]): Raft's append, vote and snapshot
-//! RPCs, forwarded writes (`propose`) and the leader's read index. A request must
-//! carry the cluster secret (compared in constant time; 401 otherwise) and name this
-//! node as its target (421 otherwise). The client side is [`crate::raft::network`].
+//! RPCs, forwarded writes (`propose`), the leader's read index, a node's status for
+//! a bootstrapping peer, and `hello`, the only one open to anyone: it proves this
+//! node holds the cluster secret without revealing it ([`crate::raft::peer_auth`]).
+//! Every other request must carry a valid session MAC (401 otherwise, before
+//! anything is processed), name this node as its target (421 otherwise) and this
+//! node's cluster id (403 otherwise); every 200 answer is signed.
+//!
+//! A node without a cluster id (an empty data directory) never votes, and takes
+//! entries only from a leader that counts it as a learner, adopting that leader's
+//! cluster id: it joins as a new member, never as the voter it may have been
+//! ([`crate::raft::identity`]). The client side is [`crate::raft::network`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Extension, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -19,11 +27,12 @@ use axum::Router;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 
 use crate::codec;
 use crate::machine::Command;
-use crate::raft::network::{paths, BUDGET_HEADER, SECRET_HEADER, TARGET_HEADER};
+use crate::raft::identity::{role, ClusterIdentity, PeerStatus};
+use crate::raft::network::{paths, BUDGET_HEADER, TARGET_HEADER};
+use crate::raft::peer_auth::{self, Hello, PeerAuth, Signed};
 use crate::raft::proposer::Proposer;
 use crate::raft::read::leader_read_index;
 use crate::raft::types::{NodeId, Raft, TypeConfig};
@@ -37,9 +46,16 @@ pub struct PeerContext {
     pub id: NodeId,
     pub raft: Raft,
     pub proposer: Proposer,
-    pub secret: String,
+    pub auth: PeerAuth,
+    pub identity: Arc<ClusterIdentity>,
     pub write_timeout: Duration,
+    /// When a refusal to act as a wiped voter was last logged (at most every 10 s).
+    pub refused_logged: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// The authenticated sender of a request.
+#[derive(Clone, Copy, Debug)]
+struct Sender(NodeId);
 
 /// The peer channel's routes.
 pub fn router(ctx: Arc<PeerContext>) -> Router {
@@ -49,37 +65,184 @@ pub fn router(ctx: Arc<PeerContext>) -> Router {
         .route(paths::SNAPSHOT, post(snapshot))
         .route(paths::PROPOSE, post(propose))
         .route(paths::READ_INDEX, post(read_index))
+        .route(paths::STATUS, post(status))
         .layer(middleware::from_fn_with_state(ctx.clone(), authenticate))
+        // Open to anyone: it reveals no secret and changes nothing.
+        .route(paths::HELLO, post(hello))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(ctx)
 }
 
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Checks a request's target, MAC, sequence number and cluster id before any
+/// handler sees it, then signs the handler's answer.
 async fn authenticate(
     State(ctx): State<Arc<PeerContext>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let headers = request.headers();
-    let secret = headers
-        .get(SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !bool::from(secret.ct_eq(ctx.secret.as_bytes())) {
-        tracing::warn!(path = %request.uri().path(), "peer request without the cluster secret refused");
-        return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
-    }
-    let target = headers
-        .get(TARGET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<NodeId>().ok());
-    if target != Some(ctx.id) {
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let target = header(&parts.headers, TARGET_HEADER).and_then(|v| v.parse::<NodeId>().ok());
+    if let Some(target) = target.filter(|t| *t != ctx.id) {
         return (
             StatusCode::MISDIRECTED_REQUEST,
-            format!("this is node {}, not {target:?}", ctx.id),
+            format!("this is node {}, not {target}", ctx.id),
         )
             .into_response();
     }
-    next.run(request).await
+    let body = match axum::body::to_bytes(body, MAX_PEER_BODY).await {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+    };
+    let h = &parts.headers;
+    let cluster = header(h, peer_auth::CLUSTER_HEADER).unwrap_or("");
+    let signed = Signed {
+        path: &path,
+        cluster,
+        role: header(h, peer_auth::ROLE_HEADER).unwrap_or(""),
+        budget: header(h, BUDGET_HEADER).unwrap_or(""),
+        body: &body,
+    };
+    let verified = match ctx.auth.verify(
+        header(h, peer_auth::SESSION_HEADER),
+        header(h, peer_auth::FROM_HEADER),
+        header(h, peer_auth::SEQ_HEADER),
+        header(h, peer_auth::MAC_HEADER),
+        &signed,
+    ) {
+        Ok(v) => v,
+        Err(refusal) if refusal == peer_auth::Refusal::UnknownSession => {
+            // Usually a peer whose session predates this process: it says hello again.
+            tracing::info!(path = %path, "peer request {refusal}; refused");
+            return (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response();
+        }
+        Err(refusal) => {
+            tracing::warn!(path = %path, "peer request {refusal}; refused");
+            return (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response();
+        }
+    };
+    // A node of another cluster is refused; a node without an id yet may only ask
+    // for the status (it is bootstrapping).
+    if let Some(ours) = ctx.identity.id() {
+        if cluster != ours && !(cluster.is_empty() && path == paths::STATUS) {
+            tracing::warn!(
+                from = verified.from,
+                theirs = cluster,
+                ours = %ours,
+                "peer request from another cluster refused"
+            );
+            return (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "node {} belongs to another cluster ({ours}, not {cluster:?})",
+                    ctx.id
+                ),
+            )
+                .into_response();
+        }
+    }
+    parts.extensions.insert(Sender(verified.from));
+    let response = next
+        .run(Request::from_parts(parts, Body::from(body)))
+        .await;
+    let (mut parts, body) = response.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    if parts.status == StatusCode::OK {
+        let mac = verified.sign_answer(200, &body);
+        if let Ok(v) = HeaderValue::from_str(&mac) {
+            parts.headers.insert(peer_auth::MAC_HEADER, v);
+        }
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Answers a hello meant for this node with proof that it holds the secret.
+async fn hello(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
+    let hello: Hello = match decode(&body) {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    let ours = ctx.identity.id();
+    if let (Some(ours), Some(theirs)) = (&ours, &hello.cluster) {
+        if ours != theirs {
+            tracing::warn!(
+                from = hello.from,
+                theirs = %theirs,
+                ours = %ours,
+                "hello from a node of another cluster refused"
+            );
+            return (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "this node belongs to another cluster ({ours}, not {theirs})"
+                ),
+            )
+                .into_response();
+        }
+    }
+    if hello.to != ctx.id {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this is node {}, not {}", ctx.id, hello.to),
+        )
+            .into_response();
+    }
+    encoded(&ctx.auth.answer_hello(&hello, ours))
+}
+
+/// What a bootstrapping node asks: this node's cluster id, and whether the asker
+/// took part before (then it must not bootstrap again).
+async fn status(State(ctx): State<Arc<PeerContext>>, Extension(Sender(from)): Extension<Sender>) -> Response {
+    encoded(&PeerStatus {
+        cluster: ctx.identity.id(),
+        remembers_you: ctx.identity.remembers(from),
+    })
+}
+
+/// For a node without a cluster id: adopts the leader's if the leader counts this
+/// node as a learner; refuses (409) if it counts it as a voter.
+fn admit_replication(ctx: &PeerContext, headers: &HeaderMap, from: NodeId) -> Result<(), Response> {
+    if ctx.identity.id().is_some() {
+        return Ok(());
+    }
+    let cluster = header(headers, peer_auth::CLUSTER_HEADER).unwrap_or("");
+    let role = header(headers, peer_auth::ROLE_HEADER).unwrap_or("");
+    if role == role::LEARNER && !cluster.is_empty() {
+        return match ctx.identity.adopt(cluster) {
+            Ok(()) => {
+                tracing::info!(leader = from, cluster, "joined the cluster as a learner");
+                Ok(())
+            }
+            Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e).into_response()),
+        };
+    }
+    let message = format!(
+        "node {id} has an empty data directory (no cluster id), but leader {from} counts it as a \
+         {role}: it will not act as the member it may have been (its log and votes are lost). \
+         Replace it: remove member {id}, start a node with a new id and an empty data directory \
+         (--initial-cluster-state existing), and add that one (docs/DEPLOY.md)",
+        id = ctx.id,
+        role = if role.is_empty() { "member" } else { role },
+    );
+    if role == role::VOTER {
+        let mut logged = ctx.refused_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *logged = Some(std::time::Instant::now());
+            tracing::error!("{message}");
+        }
+    } else {
+        // Not (yet) in the leader's membership view: a learner being added is
+        // replicated to as its membership entry is appended.
+        tracing::debug!("{message}");
+    }
+    Err((StatusCode::CONFLICT, message).into_response())
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
@@ -91,7 +254,15 @@ fn encoded<T: Serialize>(value: &T) -> Response {
     codec::encode(value).into_response()
 }
 
-async fn append(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
+async fn append(
+    State(ctx): State<Arc<PeerContext>>,
+    Extension(Sender(from)): Extension<Sender>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = admit_replication(&ctx, &headers, from) {
+        return refused;
+    }
     let req: AppendEntriesRequest<TypeConfig> = match decode(&body) {
         Ok(r) => r,
         Err(e) => return e,
@@ -100,6 +271,16 @@ async fn append(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
 }
 
 async fn vote(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
+    if ctx.identity.id().is_none() {
+        return (
+            StatusCode::CONFLICT,
+            format!(
+                "node {} has an empty data directory (no cluster id): it does not vote",
+                ctx.id
+            ),
+        )
+            .into_response();
+    }
     let req: VoteRequest<NodeId> = match decode(&body) {
         Ok(r) => r,
         Err(e) => return e,
@@ -107,7 +288,15 @@ async fn vote(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
     encoded(&ctx.raft.vote(req).await)
 }
 
-async fn snapshot(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
+async fn snapshot(
+    State(ctx): State<Arc<PeerContext>>,
+    Extension(Sender(from)): Extension<Sender>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = admit_replication(&ctx, &headers, from) {
+        return refused;
+    }
     let req: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
         Ok(r) => r,
         Err(e) => return e,

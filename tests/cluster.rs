@@ -173,25 +173,39 @@ async fn a_wiped_node_readded_is_brought_up_by_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_channel_refuses_requests_without_the_secret() {
+    use session_queue::codec;
+    use session_queue::raft::peer_auth::{self, Handshake, HelloReply, Signed};
     let cluster = TestCluster::start(3).await;
     let http = reqwest::Client::new();
     let node = &cluster.nodes[0];
     let url = format!("http://127.0.0.1:{}/raft/vote", node.peer_port);
-    let body = session_queue::codec::encode(&());
+    let body = codec::encode(&());
     let r = http.post(&url).body(body.clone()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // The old way, the secret itself in a header, is no longer accepted either.
     let r = http
         .post(&url)
-        .header("x-sq-cluster-secret", "guess")
+        .header("x-sq-cluster-secret", &cluster.secret)
         .body(body.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    // The right secret but the wrong node.
+    // A made-up session.
     let r = http
         .post(&url)
-        .header("x-sq-cluster-secret", &cluster.secret)
+        .header(peer_auth::SESSION_HEADER, "00".repeat(32))
+        .header(peer_auth::FROM_HEADER, "2")
+        .header(peer_auth::SEQ_HEADER, "0")
+        .header(peer_auth::MAC_HEADER, "00".repeat(32))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Meant for another node.
+    let r = http
+        .post(&url)
         .header("x-sq-target-node", "7")
         .body(body.clone())
         .send()
@@ -200,22 +214,61 @@ async fn the_peer_channel_refuses_requests_without_the_secret() {
     assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
     // A forged forwarded write is refused too, and creates nothing.
     let propose = format!("http://127.0.0.1:{}/peer/propose", node.peer_port);
-    let r = http.post(&propose).body(body).send().await.unwrap();
+    let r = http.post(&propose).body(body.clone()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    // With the secret and the right target, the channel answers.
+
+    // A hello for another node is refused; one for this node proves the secret.
+    let hello_url = format!("http://127.0.0.1:{}/peer/hello", node.peer_port);
+    let wrong = Handshake::new(99, 7, None);
     let r = http
-        .post(&url)
-        .header("x-sq-cluster-secret", &cluster.secret)
-        .header("x-sq-target-node", node.id.to_string())
-        .body(session_queue::codec::encode(&()))
+        .post(&hello_url)
+        .body(codec::encode(&wrong.hello))
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    let hs = Handshake::new(99, node.id, None);
+    let r = http
+        .post(&hello_url)
+        .body(codec::encode(&hs.hello))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let reply: HelloReply = codec::decode(&r.bytes().await.unwrap()).unwrap();
+    assert!(
+        hs.finish(b"a-wrong-secret-0123456789", &reply).is_err(),
+        "the proof is bound to the secret"
+    );
+    let (session, cluster_id) = hs.finish(cluster.secret.as_bytes(), &reply).unwrap();
+    let cluster_id = cluster_id.expect("a bootstrapped node has a cluster id");
+    // Signed with the session: authenticated, then refused as undecodable.
+    let signed = |cluster: &str| {
+        let (seq, mac) = session.sign(&Signed {
+            path: "/raft/vote",
+            cluster,
+            role: "",
+            budget: "",
+            body: &body,
+        });
+        http.post(&url)
+            .header(peer_auth::SESSION_HEADER, &session.token)
+            .header(peer_auth::FROM_HEADER, "99")
+            .header(peer_auth::SEQ_HEADER, seq.to_string())
+            .header(peer_auth::MAC_HEADER, mac)
+            .header(peer_auth::CLUSTER_HEADER, cluster)
+            .header(peer_auth::ROLE_HEADER, "")
+            .body(body.clone())
+    };
+    let r = signed(&cluster_id).send().await.unwrap();
     assert_eq!(
         r.status(),
         StatusCode::BAD_REQUEST,
         "authenticated, then refused as undecodable"
     );
+    // The same request from a node of another cluster is refused.
+    let r = signed("another-cluster").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ use super::wire::AddMember;
 use super::{ApiError, JsonBody, QueryParams};
 use crate::machine::TaskState;
 use crate::node::Node;
+use crate::raft::network::PeerError;
 use crate::raft::types::NodeAddr;
 use crate::raft::{self, MembershipError};
 
@@ -233,8 +234,11 @@ pub async fn add_member(
         api: body.api.clone(),
         peer: body.peer.clone(),
     };
-    let value = serde_json::json!({"id": body.id, "api": body.api, "peer": body.peer});
-    let change = raft::add_member(&node.raft, body.id, addr);
+    let value = serde_json::to_value(&body).expect("serialisable");
+    let change = async {
+        prove_member(&node, body.id, &addr).await?;
+        raft::add_member(&node.raft, body.id, addr.clone()).await
+    };
     on_leader(
         &node,
         &headers,
@@ -244,6 +248,30 @@ pub async fn add_member(
         change,
     )
     .await
+}
+
+/// Before a node becomes a member (and the leader replicates to it): it must prove
+/// it holds the cluster secret and belong to no other cluster. A made-up address
+/// is refused here and gets nothing but a hello.
+/// A node that does not answer yet (it may be starting) is asked again for ten
+/// seconds.
+async fn prove_member(node: &Node, id: u64, addr: &NodeAddr) -> Result<(), MembershipError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let error = match node.peers.hello(id, &addr.peer, Duration::from_secs(2)).await {
+            Ok(_) => return Ok(()),
+            Err(e @ PeerError::Unreachable(..)) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the node to add does not answer yet");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            Err(e) => e,
+        };
+        return Err(MembershipError::Refused(format!(
+            "node {id} at {} was not added: {error}",
+            addr.peer
+        )));
+    }
 }
 
 /// Removes a node online.

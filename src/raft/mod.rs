@@ -4,9 +4,12 @@
 //! cluster membership.
 
 pub mod admission;
+pub mod bootstrap;
 pub mod clock;
+pub mod identity;
 pub mod network;
 pub mod outcome;
+pub mod peer_auth;
 pub mod proposal;
 pub mod proposer;
 pub mod read;
@@ -20,8 +23,9 @@ use openraft::ChangeMembers;
 use types::{NodeAddr, NodeId, Raft};
 
 /// Initialises a brand-new cluster with `members` if this node's storage is pristine.
-/// Several nodes may do this with the same members: openraft makes it safe.
-pub async fn bootstrap(raft: &Raft, members: BTreeMap<NodeId, NodeAddr>) -> anyhow::Result<bool> {
+/// Several nodes may do this with the same members: openraft makes it safe. When to
+/// call it is [`bootstrap::start`]'s business.
+pub async fn bootstrap_raft(raft: &Raft, members: BTreeMap<NodeId, NodeAddr>) -> anyhow::Result<bool> {
     match raft.initialize(members).await {
         Ok(()) => Ok(true),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),

@@ -2,11 +2,15 @@
 //! requests to other nodes, over pooled keep-alive HTTP connections with bincode
 //! bodies.
 //!
-//! Every request carries the cluster secret and the id of the node it is meant for;
-//! the receiver refuses a wrong secret (401) and a request meant for another node
-//! (421), so a node restarted at a reused address is never mistaken for its
-//! predecessor. With peer TLS ([`PeerClient::with_tls`]) the requests go over
-//! mutual TLS. The server side is [`crate::peer`].
+//! The cluster secret never leaves the node: before its first request to an address
+//! the client says hello and requires proof that the other end holds the secret
+//! (see [`super::peer_auth`]); then every request carries a MAC, the sender's cluster
+//! id, and the id of the node it is meant for, and every answer is checked against
+//! its MAC. A made-up address gets a hello and nothing else. The receiver refuses a
+//! request meant for another node (421), so a node restarted at a reused address is
+//! never mistaken for its predecessor. With peer TLS
+//! ([`PeerClient::with_tls`]) the requests go over mutual TLS. The server side is
+//! [`crate::peer`].
 //!
 //! Replication gets a timeout of its own. openraft 0.9 bounds every AppendEntries
 //! call with the heartbeat interval (`replication/mod.rs`: `C::timeout(heartbeat,
@@ -30,6 +34,8 @@
 //! timeout whatever the entries' sizes, as long as the link moves
 //! `--max-replication-bytes` within it.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
@@ -46,11 +52,11 @@ use serde::Serialize;
 
 use tokio::task::JoinHandle;
 
+use super::identity::ClusterIdentity;
+use super::peer_auth::{self, ClientSession, Handshake, Signed};
 use super::types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 use crate::codec;
 
-/// Header carrying the cluster secret.
-pub const SECRET_HEADER: &str = "x-sq-cluster-secret";
 /// Header naming the node a request is meant for.
 pub const TARGET_HEADER: &str = "x-sq-target-node";
 /// Header carrying the time budget of a forwarded write, ms.
@@ -63,6 +69,8 @@ pub mod paths {
     pub const SNAPSHOT: &str = "/raft/snapshot";
     pub const PROPOSE: &str = "/peer/propose";
     pub const READ_INDEX: &str = "/peer/read-index";
+    pub const HELLO: &str = "/peer/hello";
+    pub const STATUS: &str = "/peer/status";
 }
 
 /// Why a peer request failed.
@@ -86,6 +94,10 @@ pub enum PeerError {
 pub struct PeerClient {
     http: reqwest::Client,
     secret: String,
+    /// This node's identity; set by [`PeerClient::with_identity`].
+    identity: Option<Arc<ClusterIdentity>>,
+    /// Sessions proven by a hello, by target and address.
+    sessions: Arc<Mutex<HashMap<(NodeId, String), Arc<ClientSession>>>>,
     /// `http`, or `https` with mutual TLS ([`PeerClient::with_tls`]).
     scheme: &'static str,
 }
@@ -110,6 +122,8 @@ impl PeerClient {
             http: peer_http(None),
             secret,
             scheme: "http",
+            identity: None,
+            sessions: Default::default(),
         }
     }
 
@@ -124,6 +138,10 @@ impl PeerClient {
     }
 
     /// POSTs an encoded `req` to `path` on `target` and decodes the answer.
+    ///
+    /// Says hello first if no session with `target` at `addr` is proven; a request
+    /// the peer refuses as unauthenticated (401: it restarted and forgot the session)
+    /// was not processed, so it is sent once more in a new session.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         target: NodeId,
@@ -133,44 +151,245 @@ impl PeerClient {
         timeout: Duration,
         budget: Option<Duration>,
     ) -> Result<Resp, PeerError> {
+        let body = codec::encode(req);
+        let budget = budget.map(|b| b.as_millis().to_string());
+        let mut retried = false;
+        loop {
+            let session = self.session(target, addr, timeout).await?;
+            match self
+                .send(&session, target, addr, path, &body, timeout, budget.as_deref())
+                .await
+            {
+                Err(Sent::Unauthenticated(text)) => {
+                    self.forget(target, addr);
+                    if retried {
+                        return Err(PeerError::Unreachable(
+                            target,
+                            format!("refused our session: {text}"),
+                        ));
+                    }
+                    retried = true;
+                }
+                Err(Sent::Other(e)) => return Err(e),
+                Ok(bytes) => {
+                    return codec::decode(&bytes)
+                        .map_err(|e| PeerError::Failed(target, format!("bad response: {e}")))
+                }
+            }
+        }
+    }
+}
+
+/// What became of a signed request.
+enum Sent {
+    /// 401: not processed; a new session may send it again.
+    Unauthenticated(String),
+    Other(PeerError),
+}
+
+impl PeerClient {
+    /// The client of a node with this identity (its id and cluster id go with every
+    /// request).
+    pub fn with_identity(mut self, identity: Arc<ClusterIdentity>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    fn identity(&self) -> &ClusterIdentity {
+        self.identity
+            .as_deref()
+            .expect("PeerClient::with_identity before the first call")
+    }
+
+    fn url(&self, addr: &str, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme)
+    }
+
+    fn forget(&self, target: NodeId, addr: &str) {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(target, addr.to_string()));
+    }
+
+    /// The proven session with `target` at `addr`, saying hello if there is none.
+    async fn session(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Arc<ClientSession>, PeerError> {
+        let key = (target, addr.to_string());
+        if let Some(s) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(s.clone());
+        }
+        let (session, _) = self.hello(target, addr, timeout).await.map_err(|e| match e {
+            // Not proven: nothing was sent; openraft backs off as for an unreachable peer.
+            PeerError::Refused(t, _, why) => PeerError::Unreachable(t, why),
+            e => e,
+        })?;
+        let session = Arc::new(session);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, session.clone());
+        Ok(session)
+    }
+
+    /// Says hello to `target` at `addr`: succeeds only if the answer proves the
+    /// secret (and names no other cluster); gives the session and the peer's
+    /// cluster id. Nothing but a nonce and ids is sent. Fails `Unreachable` when no
+    /// answer came, `Refused` when the answer proved nothing or was a refusal.
+    pub async fn hello(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<(ClientSession, Option<String>), PeerError> {
+        let identity = self.identity();
+        let hs = Handshake::new(identity.me(), target, identity.id());
+        let unproven = |why: String| {
+            warn_unproven(target, addr, &why);
+            PeerError::Refused(target, 401, why)
+        };
+        let resp = self
+            .http
+            .post(self.url(addr, paths::HELLO))
+            .header(TARGET_HEADER, target.to_string())
+            .timeout(timeout.min(Duration::from_secs(2)))
+            .body(codec::encode(&hs.hello))
+            .send()
+            .await
+            .map_err(|e| PeerError::Unreachable(target, e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| PeerError::Unreachable(target, e.to_string()))?;
+        if !status.is_success() {
+            return Err(unproven(format!(
+                "hello refused ({status}): {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        let reply: peer_auth::HelloReply = codec::decode(&bytes)
+            .map_err(|e| {
+                unproven(format!(
+                    "no proof that it holds the cluster secret (an undecodable answer to hello: {e})"
+                ))
+            })?;
+        hs.finish(self.secret.as_bytes(), &reply)
+            .map_err(|e| unproven(e.to_string()))
+    }
+
+    /// Sends one signed request in `session`; the answer's bytes once its MAC checks.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        session: &ClientSession,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+        budget: Option<&str>,
+    ) -> Result<Vec<u8>, Sent> {
+        let identity = self.identity();
+        let cluster = identity.id().unwrap_or_default();
+        let role = if path == paths::APPEND || path == paths::SNAPSHOT {
+            identity.role_of(target)
+        } else {
+            ""
+        };
+        let (seq, mac) = session.sign(&Signed {
+            path,
+            cluster: &cluster,
+            role,
+            budget: budget.unwrap_or(""),
+            body,
+        });
         let mut builder = self
             .http
-            .post(format!("{}://{addr}{path}", self.scheme))
-            .header(SECRET_HEADER, &self.secret)
+            .post(self.url(addr, path))
+            .header(peer_auth::SESSION_HEADER, &session.token)
+            .header(peer_auth::FROM_HEADER, identity.me().to_string())
+            .header(peer_auth::SEQ_HEADER, seq.to_string())
+            .header(peer_auth::MAC_HEADER, mac)
+            .header(peer_auth::CLUSTER_HEADER, &cluster)
+            .header(peer_auth::ROLE_HEADER, role)
             .header(TARGET_HEADER, target.to_string())
             .timeout(timeout)
-            .body(codec::encode(req));
+            .body(body.to_vec());
         if let Some(budget) = budget {
-            builder = builder.header(BUDGET_HEADER, budget.as_millis().to_string());
+            builder = builder.header(BUDGET_HEADER, budget);
         }
         let resp = builder.send().await.map_err(|e| {
-            if e.is_connect() {
+            Sent::Other(if e.is_connect() {
                 PeerError::Unreachable(target, e.to_string())
             } else {
                 PeerError::Failed(target, e.to_string())
-            }
+            })
         })?;
         let status = resp.status();
-        let body = resp
+        let answer_mac = resp
+            .headers()
+            .get(peer_auth::MAC_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp
             .bytes()
             .await
-            .map_err(|e| PeerError::Failed(target, e.to_string()))?;
+            .map_err(|e| Sent::Other(PeerError::Failed(target, e.to_string())))?;
+        if status.as_u16() == 401 {
+            return Err(Sent::Unauthenticated(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body);
+            let text = String::from_utf8_lossy(&bytes);
             // The peer's handlers answer every request they process with 200 and an
             // encoded result, so any other status was given before processing: the
-            // wrong node, a bad secret or overload (another node, or later, may take
-            // it), or a request this peer can never take (400, 413, ...).
-            if matches!(status.as_u16(), 401 | 421 | 503) {
-                return Err(PeerError::Unreachable(target, format!("{status}: {text}")));
+            // wrong node or overload (another node, or later, may take it), or a
+            // request this peer can never take (400, 403 another cluster, 409 a
+            // node without data addressed as a voter, 413, ...).
+            if matches!(status.as_u16(), 421 | 503) {
+                return Err(Sent::Other(PeerError::Unreachable(
+                    target,
+                    format!("{status}: {text}"),
+                )));
             }
-            return Err(PeerError::Refused(
+            return Err(Sent::Other(PeerError::Refused(
                 target,
                 status.as_u16(),
                 text.into_owned(),
-            ));
+            )));
         }
-        codec::decode(&body).map_err(|e| PeerError::Failed(target, format!("bad response: {e}")))
+        if !session.verify_answer(seq, status.as_u16(), &bytes, answer_mac.as_deref()) {
+            // Processed or not, the answer cannot be trusted.
+            return Err(Sent::Other(PeerError::Failed(
+                target,
+                "the answer's MAC is wrong".into(),
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+/// Logs that a peer did not prove the secret, at most every ten seconds (openraft
+/// retries an unreachable peer several times a second).
+fn warn_unproven(target: NodeId, addr: &str, why: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let now = START.get_or_init(std::time::Instant::now).elapsed().as_secs() + 10;
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + 10 && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        tracing::warn!(target, addr, reason = why, "peer not trusted: nothing but a hello was sent to it");
     }
 }
 
@@ -367,6 +586,11 @@ impl Connection {
         let response = result
             .map_err(rpc_error)?
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
+        if matches!(response, AppendEntriesResponse::Success) {
+            // It holds entries now: remembered, so a wiped copy of it cannot
+            // bootstrap again (see `identity`).
+            self.client.identity().saw_participant(self.target);
+        }
         Ok(match (response, cut) {
             // The follower holds the prefix sent: openraft sends the rest from there.
             (AppendEntriesResponse::Success, Some(last)) => {
@@ -407,7 +631,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        self.rpc(paths::VOTE, &rpc, &option).await
+        let response: VoteResponse<NodeId> = self.rpc(paths::VOTE, &rpc, &option).await?;
+        if response.vote_granted {
+            self.client.identity().saw_participant(self.target);
+        }
+        Ok(response)
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

@@ -29,6 +29,7 @@
 
 mod event_window;
 mod install;
+pub mod cluster_file;
 mod log_store;
 mod miner_changes;
 mod snapshot;

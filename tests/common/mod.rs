@@ -1,7 +1,9 @@
 //! `TestCluster`: real node processes of the `session-queue` binary on loopback ports
 //! chosen free at run time, with their data in a temporary directory, and the faults
-//! a test needs: SIGKILL, SIGSTOP/SIGCONT, restart, wipe. Everything is killed and
-//! deleted when the cluster is dropped.
+//! a test needs: SIGKILL, SIGSTOP/SIGCONT, restart, wipe, and a replacement under a
+//! new id. The first start creates the cluster (`--initial-cluster-state new`), a
+//! restart runs as `cluster/up.sh` restarts a node (`existing`). Everything is
+//! killed and deleted when the cluster is dropped.
 //!
 //! Started with a [`netns::NetLab`] ([`TestCluster::start_with_net`]), each node runs
 //! in a network namespace of its own with its own address, and links between nodes
@@ -84,6 +86,8 @@ pub struct TestCluster {
     /// The nodes' network namespaces, when they run in them.
     pub net: Option<netns::NetLab>,
     members: String,
+    /// The smallest id no node has had (ids are never reused).
+    next_id: u64,
 }
 
 /// `n` distinct free ports (the listeners are held until all are chosen, so the
@@ -176,15 +180,19 @@ impl TestCluster {
             options,
             net,
             members,
+            next_id: 0,
         };
         for i in 0..cluster.nodes.len() {
-            cluster.spawn(i, true);
+            cluster.spawn(i, Some("new"));
         }
         cluster.wait_for_leader(Duration::from_secs(30)).await;
         cluster
     }
 
-    fn spawn(&mut self, i: usize, initial: bool) {
+    /// Starts node `i`'s process; with `state`, as a member of `--initial-cluster`
+    /// with that `--initial-cluster-state` (`new` creates the cluster, `existing`
+    /// is how a restart runs, as `cluster/up.sh` does it).
+    fn spawn(&mut self, i: usize, state: Option<&str>) {
         let node = &self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -226,8 +234,11 @@ impl TestCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
-        if initial {
-            cmd.arg("--initial-cluster").arg(&self.members);
+        if let Some(state) = state {
+            cmd.arg("--initial-cluster")
+                .arg(&self.members)
+                .arg("--initial-cluster-state")
+                .arg(state);
         }
         if let Some(key) = &self.options.api_key {
             cmd.env("SQ_API_KEY", key);
@@ -363,10 +374,36 @@ impl TestCluster {
         }
     }
 
-    /// Starts a stopped node again on its data.
+    /// Starts a stopped node again on its data, as `cluster/up.sh` restarts a node
+    /// (`--initial-cluster-state existing`).
     pub fn restart(&mut self, i: usize) {
+        self.restart_as(i, "existing");
+    }
+
+    /// Starts a stopped node again with this `--initial-cluster-state` (`new` is the
+    /// command line that created the cluster, as a container keeps it).
+    pub fn restart_as(&mut self, i: usize, state: &str) {
         self.kill(i);
-        self.spawn(i, true);
+        self.spawn(i, Some(state));
+    }
+
+    /// Gives the stopped, wiped node `i` a new id never used before (a replacement
+    /// at the same address and data directory); returns it. Start it with
+    /// [`TestCluster::start_joining`] and add it through membership.
+    pub fn renumber(&mut self, i: usize) -> u64 {
+        assert!(self.nodes[i].child.is_none(), "stop the node first");
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let id = id.max(self.next_id);
+        self.next_id = id + 1;
+        self.nodes[i].id = id;
+        id
+    }
+
+    /// Starts node `i` as a node to be added through membership (no
+    /// `--initial-cluster`).
+    pub fn start_joining(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i, None);
     }
 
     /// Deletes a stopped node's data.
@@ -375,13 +412,20 @@ impl TestCluster {
             self.nodes[i].child.is_none(),
             "stop the node before wiping it"
         );
-        let _ = std::fs::remove_dir_all(&self.nodes[i].data_dir);
+        let dir = &self.nodes[i].data_dir;
+        let _ = std::fs::remove_dir_all(dir);
+        // A mount point (a power-loss disk) stays, emptied: make the removals
+        // durable, or a later power loss would bring the old files back.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
 
     /// Adds a brand-new node process (not yet a member); returns its index.
     pub fn spawn_new(&mut self) -> usize {
         assert!(self.net.is_none(), "spawn_new runs nodes on loopback only");
-        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let id = (self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1).max(self.next_id);
+        self.next_id = id + 1;
         let data_root = self
             .options
             .data_root
@@ -400,7 +444,7 @@ impl TestCluster {
             paused: false,
         });
         let i = self.nodes.len() - 1;
-        self.spawn(i, false);
+        self.spawn(i, None);
         i
     }
 

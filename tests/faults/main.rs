@@ -229,6 +229,8 @@ async fn run(config: RunConfig) -> checker::Report {
     let options = Options {
         nodes: config.nodes,
         flags: vec!["--snapshot-entries=1000".into()],
+        // The `wipe` fault replaces the wiped node through membership.
+        env: vec![("SQ_ADMIN_KEY".into(), nemesis::ADMIN_KEY.into())],
         data_root: config.disks.as_ref().map(LossyDisks::root),
         ..Options::default()
     };
@@ -383,7 +385,12 @@ async fn run(config: RunConfig) -> checker::Report {
     }
     // The nodes go before their disks (the nemesis holds those).
     drop(cluster);
+    let problems = std::mem::take(&mut nemesis.problems);
     drop(nemesis);
+    assert!(
+        problems.is_empty(),
+        "the nemesis saw what must not happen: {problems:#?}"
+    );
     report
 }
 

@@ -17,7 +17,13 @@
 //! - `power-loss`: a random node loses power: SIGKILL, and its disk (a lossyfs
 //!   mount, [`crate::common::lossy`]) drops every write, create, rename and unlink
 //!   it did not fsync; restarted on what is left;
-//! - `power-loss-all`: every node at once loses power, then all restart.
+//! - `power-loss-all`: every node at once loses power, then all restart;
+//! - `wipe`: a follower is killed, its data directory wiped, and it is restarted
+//!   under its old id as `cluster/up.sh` would (`--initial-cluster-state
+//!   existing`): it must not vote nor take entries as the voter it was (its term
+//!   stays 0, else the run fails). Healing is docs/DEPLOY.md's replacement: the old
+//!   id is removed, and a node with a new id, the same address and an empty
+//!   directory is added through membership (the cluster's admin key, [`ADMIN_KEY`]).
 //!
 //! `isolate` to `bridge` need the network namespaces of [`crate::common::netns`],
 //! the power losses need lossyfs disks; without them those kinds are skipped. The order is shuffled round by round from a seed,
@@ -46,10 +52,14 @@ pub enum Fault {
     Bridge,
     PowerLoss,
     PowerLossAll,
+    Wipe,
 }
 
+/// The admin key the fault run's nodes are started with (membership changes).
+pub const ADMIN_KEY: &str = "fault-run-admin-key-0123";
+
 impl Fault {
-    pub const ALL: [Fault; 11] = [
+    pub const ALL: [Fault; 12] = [
         Fault::KillLeader,
         Fault::KillFollower,
         Fault::PauseLeader,
@@ -61,6 +71,7 @@ impl Fault {
         Fault::Bridge,
         Fault::PowerLoss,
         Fault::PowerLossAll,
+        Fault::Wipe,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +87,7 @@ impl Fault {
             Fault::Bridge => "bridge",
             Fault::PowerLoss => "power-loss",
             Fault::PowerLossAll => "power-loss-all",
+            Fault::Wipe => "wipe",
         }
     }
 
@@ -168,6 +180,9 @@ pub struct Nemesis {
     pub injected: std::collections::BTreeMap<&'static str, u64>,
     /// The nodes' power-loss disks, when they run on them.
     disks: Option<LossyDisks>,
+    /// What went wrong that the history's checker cannot see (a wiped node that
+    /// voted, a replacement that could not be made).
+    pub problems: Vec<String>,
 }
 
 impl Nemesis {
@@ -199,6 +214,7 @@ impl Nemesis {
             kinds,
             injected: Default::default(),
             disks,
+            problems: Vec::new(),
         }
     }
 
@@ -259,12 +275,12 @@ impl Nemesis {
                     (vec![self.rng.random_range(0..n)], Duration::ZERO)
                 }
                 Fault::PowerLossAll => ((0..n).collect(), Duration::ZERO),
-                Fault::KillFollower | Fault::PauseFollower => {
+                Fault::KillFollower | Fault::PauseFollower | Fault::Wipe => {
                     (vec![follower(&mut self.rng)], Duration::ZERO)
                 }
             };
             let hold = match fault {
-                Fault::KillLeader | Fault::KillFollower => self.ms(1000, 4000),
+                Fault::KillLeader | Fault::KillFollower | Fault::Wipe => self.ms(1000, 4000),
                 Fault::PowerLoss | Fault::PowerLossAll => self.ms(500, 3000),
                 // Longer than the longest election timeout (2 s).
                 Fault::PauseLeader | Fault::PauseFollower => self.ms(2500, 5000),
@@ -292,6 +308,12 @@ impl Nemesis {
                 Fault::KillLeader | Fault::KillFollower => cluster.kill(targets[0]),
                 Fault::PauseLeader | Fault::PauseFollower => cluster.pause(targets[0]),
                 Fault::Restart => tokio::task::block_in_place(|| cluster.stop(targets[0])),
+                Fault::Wipe => {
+                    cluster.kill(targets[0]);
+                    cluster.wipe(targets[0]);
+                    // As cluster/up.sh restarts a node whose directory is gone.
+                    cluster.restart(targets[0]);
+                }
                 Fault::Isolate | Fault::IsolateLeader => {
                     cluster.net.as_mut().expect("network").isolate(targets[0])
                 }
@@ -331,6 +353,7 @@ impl Nemesis {
                     }
                 }
                 Fault::PauseLeader | Fault::PauseFollower => cluster.resume(targets[0]),
+                Fault::Wipe => self.replace_wiped(cluster, targets[0]).await,
                 Fault::Isolate | Fault::IsolateLeader | Fault::LeaderMinority | Fault::Bridge => {
                     cluster.net.as_mut().expect("network").heal_all()
                 }
@@ -354,6 +377,78 @@ impl Nemesis {
             tokio::time::sleep(self.ms(1000, 2500)).await;
         }
         self.check_crashes(cluster, rec);
+    }
+
+    /// Heals a `wipe`: checks the wiped node never voted nor took entries (its term
+    /// is still 0), then replaces it as docs/DEPLOY.md says: removes its old id,
+    /// starts a node with a new id at the same address on an empty directory
+    /// (`--initial-cluster-state existing`), and adds it through membership.
+    async fn replace_wiped(&mut self, cluster: &mut TestCluster, t: usize) {
+        let old = cluster.nodes[t].id;
+        match cluster.local_view(t).await {
+            Some(v) if v["term"].as_u64() == Some(0) && v["state"] != "leader" => {}
+            Some(v) => self.problems.push(format!(
+                "wiped node {old} took part as the voter it was: {v}"
+            )),
+            None => self
+                .problems
+                .push(format!("wiped node {old} did not answer while blank")),
+        }
+        cluster.kill(t);
+        cluster.wipe(t);
+        let new = cluster.renumber(t);
+        cluster.start_joining(t);
+        let apis: Vec<String> = (0..cluster.nodes.len())
+            .filter(|&i| i != t)
+            .map(|i| cluster.api(i))
+            .collect();
+        let admin = session_queue::client::Client::new(&apis, Some(ADMIN_KEY.to_string()));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut removed = false;
+        let body = serde_json::json!({
+            "id": new,
+            "api": cluster.api(t),
+            "peer": cluster.peer(t),
+        });
+        loop {
+            let step = if removed {
+                admin
+                    .call(reqwest::Method::POST, "/v1/cluster/members", Some(&body), None)
+                    .await
+            } else {
+                admin
+                    .call(
+                        reqwest::Method::DELETE,
+                        &format!("/v1/cluster/members/{old}"),
+                        None,
+                        None,
+                    )
+                    .await
+            };
+            match step {
+                Ok((status, _)) if status.is_success() => {
+                    if removed {
+                        eprintln!("[nemesis] wiped node {old} replaced by node {new}");
+                        return;
+                    }
+                    removed = true;
+                    continue;
+                }
+                Ok((_, v)) if !removed && v.to_string().contains("is not a member") => {
+                    removed = true;
+                    continue;
+                }
+                other => {
+                    if Instant::now() > deadline {
+                        self.problems.push(format!(
+                            "could not replace wiped node {old} by {new}: {other:?}"
+                        ));
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Records and restarts any node that exited on its own.
