@@ -34,7 +34,7 @@ declare -A pid
 start() {
   SQ_CLUSTER_SECRET="$secret" nice "$bin" node --id "$1" \
     --api-addr "127.0.0.1:$((port + $1))" --peer-addr "127.0.0.1:$((port + 100 + $1))" \
-    --data-dir "$dir/node$1" --initial-cluster "$members" \
+    --data-dir "$dir/node$1" --initial-cluster "$members" --initial-cluster-state new \
     --snapshot-entries "${MEM_SNAPSHOT_ENTRIES:-500}" >>"$dir/node$1.log" 2>&1 &
   pid[$1]=$!
 }

@@ -46,7 +46,7 @@ trap stop EXIT
 for i in 1 2 3; do
   SQ_CLUSTER_SECRET="$secret" nice "$bin" node --id "$i" \
     --api-addr "127.0.0.1:$((port + i))" --peer-addr "127.0.0.1:$((port + 100 + i))" \
-    --data-dir "$dir/node$i" --initial-cluster "$members" \
+    --data-dir "$dir/node$i" --initial-cluster "$members" --initial-cluster-state new \
     --snapshot-entries "$snapshots" >"$dir/node$i.log" 2>&1 &
   pids+=($!)
 done

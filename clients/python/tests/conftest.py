@@ -108,6 +108,7 @@ class Cluster:
                     "--peer-addr", f"127.0.0.1:{self.peer_ports[i]}",
                     "--data-dir", str(self.root / f"node{i + 1}"),
                     "--initial-cluster", self.members,
+                    "--initial-cluster-state", "new",
                     *self.node_flags(i),
                 ],
                 stdin=subprocess.DEVNULL,
