@@ -358,7 +358,7 @@ mod tests {
     fn a_snapshot_install_resyncs_readers_and_forgets_the_window() {
         let w = EventWindow::new(100, 0);
         w.record([rec(1, 0, 1)]);
-        let mut rx = w.watch();
+        let rx = w.watch();
         w.reset(500);
         assert!(rx.has_changed().unwrap());
         assert_eq!(w.read(1, SessionId(1)), Read::Resync { index: 500, next: 2 });

@@ -56,6 +56,7 @@ fn workload(batches: u64) -> Vec<Entry> {
         Entry {
             log_id: log_id(2),
             payload: EntryPayload::Normal(Batch {
+                limits: Default::default(),
                 now_ms: 1000,
                 commands: vec![Command::CreateSession(spec())],
             }),
@@ -73,6 +74,7 @@ fn workload(batches: u64) -> Vec<Entry> {
         entries.push(Entry {
             log_id: log_id(3 + b),
             payload: EntryPayload::Normal(Batch {
+                limits: Default::default(),
                 now_ms: 1001 + b,
                 commands: vec![Command::SubmitTasks {
                     session: SessionId(1),
@@ -158,7 +160,7 @@ async fn an_install_cut_short_by_a_stop_is_finished_at_open() {
     // Make the disk look as a stop in the middle of the replacement leaves it: the
     // marker set, the applied id and about half of the records not yet written.
     {
-        let db = open_db(&dir.path().join("db")).unwrap();
+        let db = open_db(&dir.path().join("db"), Tuning::default()).unwrap();
         let raft = db.cf_handle(CF_RAFT).unwrap();
         let current = db
             .get_cf(raft, b"snapshot")
@@ -185,7 +187,7 @@ async fn an_install_cut_short_by_a_stop_is_finished_at_open() {
     );
     drop(follower);
     drop(_flog);
-    let db = open_db(&dir.path().join("db")).unwrap();
+    let db = open_db(&dir.path().join("db"), Tuning::default()).unwrap();
     let raft = db.cf_handle(CF_RAFT).unwrap();
     assert!(
         db.get_cf(raft, KEY_INSTALLING).unwrap().is_none(),
