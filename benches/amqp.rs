@@ -26,7 +26,11 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 #[derive(Parser, Debug)]
 struct Args {
     /// Broker URIs; connections go to them in turn.
-    #[arg(long, value_delimiter = ',', default_value = "amqp://127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "amqp://127.0.0.1:5672/%2f"
+    )]
     uri: Vec<String>,
     /// Connections, each with one message in flight.
     #[arg(short = 'c', long, default_value_t = 1)]
@@ -95,7 +99,10 @@ async fn main() -> anyhow::Result<()> {
     let setup = Connection::connect(&args.uri[0], ConnectionProperties::default()).await?;
     let channel = setup.create_channel().await?;
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     channel
         .queue_declare(
             args.queue.as_str().into(),
@@ -115,7 +122,12 @@ async fn main() -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for i in 0..args.connections {
         let uri = args.uri[i % args.uri.len()].clone();
-        runs.push(tokio::spawn(connection(uri, args.queue.clone(), args.size, until)));
+        runs.push(tokio::spawn(connection(
+            uri,
+            args.queue.clone(),
+            args.size,
+            until,
+        )));
     }
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;

@@ -478,7 +478,9 @@ impl NodeConfig {
         }
         let peer = [&self.peer_tls_cert, &self.peer_tls_key, &self.peer_ca];
         if peer.iter().any(|p| p.is_some()) && !peer.iter().all(|p| p.is_some()) {
-            bail!("--peer-tls-cert, --peer-tls-key and --peer-ca go together: give all three or none");
+            bail!(
+                "--peer-tls-cert, --peer-tls-key and --peer-ca go together: give all three or none"
+            );
         }
         if self.tls_cert.is_none() && self.tls_ca.is_some() {
             bail!("--tls-ca is for a node whose API speaks TLS: give --tls-cert and --tls-key too");
@@ -750,12 +752,22 @@ mod tests {
     #[test]
     fn tls_flags_come_in_sets() {
         let secret = "--cluster-secret=0123456789abcdef";
-        config(&[secret, "--tls-cert=c.pem", "--tls-key=k.pem", "--tls-ca=ca.pem"])
-            .validate()
-            .unwrap();
-        config(&[secret, "--peer-tls-cert=c", "--peer-tls-key=k", "--peer-ca=ca"])
-            .validate()
-            .unwrap();
+        config(&[
+            secret,
+            "--tls-cert=c.pem",
+            "--tls-key=k.pem",
+            "--tls-ca=ca.pem",
+        ])
+        .validate()
+        .unwrap();
+        config(&[
+            secret,
+            "--peer-tls-cert=c",
+            "--peer-tls-key=k",
+            "--peer-ca=ca",
+        ])
+        .validate()
+        .unwrap();
         // The API's CA defaults to the peer CA.
         let both = config(&[
             secret,

@@ -146,7 +146,12 @@ async fn serve_connection<I>(
                 .oneshot(request.map(Body::new))
                 .await
                 .unwrap_or_else(|never: Infallible| match never {});
-            Ok::<_, Infallible>(response.map(|body| Body::new(TrackedBody { body, _guard: guard })))
+            Ok::<_, Infallible>(response.map(|body| {
+                Body::new(TrackedBody {
+                    body,
+                    _guard: guard,
+                })
+            }))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -242,13 +247,18 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Duration::ZERO;
         }
-        Duration::from_millis(self.now_ms().saturating_sub(self.last_ms.load(Ordering::Acquire)))
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Acquire)),
+        )
     }
 
     /// When to look again: the moment the connection would have been idle for
     /// `timeout` if nothing happens meanwhile.
     fn idle_deadline(&self, timeout: Duration) -> Duration {
-        timeout.saturating_sub(self.idle_for()).max(Duration::from_millis(10))
+        timeout
+            .saturating_sub(self.idle_for())
+            .max(Duration::from_millis(10))
     }
 }
 

@@ -309,7 +309,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
             let sans: Vec<&str> = san.iter().map(String::as_str).collect();
             let written = session_queue::tls::certs::generate(&out, &names, &sans)?;
-            println!("CA certificate: {} (key {})", written.ca.display(), written.ca_key.display());
+            println!(
+                "CA certificate: {} (key {})",
+                written.ca.display(),
+                written.ca_key.display()
+            );
             for (name, (cert, key)) in nodes.iter().zip(&written.nodes) {
                 println!("{name}: {} (key {})", cert.display(), key.display());
             }
@@ -407,7 +411,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Cancel { target, task } => {
             let v = target
                 .client()?
-                .ok(Method::POST, &format!("/v1/tasks/{task}/cancel"), None, None)
+                .ok(
+                    Method::POST,
+                    &format!("/v1/tasks/{task}/cancel"),
+                    None,
+                    None,
+                )
                 .await?;
             print(&v)
         }
@@ -622,7 +631,10 @@ fn batch_tasks(text: &str) -> anyhow::Result<Vec<Value>> {
     let items: Vec<(usize, Value)> = if text.trim_start().starts_with('[') {
         let all: Vec<Value> =
             serde_json::from_str(text).context("the batch is not a JSON array")?;
-        all.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect()
+        all.into_iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1, v))
+            .collect()
     } else {
         let mut items = Vec::new();
         for (i, line) in text.lines().enumerate() {

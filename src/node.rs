@@ -315,7 +315,11 @@ impl Node {
     /// The URL of `path` on the API at `addr` (another node's advertised address):
     /// https when this node's API speaks TLS, as every node's must then.
     pub fn api_url(&self, addr: &str, path: &str) -> String {
-        let scheme = if self.config.api_tls() { "https" } else { "http" };
+        let scheme = if self.config.api_tls() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{addr}{path}")
     }
 }

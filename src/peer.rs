@@ -146,9 +146,7 @@ async fn authenticate(
         }
     }
     parts.extensions.insert(Sender(verified.from));
-    let response = next
-        .run(Request::from_parts(parts, Body::from(body)))
-        .await;
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
     let (mut parts, body) = response.into_parts();
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,
@@ -180,9 +178,7 @@ async fn hello(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
             );
             return (
                 StatusCode::FORBIDDEN,
-                format!(
-                    "this node belongs to another cluster ({ours}, not {theirs})"
-                ),
+                format!("this node belongs to another cluster ({ours}, not {theirs})"),
             )
                 .into_response();
         }
@@ -199,7 +195,10 @@ async fn hello(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
 
 /// What a bootstrapping node asks: this node's cluster id, and whether the asker
 /// took part before (then it must not bootstrap again).
-async fn status(State(ctx): State<Arc<PeerContext>>, Extension(Sender(from)): Extension<Sender>) -> Response {
+async fn status(
+    State(ctx): State<Arc<PeerContext>>,
+    Extension(Sender(from)): Extension<Sender>,
+) -> Response {
     encoded(&PeerStatus {
         cluster: ctx.identity.id(),
         remembers_you: ctx.identity.remembers(from),

@@ -76,9 +76,9 @@ pub fn load_key(path: &Path, what: &str) -> anyhow::Result<PrivateKeyDer<'static
 pub fn load_roots(path: &Path, what: &str) -> anyhow::Result<Arc<RootCertStore>> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path, what)? {
-        roots
-            .add(cert)
-            .with_context(|| format!("{what}: {} is not a usable CA certificate", path.display()))?;
+        roots.add(cert).with_context(|| {
+            format!("{what}: {} is not a usable CA certificate", path.display())
+        })?;
     }
     Ok(Arc::new(roots))
 }
@@ -218,7 +218,10 @@ mod tests {
         let w = write_set(dir.path(), &["node1"]);
         let (cert, key) = &w.nodes[0];
         let api = api_server(cert, key).unwrap();
-        assert_eq!(api.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            api.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         peer_server(cert, key, &w.ca).unwrap();
         peer_client(cert, key, &w.ca).unwrap();
         let client = https_client(&w.ca, "--ca-file").unwrap();
@@ -231,20 +234,35 @@ mod tests {
         let w = write_set(dir.path(), &["a", "b"]);
         let missing = dir.path().join("nope.pem");
         let err = format!("{:#}", api_server(&missing, &w.nodes[0].1).unwrap_err());
-        assert!(err.contains("--tls-cert") && err.contains("nope.pem"), "{err}");
+        assert!(
+            err.contains("--tls-cert") && err.contains("nope.pem"),
+            "{err}"
+        );
 
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").unwrap();
         let err = format!("{:#}", api_server(&w.nodes[0].0, &empty).unwrap_err());
-        assert!(err.contains("--tls-key") && err.contains("no private key"), "{err}");
+        assert!(
+            err.contains("--tls-key") && err.contains("no private key"),
+            "{err}"
+        );
         let err = format!("{:#}", https_client(&empty, "--ca-file").unwrap_err());
-        assert!(err.contains("--ca-file") && err.contains("no certificate"), "{err}");
+        assert!(
+            err.contains("--ca-file") && err.contains("no certificate"),
+            "{err}"
+        );
 
         // a's certificate with b's key
-        let err = format!("{:#}", peer_server(&w.nodes[0].0, &w.nodes[1].1, &w.ca).unwrap_err());
+        let err = format!(
+            "{:#}",
+            peer_server(&w.nodes[0].0, &w.nodes[1].1, &w.ca).unwrap_err()
+        );
         assert!(err.contains("does not match"), "{err}");
         // A key given where the CA should be.
-        let err = format!("{:#}", peer_client(&w.nodes[0].0, &w.nodes[0].1, &w.nodes[0].1).unwrap_err());
+        let err = format!(
+            "{:#}",
+            peer_client(&w.nodes[0].0, &w.nodes[0].1, &w.nodes[0].1).unwrap_err()
+        );
         assert!(err.contains("--peer-ca"), "{err}");
     }
 }

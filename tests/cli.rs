@@ -73,13 +73,18 @@ async fn a_closed_pipe_ends_the_client_quietly_and_errors_are_one_line() {
     assert!(stderr.is_empty(), "{stderr}");
 
     // The same read, to a live pipe, prints the task.
-    let output = cli(&cluster, &[0], &["get", task.as_str()]).output().unwrap();
+    let output = cli(&cluster, &[0], &["get", task.as_str()])
+        .output()
+        .unwrap();
     assert_eq!(stdout_json(&output)["id"], task.as_str());
 
     // An unknown task: one line saying so.
     let output = cli(&cluster, &[0], &["get", "t-999999"]).output().unwrap();
     let stderr = one_line_error(&output);
-    assert!(stderr.contains("404") && stderr.contains("not_found"), "{stderr}");
+    assert!(
+        stderr.contains("404") && stderr.contains("not_found"),
+        "{stderr}"
+    );
     // No node at all: one line too.
     let output = Command::new(binary())
         .args(["get", task.as_str(), "--nodes", "127.0.0.1:1"])
@@ -104,9 +109,18 @@ async fn batch_submit_from_json_lines_or_an_array_and_cancel() {
         json!({"payload": b64(b"third"), "idempotency_key": "k-3"}),
     );
     std::fs::write(&file, lines).unwrap();
-    let output = cli(&cluster, &[0], &["submit", session.as_str(), "--batch", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output = cli(
+        &cluster,
+        &[0],
+        &[
+            "submit",
+            session.as_str(),
+            "--batch",
+            file.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
     let ids: Vec<String> = stdout_json(&output)["task_ids"]
         .as_array()
         .unwrap()
@@ -119,14 +133,30 @@ async fn batch_submit_from_json_lines_or_an_array_and_cancel() {
     assert_eq!(first["session_id"], session.as_str());
 
     // A JSON array on stdin, two tasks per request.
-    let mut child = cli(&cluster, &[0], &["submit", session.as_str(), "--batch", "-", "--batch-size", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cli(
+        &cluster,
+        &[0],
+        &[
+            "submit",
+            session.as_str(),
+            "--batch",
+            "-",
+            "--batch-size",
+            "2",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let array = json!(["a", "b", {"payload": b64(b"c")}]).to_string();
-    child.stdin.take().unwrap().write_all(array.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(array.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let more = stdout_json(&output)["task_ids"].as_array().unwrap().clone();
     assert_eq!(more.len(), 3);
@@ -139,16 +169,24 @@ async fn batch_submit_from_json_lines_or_an_array_and_cancel() {
     // A malformed batch is refused before anything is sent.
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "[{\"priority\": 1}]").unwrap();
-    let output = cli(&cluster, &[0], &["submit", session.as_str(), "--batch", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output = cli(
+        &cluster,
+        &[0],
+        &["submit", session.as_str(), "--batch", bad.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
     assert!(one_line_error(&output).contains("task 1"));
 
     // Cancel: the task ends cancelled; a second cancel is a conflict.
-    let output = cli(&cluster, &[0], &["cancel", ids[1].as_str()]).output().unwrap();
+    let output = cli(&cluster, &[0], &["cancel", ids[1].as_str()])
+        .output()
+        .unwrap();
     stdout_json(&output);
     assert_eq!(c.task(&ids[1], "").await.unwrap()["state"], "cancelled");
-    let output = cli(&cluster, &[0], &["cancel", ids[1].as_str()]).output().unwrap();
+    let output = cli(&cluster, &[0], &["cancel", ids[1].as_str()])
+        .output()
+        .unwrap();
     assert!(one_line_error(&output).contains("409"));
     let session_now = c
         .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
@@ -198,7 +236,12 @@ async fn watch_resumes_on_the_next_node_without_missing_or_repeating_an_event() 
     cluster.kill(0);
     let survivors = Client::new(&[cluster.api(1), cluster.api(2)], None);
     for i in 0..3 {
-        submitted.push(survivors.submit(&session, format!("after {i}").as_bytes(), None).await.unwrap());
+        submitted.push(
+            survivors
+                .submit(&session, format!("after {i}").as_bytes(), None)
+                .await
+                .unwrap(),
+        );
     }
     let mut seen = vec![first];
     let start = submitted
@@ -208,8 +251,17 @@ async fn watch_resumes_on_the_next_node_without_missing_or_repeating_an_event() 
     while seen.len() < submitted.len() - start {
         seen.push(next_line(&lines));
     }
-    let tasks: Vec<&str> = seen.iter().map(|v| v["data"]["task_id"].as_str().unwrap()).collect();
-    assert_eq!(tasks, submitted[start..].iter().map(String::as_str).collect::<Vec<_>>());
+    let tasks: Vec<&str> = seen
+        .iter()
+        .map(|v| v["data"]["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tasks,
+        submitted[start..]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
     let ids: Vec<EventId> = seen
         .iter()
         .map(|v| {

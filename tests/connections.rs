@@ -120,7 +120,11 @@ async fn a_flood_of_idle_and_half_sent_connections_under_ulimit_1024_is_survived
     for (n, &i) in others.iter().enumerate() {
         for k in 0..5 {
             let status = submit(&http, &cluster.url(i), &session, &format!("during-{n}-{k}")).await;
-            assert_eq!(status, StatusCode::CREATED, "a write through node {i} during the flood");
+            assert_eq!(
+                status,
+                StatusCode::CREATED,
+                "a write through node {i} during the flood"
+            );
         }
     }
 
@@ -163,11 +167,17 @@ async fn a_flood_of_idle_and_half_sent_connections_under_ulimit_1024_is_survived
         );
     }
     assert!(
-        cluster.metric(flooded, "sq_connections_refused_total").await > 0.0,
+        cluster
+            .metric(flooded, "sq_connections_refused_total")
+            .await
+            > 0.0,
         "the flood went past the connection cap"
     );
     assert!(
-        cluster.metric(flooded, "sq_connections_idle_closed_total").await > 0.0,
+        cluster
+            .metric(flooded, "sq_connections_idle_closed_total")
+            .await
+            > 0.0,
         "the flood's connections were closed as idle"
     );
     let s = cluster

@@ -131,7 +131,12 @@ async fn a_made_up_member_gets_neither_the_secret_nor_an_entry() {
         !contains(&bytes, cluster.secret.as_bytes()),
         "the made-up member received the cluster secret"
     );
-    for path in ["/raft/append", "/raft/vote", "/raft/snapshot", "/peer/propose"] {
+    for path in [
+        "/raft/append",
+        "/raft/vote",
+        "/raft/snapshot",
+        "/peer/propose",
+    ] {
         assert!(!text.contains(path), "the made-up member received {path}");
     }
     assert!(!contains(&bytes, b"before the made-up member"));

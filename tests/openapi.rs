@@ -100,7 +100,10 @@ async fn fetch_document(cluster: &TestCluster, i: usize) -> (Value, PathBuf) {
     let text = response.text().await.unwrap();
     let path = cluster.dir.path().join("openapi.json");
     std::fs::write(&path, &text).unwrap();
-    (serde_json::from_str(&text).expect("the document is JSON"), path)
+    (
+        serde_json::from_str(&text).expect("the document is JSON"),
+        path,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -186,9 +189,23 @@ async fn call(
 async fn fixture(cluster: &TestCluster) -> Fixture {
     let session_body = json!({"redundancy": 1, "ack_timeout_ms": 600000,
         "precommit_timeout_ms": 600000, "commit_timeout_ms": 600000});
-    let session = call(cluster, Method::POST, "/v1/sessions", Some(session_body.clone()), API_KEY).await;
+    let session = call(
+        cluster,
+        Method::POST,
+        "/v1/sessions",
+        Some(session_body.clone()),
+        API_KEY,
+    )
+    .await;
     let session = session["id"].as_str().unwrap().to_string();
-    let other = call(cluster, Method::POST, "/v1/sessions", Some(session_body), API_KEY).await;
+    let other = call(
+        cluster,
+        Method::POST,
+        "/v1/sessions",
+        Some(session_body),
+        API_KEY,
+    )
+    .await;
     let session_to_close = other["id"].as_str().unwrap().to_string();
     let register = |name: &'static str| async move {
         let m = call(
@@ -220,12 +237,22 @@ async fn fixture(cluster: &TestCluster) -> Fixture {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let t = call(cluster, Method::GET, &format!("/v1/tasks/{}", tasks[0]), None, API_KEY).await;
+        let t = call(
+            cluster,
+            Method::GET,
+            &format!("/v1/tasks/{}", tasks[0]),
+            None,
+            API_KEY,
+        )
+        .await;
         if !t["assignments"].as_array().unwrap().is_empty() {
             assert_eq!(t["assignments"][0]["miner_id"], miner.as_str());
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "task never assigned: {t}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task never assigned: {t}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (leaving_miner, leaving_token) = register("leaving-miner").await;

@@ -85,7 +85,10 @@ async fn past_the_proposer_bound_writes_are_429_overloaded_and_nothing_is_writte
             break;
         }
     }
-    assert!(overloaded > 0, "no burst went past a bound of two waiting writes");
+    assert!(
+        overloaded > 0,
+        "no burst went past a bound of two waiting writes"
+    );
     assert!(accepted > 0);
     // Every node holds exactly the acknowledged tasks: the refused ones wrote nothing.
     assert_eq!(
@@ -169,7 +172,12 @@ async fn past_the_clusters_state_bound_new_tasks_are_429_state_full_on_every_nod
     let mut accepted = 0u64;
     let refusal = loop {
         let payload = format!("{accepted}-{}", "p".repeat(10_000));
-        let (status, retry, v) = post(&http, url.clone(), json!({"payload": b64(payload.as_bytes())})).await;
+        let (status, retry, v) = post(
+            &http,
+            url.clone(),
+            json!({"payload": b64(payload.as_bytes())}),
+        )
+        .await;
         match status {
             StatusCode::CREATED => accepted += 1,
             StatusCode::TOO_MANY_REQUESTS => {
@@ -188,7 +196,10 @@ async fn past_the_clusters_state_bound_new_tasks_are_429_state_full_on_every_nod
             .contains("--max-state-bytes"),
         "{refusal}"
     );
-    assert!(accepted >= 10, "about 18 tasks of 10 KB fit in 200 KB: {accepted}");
+    assert!(
+        accepted >= 10,
+        "about 18 tasks of 10 KB fit in 200 KB: {accepted}"
+    );
     assert_eq!(
         submitted_everywhere(&cluster, &session).await,
         vec![accepted; 3]
@@ -196,7 +207,12 @@ async fn past_the_clusters_state_bound_new_tasks_are_429_state_full_on_every_nod
     // The leader refuses alike.
     let leader_url = format!("{}/v1/sessions/{session}/tasks", cluster.url(leader));
     let payload = "q".repeat(10_000);
-    let (status, _, v) = post(&http, leader_url.clone(), json!({"payload": b64(payload.as_bytes())})).await;
+    let (status, _, v) = post(
+        &http,
+        leader_url.clone(),
+        json!({"payload": b64(payload.as_bytes())}),
+    )
+    .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(v["error"]["code"], "state_full", "{v}");
 }
@@ -276,7 +292,11 @@ async fn past_the_waiter_bounds_streams_and_long_polls_are_503() {
             .contains("--max-long-polls"),
         "{refused}"
     );
-    let plain = http.get(format!("{node}/v1/tasks/{task}")).send().await.unwrap();
+    let plain = http
+        .get(format!("{node}/v1/tasks/{task}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(plain.status(), StatusCode::OK, "a read that does not wait");
     let again = http
         .get(format!("{node}/v1/tasks/{task}?wait=completed&timeout=1ms"))

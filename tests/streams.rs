@@ -65,7 +65,8 @@ impl Sse {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open_ws(api: &str, session: &str, query: &str) -> Ws {
     let (ws, response) =
@@ -116,7 +117,11 @@ async fn submit(cluster: &TestCluster, node: usize, session: &str, n: usize) -> 
     let c = cluster.client_of(node);
     let mut ids = Vec::new();
     for i in 0..n {
-        ids.push(c.submit(session, format!("task {i}").as_bytes(), None).await.unwrap());
+        ids.push(
+            c.submit(session, format!("task {i}").as_bytes(), None)
+                .await
+                .unwrap(),
+        );
     }
     ids
 }
@@ -136,7 +141,10 @@ async fn ids_increase_and_a_resume_on_another_node_gets_exactly_the_missed_event
         assert_eq!(event.data["what"], "submitted");
         assert_eq!(event.data["index"], id(event).index, "{event:?}");
     }
-    assert!(id(&seen[0]) < id(&seen[1]) && id(&seen[1]) < id(&seen[2]), "{seen:?}");
+    assert!(
+        id(&seen[0]) < id(&seen[1]) && id(&seen[1]) < id(&seen[2]),
+        "{seen:?}"
+    );
 
     // While nobody listens, three more, through another node.
     let missed = submit(&cluster, 2, &session, 3).await;
@@ -217,9 +225,14 @@ async fn websocket_sends_the_same_events_as_sse_and_resumes_with_after() {
     let mut sse = open_sse(&cluster.url(0), &session, None, "").await;
     let mut ws = open_ws(&cluster.api(1), &session, "").await;
     let tasks = submit(&cluster, 2, &session, 2).await;
-    c.ok(Method::POST, &format!("/v1/tasks/{}/cancel", tasks[0]), None, None)
-        .await
-        .unwrap();
+    c.ok(
+        Method::POST,
+        &format!("/v1/tasks/{}/cancel", tasks[0]),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
     let from_sse = sse.take(3).await;
     let mut from_ws = Vec::new();
     for _ in 0..3 {
@@ -271,19 +284,34 @@ async fn bad_ids_are_refused_with_400_and_the_key_may_come_as_a_query_parameter(
     let call = |request: reqwest::RequestBuilder| async move {
         let response = request.send().await.unwrap();
         let status = response.status();
-        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        (
+            status,
+            response.json::<Value>().await.unwrap_or(Value::Null),
+        )
     };
 
     for bad in ["garbage", "12", "12-", "-1", "1-2-3", "x-1"] {
         expect(StatusCode::BAD_REQUEST, "invalid")(
-            call(http.get(&url).bearer_auth("stream-key-1").header("Last-Event-ID", bad)).await,
+            call(
+                http.get(&url)
+                    .bearer_auth("stream-key-1")
+                    .header("Last-Event-ID", bad),
+            )
+            .await,
         );
         expect(StatusCode::BAD_REQUEST, "invalid")(
-            call(http.get(format!("{url}?after={bad}")).bearer_auth("stream-key-1")).await,
+            call(
+                http.get(format!("{url}?after={bad}"))
+                    .bearer_auth("stream-key-1"),
+            )
+            .await,
         );
     }
     // A WebSocket handshake with a bad id is refused before the upgrade.
-    let ws = format!("ws://{}/v1/sessions/{session}/events?key=stream-key-1&after=nope", cluster.api(0));
+    let ws = format!(
+        "ws://{}/v1/sessions/{session}/events?key=stream-key-1&after=nope",
+        cluster.api(0)
+    );
     match tokio_tungstenite::connect_async(ws).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), StatusCode::BAD_REQUEST)
@@ -294,8 +322,14 @@ async fn bad_ids_are_refused_with_400_and_the_key_may_come_as_a_query_parameter(
 
     // The key: none, wrong, as a header, as `?key=` (this route only).
     expect(StatusCode::UNAUTHORIZED, "unauthorized")(call(http.get(&url)).await);
-    expect(StatusCode::UNAUTHORIZED, "unauthorized")(call(http.get(format!("{url}?key=wrong"))).await);
-    let by_query = http.get(format!("{url}?key=stream-key-1")).send().await.unwrap();
+    expect(StatusCode::UNAUTHORIZED, "unauthorized")(
+        call(http.get(format!("{url}?key=wrong"))).await,
+    );
+    let by_query = http
+        .get(format!("{url}?key=stream-key-1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(by_query.status(), StatusCode::OK);
     let session_url = format!("{}/v1/sessions/{session}?key=stream-key-1", cluster.url(0));
     expect(StatusCode::UNAUTHORIZED, "unauthorized")(call(http.get(session_url)).await);

@@ -189,17 +189,20 @@ async fn a_tls_cluster_serves_the_api_over_https_and_refuses_plain_http() {
         stats.clone(),
         stop_rx,
     ));
-    let done = c
-        .task(&task, "?wait=completed&timeout=30s")
-        .await
-        .unwrap();
+    let done = c.task(&task, "?wait=completed&timeout=30s").await.unwrap();
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(
         done["result"],
         session_queue::client::b64(&miner::infer(b"2+2"))
     );
     let seen = watching.await.unwrap();
-    for what in ["submitted", "assigned", "acked", "precommitted", "completed"] {
+    for what in [
+        "submitted",
+        "assigned",
+        "acked",
+        "precommitted",
+        "completed",
+    ] {
         assert!(seen.iter().any(|s| s == what), "{what} missing: {seen:?}");
     }
     stop_tx.send_replace(true);
@@ -278,7 +281,10 @@ async fn the_peer_channel_talks_only_to_holders_of_a_peer_ca_certificate() {
     // No client certificate at all (the server's certificate is trusted).
     let anonymous = peer_http(tls::https_client(&ca, "ca").unwrap());
     let refused = peer_vote(&anonymous, &peer).await;
-    assert!(refused.is_err(), "answered without a client certificate: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "answered without a client certificate: {refused:?}"
+    );
     // A certificate from another CA.
     let intruder = peer_http(
         tls::peer_client(
@@ -289,7 +295,10 @@ async fn the_peer_channel_talks_only_to_holders_of_a_peer_ca_certificate() {
         .unwrap(),
     );
     let refused = peer_vote(&intruder, &peer).await;
-    assert!(refused.is_err(), "answered a foreign certificate: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "answered a foreign certificate: {refused:?}"
+    );
     // Plain HTTP.
     let refused = reqwest::Client::new()
         .post(format!("http://{peer}/raft/vote"))
@@ -320,7 +329,9 @@ async fn the_api_offers_http2_by_alpn() {
     let mut config = tls::https_client(&certs_dir.join("ca.pem"), "ca").unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(cluster.api(0)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(cluster.api(0))
+        .await
+        .unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let stream = connector.connect(name, tcp).await.unwrap();
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -406,7 +417,11 @@ impl Drop for Down {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_up_tls_starts_a_tls_cluster_and_a_restart_keeps_tls() {
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         return common::cannot_run("cluster_up_tls", "no curl (cluster/up.sh needs it)");
     }
     let dir = tempfile::tempdir().unwrap();
@@ -415,7 +430,11 @@ async fn cluster_up_tls_starts_a_tls_cluster_and_a_restart_keeps_tls() {
     let peer_base = free_base(Some(api_base));
     let script = |name: &str, args: &[&str]| {
         let out = std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster").join(name))
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("cluster")
+                    .join(name),
+            )
             .args(args)
             .env("SQ_CLUSTER_DATA", &data)
             .env("SQ_BIN", binary())
@@ -436,7 +455,9 @@ async fn cluster_up_tls_starts_a_tls_cluster_and_a_restart_keeps_tls() {
     };
     let _down = Down(data.clone());
     let ca = data.join("tls/ca.pem");
-    let nodes: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", api_base + i)).collect();
+    let nodes: Vec<String> = (1..=3)
+        .map(|i| format!("127.0.0.1:{}", api_base + i))
+        .collect();
 
     let first = script("up.sh", &["--tls"]);
     assert!(first.contains("https://"), "{first}");

@@ -157,11 +157,13 @@ async fn on_leader(
             let status = resp.status();
             let value: Value = resp.json().await.unwrap_or(Value::Null);
             if status.is_success() {
-                serde_json::from_value(value).map(Json).map_err(|e| ApiError::Unavailable {
-                    code: "outcome_unknown",
-                    message: format!("the leader's answer was not understood: {e}"),
-                    retry_after: 1,
-                })
+                serde_json::from_value(value)
+                    .map(Json)
+                    .map_err(|e| ApiError::Unavailable {
+                        code: "outcome_unknown",
+                        message: format!("the leader's answer was not understood: {e}"),
+                        retry_after: 1,
+                    })
             } else {
                 let message = value["error"]["message"]
                     .as_str()
@@ -258,7 +260,11 @@ pub async fn add_member(
 async fn prove_member(node: &Node, id: u64, addr: &NodeAddr) -> Result<(), MembershipError> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let error = match node.peers.hello(id, &addr.peer, Duration::from_secs(2)).await {
+        let error = match node
+            .peers
+            .hello(id, &addr.peer, Duration::from_secs(2))
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e @ PeerError::Unreachable(..)) if std::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "the node to add does not answer yet");

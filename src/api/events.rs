@@ -244,7 +244,12 @@ impl Feed {
             if self.node.stop.is_triggered() {
                 return None;
             }
-            match self.node.state.event_window().read(self.cursor, self.session) {
+            match self
+                .node
+                .state
+                .event_window()
+                .read(self.cursor, self.session)
+            {
                 WindowRead::Events { events, next } => {
                     self.cursor = next;
                     for recorded in events {

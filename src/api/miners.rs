@@ -12,9 +12,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::ErrorBody;
-use super::replies::{
-    AssignmentsPage, MinerAssignment, MinerRegistered, MinerView, PoolStatus,
-};
+use super::replies::{AssignmentsPage, MinerAssignment, MinerRegistered, MinerView, PoolStatus};
 use super::wire::{Empty, RegisterMiner};
 use super::{auth, lookup, propose, ApiError, JsonBody, QueryParams};
 use crate::machine::{Command, MinerAuth, MinerState, Response, TaskId};

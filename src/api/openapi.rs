@@ -199,10 +199,7 @@ mod tests {
             }
         }
         documented.sort();
-        let mut routed: Vec<String> = ROUTES
-            .iter()
-            .map(|(m, p)| format!("{m} {p}"))
-            .collect();
+        let mut routed: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
         routed.sort();
         assert_eq!(documented, routed);
     }

@@ -11,9 +11,9 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::sessions::parse_session;
 use super::error::ErrorBody;
 use super::replies::{BatchSubmitted, TaskSubmitted, TaskUpdated, TaskView};
+use super::sessions::parse_session;
 use super::wire::{parse_hash, unbase64, Commit, Empty, Precommit, SubmitBatch, SubmitTask};
 use super::{auth, lookup, parse_duration, propose, ApiError, JsonBody, QueryParams};
 use crate::machine::{limits, Command, NewTask, Response, TaskId};

@@ -63,7 +63,12 @@ impl Waiters {
 
     /// A place for a long poll, or the 503 that says there is none.
     pub fn poll_permit(&self) -> Result<WaiterPermit, ApiError> {
-        take(&self.polls, "long polls", self.max_polls, "--max-long-polls")
+        take(
+            &self.polls,
+            "long polls",
+            self.max_polls,
+            "--max-long-polls",
+        )
     }
 
     /// Event streams and long polls held now.
@@ -196,7 +201,10 @@ mod tests {
         let w = Waiters::new(1, 2);
         let s = w.stream_permit().unwrap();
         let refused = w.stream_permit().err().expect("refused");
-        assert_eq!(refused.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            refused.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(refused.code(), "too_many_waiters");
         assert!(refused.to_string().contains("--max-event-streams"));
         let _p1 = w.poll_permit().unwrap();

@@ -52,7 +52,10 @@ pub struct CreateSession {
 #[serde(deny_unknown_fields)]
 pub struct SubmitTask {
     /// The task's input, standard base64.
-    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
+    #[schema(
+        content_encoding = "base64",
+        pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+    )]
     pub payload: String,
     pub priority: Option<i32>,
     pub idempotency_key: Option<String>,
@@ -103,10 +106,16 @@ pub struct Precommit {
 #[serde(deny_unknown_fields)]
 pub struct Commit {
     /// The output, standard base64.
-    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
+    #[schema(
+        content_encoding = "base64",
+        pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+    )]
     pub output: String,
     /// The nonce of the precommit, standard base64.
-    #[schema(content_encoding = "base64", pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")]
+    #[schema(
+        content_encoding = "base64",
+        pattern = "^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+    )]
     pub nonce: String,
 }
 

@@ -68,6 +68,9 @@ mod tests {
         assert!(is_broken_pipe(&pipe.context("printing").unwrap_err()));
         let other = anyhow::anyhow!("404: not_found:\nunknown task t-9").context("get t-9");
         assert!(!is_broken_pipe(&other));
-        assert_eq!(one_line(&other), "get t-9: 404: not_found: unknown task t-9");
+        assert_eq!(
+            one_line(&other),
+            "get t-9: 404: not_found: unknown task t-9"
+        );
     }
 }

@@ -72,10 +72,16 @@ impl Client {
             let node = &self.nodes[i];
             let mut received = false;
             let broke = self
-                .follow(&http, node, session, &mut after, &mut |event: &StreamEvent| {
-                    received = true;
-                    on_event(event)
-                })
+                .follow(
+                    &http,
+                    node,
+                    session,
+                    &mut after,
+                    &mut |event: &StreamEvent| {
+                        received = true;
+                        on_event(event)
+                    },
+                )
                 .await;
             match broke {
                 Broke::Permanent(e) => return Err(e.into()),
@@ -127,8 +133,14 @@ impl Client {
             let value: Value = response.json().await.unwrap_or(Value::Null);
             let error = ClientError::Api {
                 status: status.as_u16(),
-                code: value["error"]["code"].as_str().unwrap_or_default().to_string(),
-                message: value["error"]["message"].as_str().unwrap_or_default().to_string(),
+                code: value["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                message: value["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             };
             return if error.is_transient() {
                 Broke::Transient(error.to_string())
@@ -227,8 +239,12 @@ mod tests {
     #[test]
     fn events_are_parsed_across_chunks_and_keep_alives_are_skipped() {
         let mut p = SseParser::default();
-        assert!(p.push(b": keep-alive\n\nevent: transition\nid: 12-").is_empty());
-        let got = p.push(b"0\ndata: {\"what\":\"submitted\"}\n\nevent: resync\r\ndata: {\"index\":5}\r\n\r\n");
+        assert!(p
+            .push(b": keep-alive\n\nevent: transition\nid: 12-")
+            .is_empty());
+        let got = p.push(
+            b"0\ndata: {\"what\":\"submitted\"}\n\nevent: resync\r\ndata: {\"index\":5}\r\n\r\n",
+        );
         assert_eq!(
             got,
             vec![

@@ -235,7 +235,9 @@ impl State {
         let mine = mem::replace(&mut self.dirty, earlier);
         for key in mine {
             if let Key::Task(id) = key {
-                self.idx.footprint.update(id, self.tasks.get(&id).map(|t| &**t));
+                self.idx
+                    .footprint
+                    .update(id, self.tasks.get(&id).map(|t| &**t));
             }
             self.dirty.insert(key);
         }

@@ -59,9 +59,7 @@ pub struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.admission.count.fetch_sub(1, Ordering::AcqRel);
-        self.admission
-            .bytes
-            .fetch_sub(self.bytes, Ordering::AcqRel);
+        self.admission.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -149,7 +147,11 @@ mod tests {
         assert_eq!(a.pending(), (2, 20), "a refused proposal holds nothing");
         drop(first);
         assert!(a.admit(10).is_ok());
-        assert_eq!(a.pending(), (1, 10), "the admitted ticket above was dropped");
+        assert_eq!(
+            a.pending(),
+            (1, 10),
+            "the admitted ticket above was dropped"
+        );
     }
 
     #[test]

@@ -123,7 +123,14 @@ async fn remembered_by(b: &Bootstrap, me: NodeId) -> Option<NodeId> {
         for (id, addr) in waiting.clone() {
             let answer: Result<PeerStatus, _> = b
                 .peers
-                .call(id, &addr.peer, paths::STATUS, &(), Duration::from_secs(2), None)
+                .call(
+                    id,
+                    &addr.peer,
+                    paths::STATUS,
+                    &(),
+                    Duration::from_secs(2),
+                    None,
+                )
                 .await;
             if let Ok(status) = answer {
                 if status.remembers_you {

@@ -101,9 +101,7 @@ impl ClusterIdentity {
         let mut held = self.id.write().unwrap_or_else(|e| e.into_inner());
         match held.as_deref() {
             Some(current) if current == id => Ok(()),
-            Some(current) => Err(format!(
-                "this node belongs to cluster {current}, not {id}"
-            )),
+            Some(current) => Err(format!("this node belongs to cluster {current}, not {id}")),
             None => {
                 if !self.dir.as_os_str().is_empty() {
                     cluster_file::save_cluster_id(&self.dir, id)
@@ -204,9 +202,15 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert_ne!(id, derive_cluster_id("sq", "t2", &m));
         assert_ne!(id, derive_cluster_id("sq2", "t", &m));
-        assert_ne!(id, derive_cluster_id("sq", "t", &members(&[(1, "a"), (2, "b")])));
+        assert_ne!(
+            id,
+            derive_cluster_id("sq", "t", &members(&[(1, "a"), (2, "b")]))
+        );
         // No ambiguity between name and token.
-        assert_ne!(derive_cluster_id("ab", "c", &m), derive_cluster_id("a", "bc", &m));
+        assert_ne!(
+            derive_cluster_id("ab", "c", &m),
+            derive_cluster_id("a", "bc", &m)
+        );
     }
 
     #[test]

@@ -25,7 +25,10 @@ use types::{NodeAddr, NodeId, Raft};
 /// Initialises a brand-new cluster with `members` if this node's storage is pristine.
 /// Several nodes may do this with the same members: openraft makes it safe. When to
 /// call it is [`bootstrap::start`]'s business.
-pub async fn bootstrap_raft(raft: &Raft, members: BTreeMap<NodeId, NodeAddr>) -> anyhow::Result<bool> {
+pub async fn bootstrap_raft(
+    raft: &Raft,
+    members: BTreeMap<NodeId, NodeAddr>,
+) -> anyhow::Result<bool> {
     match raft.initialize(members).await {
         Ok(()) => Ok(true),
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),

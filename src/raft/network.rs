@@ -157,7 +157,15 @@ impl PeerClient {
         loop {
             let session = self.session(target, addr, timeout).await?;
             match self
-                .send(&session, target, addr, path, &body, timeout, budget.as_deref())
+                .send(
+                    &session,
+                    target,
+                    addr,
+                    path,
+                    &body,
+                    timeout,
+                    budget.as_deref(),
+                )
                 .await
             {
                 Err(Sent::Unauthenticated(text)) => {
@@ -228,11 +236,14 @@ impl PeerClient {
         {
             return Ok(s.clone());
         }
-        let (session, _) = self.hello(target, addr, timeout).await.map_err(|e| match e {
-            // Not proven: nothing was sent; openraft backs off as for an unreachable peer.
-            PeerError::Refused(t, _, why) => PeerError::Unreachable(t, why),
-            e => e,
-        })?;
+        let (session, _) = self
+            .hello(target, addr, timeout)
+            .await
+            .map_err(|e| match e {
+                // Not proven: nothing was sent; openraft backs off as for an unreachable peer.
+                PeerError::Refused(t, _, why) => PeerError::Unreachable(t, why),
+                e => e,
+            })?;
         let session = Arc::new(session);
         self.sessions
             .lock()
@@ -277,12 +288,11 @@ impl PeerClient {
                 String::from_utf8_lossy(&bytes)
             )));
         }
-        let reply: peer_auth::HelloReply = codec::decode(&bytes)
-            .map_err(|e| {
-                unproven(format!(
-                    "no proof that it holds the cluster secret (an undecodable answer to hello: {e})"
-                ))
-            })?;
+        let reply: peer_auth::HelloReply = codec::decode(&bytes).map_err(|e| {
+            unproven(format!(
+                "no proof that it holds the cluster secret (an undecodable answer to hello: {e})"
+            ))
+        })?;
         hs.finish(self.secret.as_bytes(), &reply)
             .map_err(|e| unproven(e.to_string()))
     }
@@ -386,10 +396,23 @@ fn warn_unproven(target: NodeId, addr: &str, why: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let now = START.get_or_init(std::time::Instant::now).elapsed().as_secs() + 10;
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + 10;
     let last = LAST.load(Ordering::Relaxed);
-    if now >= last + 10 && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-        tracing::warn!(target, addr, reason = why, "peer not trusted: nothing but a hello was sent to it");
+    if now >= last + 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            target,
+            addr,
+            reason = why,
+            "peer not trusted: nothing but a hello was sent to it"
+        );
     }
 }
 
@@ -654,7 +677,11 @@ mod tests {
         assert_eq!(entries_that_fit([10, 10, 10], 25), 2);
         assert_eq!(entries_that_fit([10, 10, 10], 30), 3);
         assert_eq!(entries_that_fit([10, 10, 10], 1000), 3);
-        assert_eq!(entries_that_fit([50, 10], 25), 1, "one entry goes even alone over");
+        assert_eq!(
+            entries_that_fit([50, 10], 25),
+            1,
+            "one entry goes even alone over"
+        );
         assert_eq!(entries_that_fit([], 25), 0);
     }
 }

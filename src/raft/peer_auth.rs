@@ -111,7 +111,14 @@ pub struct HelloReply {
     pub proof: [u8; 32],
 }
 
-fn proof(secret: &[u8], from: NodeId, to: NodeId, c: &[u8; 16], s: &[u8; 16], cluster: &str) -> [u8; 32] {
+fn proof(
+    secret: &[u8],
+    from: NodeId,
+    to: NodeId,
+    c: &[u8; 16],
+    s: &[u8; 16],
+    cluster: &str,
+) -> [u8; 32] {
     let msg = fields(&[
         b"sq-hello-proof-v1",
         &from.to_be_bytes(),
@@ -124,7 +131,13 @@ fn proof(secret: &[u8], from: NodeId, to: NodeId, c: &[u8; 16], s: &[u8; 16], cl
 }
 
 fn session_key(secret: &[u8], from: NodeId, to: NodeId, c: &[u8; 16], s: &[u8; 16]) -> [u8; 32] {
-    let msg = fields(&[b"sq-session-v1", &from.to_be_bytes(), &to.to_be_bytes(), c, s]);
+    let msg = fields(&[
+        b"sq-session-v1",
+        &from.to_be_bytes(),
+        &to.to_be_bytes(),
+        c,
+        s,
+    ]);
     hmac(secret, &[&msg])
 }
 
@@ -153,7 +166,12 @@ fn request_mac(key: &[u8; 32], seq: u64, r: &Signed<'_>) -> [u8; 32] {
 
 fn answer_mac(key: &[u8; 32], seq: u64, status: u16, body: &[u8]) -> [u8; 32] {
     let digest = Sha256::digest(body);
-    let msg = fields(&[b"sq-answer-v1", &seq.to_be_bytes(), &status.to_be_bytes(), &digest]);
+    let msg = fields(&[
+        b"sq-answer-v1",
+        &seq.to_be_bytes(),
+        &status.to_be_bytes(),
+        &digest,
+    ]);
     hmac(key, &[&msg])
 }
 
@@ -179,7 +197,11 @@ impl ClientSession {
         let Some(mac) = mac.and_then(|m| hex::decode(m).ok()) else {
             return false;
         };
-        bool::from(answer_mac(&self.key, seq, status, body).as_slice().ct_eq(&mac))
+        bool::from(
+            answer_mac(&self.key, seq, status, body)
+                .as_slice()
+                .ct_eq(&mac),
+        )
     }
 }
 
@@ -337,7 +359,12 @@ impl PeerAuth {
     fn server_nonce(&self, from: NodeId, c: &[u8; 16]) -> [u8; 16] {
         let mac = hmac(
             &self.nonce_key,
-            &[b"sq-server-nonce-v1", &from.to_be_bytes(), &self.me.to_be_bytes(), c],
+            &[
+                b"sq-server-nonce-v1",
+                &from.to_be_bytes(),
+                &self.me.to_be_bytes(),
+                c,
+            ],
         );
         mac[..16].try_into().expect("16 bytes")
     }
@@ -433,7 +460,10 @@ mod tests {
         );
         // Test case 6: a key longer than the block.
         let key = [0xaau8; 131];
-        let mac = hmac(&key, &[b"Test Using Larger Than Block-Size Key - Hash Key First"]);
+        let mac = hmac(
+            &key,
+            &[b"Test Using Larger Than Block-Size Key - Hash Key First"],
+        );
         assert_eq!(
             hex::encode(mac),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"

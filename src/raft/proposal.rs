@@ -133,7 +133,10 @@ impl Proposal {
 /// The bytes `commands` take in a Raft entry's list of commands.
 pub fn encoded_bytes(commands: &[Command]) -> usize {
     // Each value alone carries the version byte, which a list of them does not.
-    commands.iter().map(|c| crate::codec::encoded_len(c) - 1).sum()
+    commands
+        .iter()
+        .map(|c| crate::codec::encoded_len(c) - 1)
+        .sum()
 }
 
 /// The caller's end of a proposal.

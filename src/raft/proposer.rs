@@ -543,8 +543,7 @@ fn take_batch(
             refused.push((p, rejections));
             continue;
         }
-        let fits =
-            count + p.commands.len() <= config.max_commands && bytes + p.bytes <= max_bytes;
+        let fits = count + p.commands.len() <= config.max_commands && bytes + p.bytes <= max_bytes;
         if !taken.is_empty() && !fits {
             break;
         }
@@ -667,20 +666,30 @@ mod tests {
             .collect();
         let (taken, _) = take_batch(&mut pending, &config(4096, max_bytes), None);
         assert!(!pending.is_empty(), "the bound was reached");
-        let mut commands: Vec<Command> =
-            taken.iter().flat_map(|p| p.commands.iter().cloned()).collect();
+        let mut commands: Vec<Command> = taken
+            .iter()
+            .flat_map(|p| p.commands.iter().cloned())
+            .collect();
         commands.push(Command::Tick);
         let entry = Entry {
-            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(u64::MAX, u64::MAX), u64::MAX),
+            log_id: openraft::LogId::new(
+                openraft::CommittedLeaderId::new(u64::MAX, u64::MAX),
+                u64::MAX,
+            ),
             payload: openraft::EntryPayload::Normal(Batch {
                 now_ms: u64::MAX,
                 commands,
-                limits: Limits { max_state_bytes: u64::MAX - 1 },
+                limits: Limits {
+                    max_state_bytes: u64::MAX - 1,
+                },
             }),
         };
         let encoded = crate::codec::encoded_len(&entry);
         assert!(encoded <= max_bytes, "{encoded} > {max_bytes}");
-        assert!(encoded > max_bytes - 4096, "the batch was packed close to the bound");
+        assert!(
+            encoded > max_bytes - 4096,
+            "the batch was packed close to the bound"
+        );
     }
 
     #[test]

@@ -174,7 +174,9 @@ impl EventWindow {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Sets how many events the window holds (`--event-window`).
@@ -308,7 +310,18 @@ mod tests {
         let id: EventId = "42-3".parse().unwrap();
         assert_eq!(id, EventId { index: 42, pos: 3 });
         assert_eq!(id.to_string(), "42-3");
-        for bad in ["", "42", "42-", "-3", "a-b", "4 2-1", "1-2-3", "+1-2", "1--2", "99999999999999999999-0"] {
+        for bad in [
+            "",
+            "42",
+            "42-",
+            "-3",
+            "a-b",
+            "4 2-1",
+            "1-2-3",
+            "+1-2",
+            "1--2",
+            "99999999999999999999-0",
+        ] {
             assert!(bad.parse::<EventId>().is_err(), "{bad:?}");
         }
         assert!("1-0".parse::<EventId>().unwrap() < "1-1".parse().unwrap());
@@ -322,9 +335,14 @@ mod tests {
         let Start::At(seq) = w.start(Some(EventId { index: 11, pos: 0 })) else {
             panic!()
         };
-        assert_eq!(ids(w.read(seq, SessionId(1))), (vec!["11-2".into(), "12-0".into()], 4));
+        assert_eq!(
+            ids(w.read(seq, SessionId(1))),
+            (vec!["11-2".into(), "12-0".into()], 4)
+        );
         // Live from now: nothing yet, then what comes.
-        let Start::At(now) = w.start(None) else { panic!() };
+        let Start::At(now) = w.start(None) else {
+            panic!()
+        };
         assert_eq!(ids(w.read(now, SessionId(1))), (vec![], 4));
         w.record([rec(13, 0, 1)]);
         assert_eq!(ids(w.read(now, SessionId(1))), (vec!["13-0".into()], 5));
@@ -343,7 +361,10 @@ mod tests {
         );
         w.record([rec(11, 0, 1), rec(11, 1, 1), rec(12, 0, 1), rec(12, 1, 1)]);
         // Entry 11 left whole: the window holds 12-0 and 12-1 only.
-        assert_eq!(ids(w.read(2, SessionId(1))), (vec!["12-0".into(), "12-1".into()], 4));
+        assert_eq!(
+            ids(w.read(2, SessionId(1))),
+            (vec!["12-0".into(), "12-1".into()], 4)
+        );
         assert_eq!(
             w.start(Some(EventId { index: 11, pos: 0 })),
             Start::Resync { floor: 11, next: 4 }
@@ -361,14 +382,29 @@ mod tests {
         let rx = w.watch();
         w.reset(500);
         assert!(rx.has_changed().unwrap());
-        assert_eq!(w.read(1, SessionId(1)), Read::Resync { index: 500, next: 2 });
+        assert_eq!(
+            w.read(1, SessionId(1)),
+            Read::Resync {
+                index: 500,
+                next: 2
+            }
+        );
         assert_eq!(
             w.start(Some(EventId { index: 1, pos: 0 })),
-            Start::Resync { floor: 500, next: 2 }
+            Start::Resync {
+                floor: 500,
+                next: 2
+            }
         );
         w.record([rec(501, 0, 1)]);
         assert_eq!(ids(w.read(2, SessionId(1))), (vec!["501-0".into()], 3));
-        assert_eq!(w.start(Some(EventId { index: 500, pos: 7 })), Start::Resync { floor: 500, next: 3 });
+        assert_eq!(
+            w.start(Some(EventId { index: 500, pos: 7 })),
+            Start::Resync {
+                floor: 500,
+                next: 3
+            }
+        );
         assert_eq!(w.start(Some(EventId { index: 501, pos: 0 })), Start::At(3));
     }
 }

@@ -27,9 +27,9 @@
 //! purged entry. Every rename (identity file, snapshot files) is followed by an fsync
 //! of its directory, so a power loss cannot undo it after it was relied upon.
 
+pub mod cluster_file;
 mod event_window;
 mod install;
-pub mod cluster_file;
 mod log_store;
 mod miner_changes;
 mod snapshot;
@@ -40,7 +40,10 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
-pub use event_window::{DEFAULT_CAPACITY as DEFAULT_EVENT_WINDOW, EventId, EventWindow, Read as WindowRead, Recorded, Start as WindowStart};
+pub use event_window::{
+    EventId, EventWindow, Read as WindowRead, Recorded, Start as WindowStart,
+    DEFAULT_CAPACITY as DEFAULT_EVENT_WINDOW,
+};
 pub use log_store::LogStore;
 pub use state_store::{AppliedState, Published, StateStore};
 

@@ -413,7 +413,12 @@ impl Nemesis {
         loop {
             let step = if removed {
                 admin
-                    .call(reqwest::Method::POST, "/v1/cluster/members", Some(&body), None)
+                    .call(
+                        reqwest::Method::POST,
+                        "/v1/cluster/members",
+                        Some(&body),
+                        None,
+                    )
                     .await
             } else {
                 admin

@@ -211,7 +211,10 @@ fn the_state_bound_comes_from_the_batch_and_the_count_survives_a_restore() {
     };
     let mut replica = restored;
     let refused = replica.apply_batch(&batch(1));
-    assert!(matches!(&refused[0], Err(Rejection::StateFull(_))), "{refused:?}");
+    assert!(
+        matches!(&refused[0], Err(Rejection::StateFull(_))),
+        "{refused:?}"
+    );
     let taken = replica.apply_batch(&batch(u64::MAX));
     assert!(taken[0].is_ok(), "{taken:?}");
 }
