@@ -146,12 +146,7 @@ async fn serve_connection<I>(
                 .oneshot(request.map(Body::new))
                 .await
                 .unwrap_or_else(|never: Infallible| match never {});
-            Ok::<_, Infallible>(response.map(|body| {
-                Body::new(TrackedBody {
-                    body,
-                    _guard: guard,
-                })
-            }))
+            Ok::<_, Infallible>(response.map(|body| guard_body(body, guard)))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -272,13 +267,23 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until it ends.
-struct TrackedBody {
-    body: Body,
-    _guard: InFlight,
+/// `body`, holding `guard` until the body ends or is dropped: a request counts as
+/// in flight (here), or holds its waiter permit (`api::waiters`), for as long as its
+/// response streams.
+pub fn guard_body<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
+    Body::new(GuardedBody {
+        body,
+        _guard: guard,
+    })
 }
 
-impl http_body::Body for TrackedBody {
+/// A response body that holds a guard until it ends.
+struct GuardedBody<G> {
+    body: Body,
+    _guard: G,
+}
+
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 

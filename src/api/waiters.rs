@@ -15,11 +15,8 @@
 //! A protocol upgraded off the response (a WebSocket) must hold a permit of its own
 //! ([`Waiters::stream_permit`]) for as long as it runs.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -149,38 +146,7 @@ pub fn asks_to_wait(query: Option<&str>) -> bool {
 
 /// The response, its body holding `permit` until it ends.
 fn hold(response: Response, permit: WaiterPermit) -> Response {
-    response.map(|body| {
-        Body::new(HeldBody {
-            body,
-            _permit: permit,
-        })
-    })
-}
-
-/// A response body that holds a waiter's permit until it ends or is dropped.
-struct HeldBody {
-    body: Body,
-    _permit: WaiterPermit,
-}
-
-impl http_body::Body for HeldBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
+    response.map(|body| crate::listener::guard_body(body, permit))
 }
 
 #[cfg(test)]
