@@ -36,15 +36,7 @@ struct Run {
 /// it to exit, and returns how it ended and what it printed. No backtrace variables:
 /// the output is what an operator sees.
 fn start_on(cluster: &TestCluster, id: u64, data_dir: &Path, extra: &[&str]) -> Run {
-    // Two ports free at once (held together, so they differ).
-    let listeners: Vec<_> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
-    drop(listeners);
+    let ports = common::free_ports(2);
     let log = cluster
         .dir
         .path()

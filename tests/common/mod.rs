@@ -90,16 +90,53 @@ pub struct TestCluster {
     next_id: u64,
 }
 
-/// `n` distinct free ports (the listeners are held until all are chosen, so the
-/// system cannot hand out one port twice).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+/// `n` free ports, each handed out once per test process.
+///
+/// Ports come from below the kernel's ephemeral range (`ip_local_port_range`), so
+/// neither an outgoing connection's local port nor another test's `bind(0)` can take
+/// one between the choice and the node binding it (a restarted node rebinds its old
+/// ports, which a kernel-chosen port could have reused meanwhile). Each candidate is
+/// checked by binding it; the walk starts at a point derived from the process id so
+/// two test binaries running at once walk different stretches.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::sync::Mutex;
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let (low, high) = chosen_port_range();
+    let span = high - low;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cursor = next.unwrap_or_else(|| low + (std::process::id() * 7919) % span);
+    let mut ports = Vec::with_capacity(n);
+    let mut tried = 0;
+    while ports.len() < n {
+        assert!(tried < span, "no free port left in {low}..{high}");
+        tried += 1;
+        let port = cursor as u16;
+        cursor = low + (cursor + 1 - low) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    *next = Some(cursor);
+    ports
+}
+
+/// The stretch test ports come from: below the ephemeral range when it leaves room
+/// (Linux defaults to 32768-60999), otherwise above it.
+fn chosen_port_range() -> (u32, u32) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    if ephemeral.0 >= 12000 {
+        (10000, ephemeral.0)
+    } else if ephemeral.1 <= 63000 {
+        (ephemeral.1 + 1, 65535)
+    } else {
+        (10000, 30000)
+    }
 }
 
 pub fn binary() -> PathBuf {
