@@ -32,8 +32,11 @@ pub const CODES: &[&str] = &[
     "too_large",
     "reveal_mismatch",
     "queue_full",
+    "state_full",
+    "overloaded",
     "unavailable",
     "outcome_unknown",
+    "too_many_waiters",
     "method_not_allowed",
     "internal",
 ];
@@ -284,8 +287,14 @@ mod tests {
             ApiError::TooLarge(String::new()),
             ApiError::RevealMismatch(String::new()),
             ApiError::QueueFull(String::new()),
+            ApiError::StateFull(String::new()),
+            ApiError::Overloaded(String::new()),
             ApiError::from(ProposeError::NoLeader),
             ApiError::from(ProposeError::Unknown(String::new())),
+            super::super::waiters::Waiters::new(0, 0)
+                .poll_permit()
+                .err()
+                .expect("no place for a long poll"),
             ApiError::Internal(String::new()),
         ];
         for e in errors {
