@@ -148,7 +148,7 @@ async fn served_document_is_valid_openapi_and_every_operation_is_routed() {
             operations += 1;
         }
     }
-    assert!(operations >= 25, "only {operations} operations documented");
+    assert!(operations >= 30, "only {operations} operations documented");
 }
 
 /// What the schemathesis run works on: real ids and tokens, so generated calls reach
@@ -382,10 +382,12 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     match outcome {
         Ok(out) => {
             let junit = std::fs::read_to_string(reports.join("junit.xml")).unwrap_or_default();
-            // One test case per operation tested (25 documented).
+            // One test case per operation tested: 30 documented, less
+            // `GET /v1/openapi.json`, which schemathesis leaves out when it loads the
+            // document from that URL.
             let cases = junit.matches("<testcase").count();
             assert!(
-                cases >= 25,
+                cases >= 29,
                 "schemathesis tested only {cases} operations:\n{out}"
             );
             eprintln!("{out}");

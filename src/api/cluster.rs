@@ -53,8 +53,7 @@ pub struct StatusQuery {
     params(StatusQuery),
     responses(
         (status = 200, description = "The cluster as this node sees it (with `local=true`: this node's own view)", body = ClusterAnswer),
-        (status = 400, description = "A bad query parameter", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 400, description = "A bad query parameter (`invalid`)", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn status(
@@ -212,13 +211,10 @@ fn members(node: &Node) -> Vec<Member> {
     request_body = AddMember,
     responses(
         (status = 200, description = "The configuration with the new member", body = MembershipChanged),
-        (status = 400, description = "Malformed body or addresses", body = ErrorBody),
-        (status = 401, description = "Missing or unknown key", body = ErrorBody),
-        (status = 403, description = "Not the admin key, or the node has none (membership over HTTP is then disabled)", body = ErrorBody),
-        (status = 404, description = "Relayed from the leader", body = ErrorBody),
-        (status = 409, description = "The change is refused now (e.g. another change in progress)", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 503, description = "No leader, or the leader could not be reached", body = ErrorBody,
+        (status = 400, description = "An id of 0, or an address missing (`invalid`)", body = ErrorBody),
+        (status = 404, description = "Relayed from the leader (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The change is refused now (e.g. another change in progress) (`conflict`)", body = ErrorBody),
+        (status = 503, description = "No leader, or the leader could not be reached (`unavailable`), or its answer was not understood (`outcome_unknown`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("admin_key" = [])))]
@@ -285,12 +281,10 @@ async fn prove_member(node: &Node, id: u64, addr: &NodeAddr) -> Result<(), Membe
     params(("id" = String, Path, description = "Node id (a positive integer)")),
     responses(
         (status = 200, description = "The configuration without the member", body = MembershipChanged),
-        (status = 400, description = "Relayed from the leader", body = ErrorBody),
-        (status = 401, description = "Missing or unknown key", body = ErrorBody),
-        (status = 403, description = "Not the admin key, or the node has none (membership over HTTP is then disabled)", body = ErrorBody),
-        (status = 404, description = "Not a node id", body = ErrorBody),
-        (status = 409, description = "Not a member, the last voter, or another change in progress", body = ErrorBody),
-        (status = 503, description = "No leader, or the leader could not be reached", body = ErrorBody,
+        (status = 400, description = "Relayed from the leader (`invalid`)", body = ErrorBody),
+        (status = 404, description = "Not a node id (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Not a member, the last voter, or another change in progress (`conflict`)", body = ErrorBody),
+        (status = 503, description = "No leader, or the leader could not be reached (`unavailable`), or its answer was not understood (`outcome_unknown`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("admin_key" = [])))]
@@ -352,7 +346,6 @@ pub async fn ready(State(node): State<Arc<Node>>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operator", operation_id = "metrics",
     responses(
         (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {

@@ -63,17 +63,57 @@ pub struct EventsQuery {
     after: Option<String>,
 }
 
-/// Server-sent events of every transition of the session's tasks, as applied here.
+/// Server-sent events of every transition of the session's tasks, as applied here;
+/// or, with a WebSocket upgrade, the same events as WebSocket messages.
 #[utoipa::path(get, path = "/v1/sessions/{id}/events", tag = "sessions", operation_id = "session_events",
-    params(("id" = String, Path, description = "Session id (`s-…`)")),
+    description = "Every transition of the session's tasks, as this node applies it: an endless \
+        `text/event-stream`, or, on this same path with a WebSocket upgrade (`GET` over HTTP/1.1 with \
+        `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a \
+        `Sec-WebSocket-Key`), a WebSocket (101) that carries the same events.\n\n\
+        **Event ids.** Each `transition` carries an id `<index>-<pos>`: the log index of the entry \
+        that caused it and its position among that entry's events, the same on every node (SSE: the \
+        `id:` line; WebSocket: the `id` field). `lagged` and `resync` carry none: keep the last id.\n\n\
+        **Resume.** `Last-Event-ID: <index>-<pos>` (SSE; what `EventSource` sends when it reconnects) \
+        or `?after=<index>-<pos>` (SSE and WebSocket; the header wins) gets every event after that id \
+        still in this node's event window (`--event-window`), then the live ones; any node will do. \
+        When the window no longer reaches back that far the stream starts with one `resync` event \
+        (`{\"index\": N, \"reason\": \"window\"}`) and goes on live: re-read the tasks. Without an \
+        id the stream starts live.\n\n\
+        **Events.** `transition` (`TransitionEvent`); `lagged` (`LaggedEvent`, `{\"missed\": n}`) when \
+        the client read too slowly and the window moved past it; `resync` (`ResyncEvent`) as above, or \
+        with `reason` `snapshot` after this node caught up by installing a snapshot. SSE sends a \
+        comment every 15 s when idle.\n\n\
+        **WebSocket messages.** Server to client: one text message per event, \
+        `{\"id\": \"<index>-<pos>\" or null, \"event\": \"transition\" | \"lagged\" | \"resync\", \"data\": {...}}` \
+        (`SessionEventMessage`, `data` as in SSE), a ping every 15 s when idle, and a close frame \
+        (1001) when the node stops. Client to server: nothing is expected; messages are read (pings \
+        answered, a close honoured) and otherwise ignored.\n\n\
+        Browsers cannot set headers on `EventSource` or a WebSocket: this route also takes the API \
+        key as `?key=`. Each open stream counts against the node's `--max-event-streams`.",
+    params(
+        ("id" = String, Path, description = "Session id (`s-…`)"),
+        ("after" = Option<String>, Query, pattern = "^[0-9]+-[0-9]+$",
+            description = "Resume after this event id (`<index>-<pos>`); `Last-Event-ID` wins when both are given"),
+        ("key" = Option<String>, Query,
+            description = "The API key, for clients that cannot send `Authorization` (browsers' `EventSource` and WebSocket); \
+                the header wins when both are given"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+-[0-9]+$",
+            description = "Resume after this event id (`<index>-<pos>`): what `EventSource` sends when it reconnects"),
+    ),
     responses(
-        (status = 200, description = "An endless `text/event-stream`; each event's `data` is JSON: \
-            `event: transition` (`TransitionEvent`), `event: lagged` (`LaggedEvent`) when the client fell \
-            behind, `event: resync` (`ResyncEvent`) after this node installed a snapshot; comments keep it alive.",
+        (status = 101, description = "Switching Protocols: the WebSocket upgrade was accepted. Each event is then one \
+            text message `SessionEventMessage`; a ping every 15 s when idle; a close frame (1001) when the node stops. \
+            Messages from the client are ignored."),
+        (status = 200, description = "An endless `text/event-stream`. Each event has an `event:` line (`transition`, \
+            `lagged`, `resync`), an `id:` line on transitions (`<index>-<pos>`, to resume with `Last-Event-ID`), \
+            and a JSON `data:` line (`StreamEvent`); comments keep it alive.",
             body = SessionEvent, content_type = "text/event-stream"),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "No such session", body = ErrorBody),
-        (status = 503, description = "This node could not catch up with the leader to tell", body = ErrorBody,
+        (status = 400, description = "A malformed `Last-Event-ID` or `after`, a bad query, or a malformed WebSocket \
+            upgrade (it needs GET, HTTP/1.1, `Connection: Upgrade`, `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key`)",
+            body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key, as `Authorization: Bearer` or `?key=`, when the node has one (`unauthorized`)", body = ErrorBody),
+        (status = 404, description = "No such session (`not_found`)", body = ErrorBody),
+        (status = 503, description = "This node could not catch up with the leader to tell whether the session exists (`unavailable`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("api_key" = [])))]

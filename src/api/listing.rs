@@ -15,9 +15,10 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use utoipa::IntoParams;
 
-use super::replies::{MinerView, SessionView};
+use super::error::ErrorBody;
+use super::replies::{MinerView, MinersPage, SessionView, SessionsPage};
 use super::{ApiError, QueryParams};
 use crate::machine::{MinerId, SessionId};
 use crate::node::Node;
@@ -27,10 +28,14 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// The largest `limit`.
 pub const MAX_LIMIT: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Most entries in the answer, 1..=1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Only entries older than this id: the `next_before` of the previous page.
     before: Option<String>,
 }
 
@@ -52,18 +57,15 @@ impl PageQuery {
     }
 }
 
-/// The answer: entries under `key`, the cursor of the next page, the applied index.
-fn page<T: serde::Serialize>(
-    key: &str,
-    list: Vec<T>,
-    next: Option<String>,
-    applied_index: u64,
-) -> Json<Value> {
-    Json(json!({key: list, "next_before": next, "applied_index": applied_index}))
-}
-
 /// `GET /v1/sessions`: sessions newest first, each as `GET /v1/sessions/{id}` shows
 /// it (settings, state, reserved miners and `counts` of its tasks per state).
+#[utoipa::path(get, path = "/v1/sessions", tag = "sessions", operation_id = "list_sessions",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page of sessions, newest first, from this node's applied state", body = SessionsPage),
+        (status = 400, description = "A bad query parameter: `limit` out of 1..=1000, `before` not a session id, an unknown parameter", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
 pub async fn sessions(
     State(node): State<Arc<Node>>,
     QueryParams(q): QueryParams<PageQuery>,
@@ -79,12 +81,23 @@ pub async fn sessions(
             .collect();
         (list, more, index)
     });
-    let next = more.then(|| list.last().map(|v| v.id.clone())).flatten();
-    Ok(page("sessions", list, next, index))
+    let next_before = more.then(|| list.last().map(|v| v.id.clone())).flatten();
+    Ok(Json(SessionsPage {
+        sessions: list,
+        next_before,
+        applied_index: index,
+    }))
 }
 
 /// `GET /v1/pool/miners`: miners newest first (gone ones until they are purged), with
 /// their state, the session reserving them and their work in flight; never a token.
+#[utoipa::path(get, path = "/v1/pool/miners", tag = "miners", operation_id = "list_miners",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page of miners, newest first, from this node's applied state", body = MinersPage),
+        (status = 400, description = "A bad query parameter: `limit` out of 1..=1000, `before` not a miner id, an unknown parameter", body = ErrorBody),
+    ),
+    security(("api_key" = [])))]
 pub async fn miners(
     State(node): State<Arc<Node>>,
     QueryParams(q): QueryParams<PageQuery>,
@@ -99,6 +112,10 @@ pub async fn miners(
             .collect();
         (list, more, index)
     });
-    let next = more.then(|| list.last().map(|v| v.id.clone())).flatten();
-    Ok(page("miners", list, next, index))
+    let next_before = more.then(|| list.last().map(|v| v.id.clone())).flatten();
+    Ok(Json(MinersPage {
+        miners: list,
+        next_before,
+        applied_index: index,
+    }))
 }

@@ -28,11 +28,8 @@ use crate::node::Node;
                 ("heartbeat" = (operation_id = "heartbeat_miner", parameters(("id" = "$response.body#/miner_id")))),
                 ("assignments" = (operation_id = "miner_assignments", parameters(("id" = "$response.body#/miner_id"))))
             )),
-        (status = 400, description = "Malformed body, a name, capacity or tag out of range", body = ErrorBody),
-        (status = 401, description = "Missing or wrong miner key (or API key)", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 400, description = "A name, capacity or tag out of range (`invalid`)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong miner key (or API key), when the node has one (`unauthorized`)", body = ErrorBody),
     ),
     security(("miner_key" = []), ("api_key" = [])))]
 pub async fn register(
@@ -85,14 +82,9 @@ async fn miner_update(
     request_body(content = Empty, description = "Empty, `{}`, or no body"),
     responses(
         (status = 200, description = "The miner after the heartbeat", body = MinerView),
-        (status = 400, description = "Malformed body", body = ErrorBody),
-        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
-        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
-        (status = 404, description = "No such miner", body = ErrorBody),
-        (status = 409, description = "The miner is gone (missed heartbeats or left)", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 403, description = "The token belongs to another miner (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such miner (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The miner is gone (missed heartbeats or left) (`conflict`)", body = ErrorBody),
     ),
     security(("miner_token" = [])))]
 pub async fn heartbeat(
@@ -111,14 +103,9 @@ pub async fn heartbeat(
     request_body(content = Empty, description = "Empty, `{}`, or no body"),
     responses(
         (status = 200, description = "The miner, draining", body = MinerView),
-        (status = 400, description = "Malformed body", body = ErrorBody),
-        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
-        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
-        (status = 404, description = "No such miner", body = ErrorBody),
-        (status = 409, description = "The miner is gone", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 403, description = "The token belongs to another miner (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such miner (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The miner is gone (`conflict`)", body = ErrorBody),
     ),
     security(("miner_token" = [])))]
 pub async fn drain(
@@ -136,12 +123,9 @@ pub async fn drain(
     params(("id" = String, Path, description = "Miner id (`m-…`)")),
     responses(
         (status = 200, description = "The miner, gone", body = MinerView),
-        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
-        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
-        (status = 404, description = "No such miner", body = ErrorBody),
-        (status = 409, description = "The miner is gone already", body = ErrorBody),
-        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 403, description = "The token belongs to another miner (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such miner (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The miner is gone already (`conflict`)", body = ErrorBody),
     ),
     security(("miner_token" = [])))]
 pub async fn deregister(
@@ -158,9 +142,8 @@ pub async fn deregister(
     params(("id" = String, Path, description = "Miner id (`m-…`)")),
     responses(
         (status = 200, description = "The miner", body = MinerView),
-        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
-        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
-        (status = 404, description = "No such miner", body = ErrorBody),
+        (status = 403, description = "The token belongs to another miner (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such miner (`not_found`)", body = ErrorBody),
     ),
     security(("miner_token" = [])))]
 pub async fn read(
@@ -215,12 +198,11 @@ pub const MAX_PAGE: usize = crate::machine::limits::MAX_CAPACITY as usize;
     params(("id" = String, Path, description = "Miner id (`m-…`)"), AssignmentsQuery),
     responses(
         (status = 200, description = "One page of the miner's unfinished assignments", body = AssignmentsPage),
-        (status = 400, description = "A bad query parameter", body = ErrorBody),
-        (status = 401, description = "Missing or unknown miner token", body = ErrorBody),
-        (status = 403, description = "The token belongs to another miner", body = ErrorBody),
-        (status = 404, description = "No such miner", body = ErrorBody),
-        (status = 409, description = "The miner is gone: register again", body = ErrorBody),
-        (status = 503, description = "The node is stopping", body = ErrorBody,
+        (status = 400, description = "A bad query parameter: `limit` out of 1..=4096, `after_task` not a task id, an unknown parameter (`invalid`)", body = ErrorBody),
+        (status = 403, description = "The token belongs to another miner (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "No such miner (`not_found`)", body = ErrorBody),
+        (status = 409, description = "The miner is gone: register again (`conflict`)", body = ErrorBody),
+        (status = 503, description = "The node is stopping (`unavailable`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("miner_token" = [])))]
@@ -310,7 +292,6 @@ pub async fn assignments(
 #[utoipa::path(get, path = "/v1/pool", tag = "miners", operation_id = "pool",
     responses(
         (status = 200, description = "The pool, its scaling signal and queue depth", body = PoolStatus),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn pool(State(node): State<Arc<Node>>) -> Json<PoolStatus> {

@@ -41,16 +41,40 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 }
 
 /// `GET /`: the page.
+#[utoipa::path(get, path = "/", tag = "operator", operation_id = "operator_page",
+    responses((status = 200, description = "The operator page: members, leader, term, applied index \
+        and lag per node, the pool and its scaling signal, sessions with their tasks per state, live \
+        throughput. Static, without a key (it asks for the API key when a call answers 401); sent \
+        with a strict Content-Security-Policy.",
+        body = String, content_type = "text/html",
+        headers(
+            ("Content-Security-Policy" = String, description = "Scripts, styles and connections from this origin only"),
+            ("Cache-Control" = String, description = "`no-cache`"),
+        ))))]
 pub async fn index() -> impl IntoResponse {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
 /// `GET /ui/app.js`: what the page does.
+#[utoipa::path(get, path = "/ui/app.js", tag = "operator", operation_id = "operator_page_script",
+    responses((status = 200, description = "The operator page's script (static)",
+        body = String, content_type = "text/javascript",
+        headers(
+            ("Content-Security-Policy" = String, description = "Scripts, styles and connections from this origin only"),
+            ("Cache-Control" = String, description = "`no-cache`"),
+        ))))]
 pub async fn script() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
 /// `GET /ui/style.css`: how it looks.
+#[utoipa::path(get, path = "/ui/style.css", tag = "operator", operation_id = "operator_page_style",
+    responses((status = 200, description = "The operator page's style sheet (static)",
+        body = String, content_type = "text/css",
+        headers(
+            ("Content-Security-Policy" = String, description = "Scripts, styles and connections from this origin only"),
+            ("Cache-Control" = String, description = "`no-cache`"),
+        ))))]
 pub async fn style() -> impl IntoResponse {
     asset("text/css; charset=utf-8", STYLE_CSS)
 }

@@ -399,6 +399,26 @@ pub struct AssignmentsPage {
     pub applied_index: u64,
 }
 
+/// `GET /v1/sessions`: one page of sessions, newest first.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionsPage {
+    pub sessions: Vec<SessionView>,
+    /// The last entry's id when older sessions follow (pass it as `before`), else null.
+    pub next_before: Option<String>,
+    /// The log index of the state this was read from.
+    pub applied_index: u64,
+}
+
+/// `GET /v1/pool/miners`: one page of miners, newest first; never a token.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MinersPage {
+    pub miners: Vec<MinerView>,
+    /// The last entry's id when older miners follow (pass it as `before`), else null.
+    pub next_before: Option<String>,
+    /// The log index of the state this was read from.
+    pub applied_index: u64,
+}
+
 /// The node pool and its scaling signal.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct PoolCounts {
@@ -530,12 +550,31 @@ pub struct Readiness {
 /// One server-sent event of `GET /v1/sessions/{id}/events`, as a client reads it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct SessionEvent {
+    /// The `id:` line of a `transition`: `<log index>-<position among that entry's
+    /// events>`, the same on every node; send it back as `Last-Event-ID` (or `?after=`)
+    /// to resume. `lagged` and `resync` have none.
+    #[schema(pattern = "^[0-9]+-[0-9]+$")]
+    pub id: Option<String>,
     /// `transition`, `lagged` or `resync`.
     #[schema(pattern = "^(transition|lagged|resync)$")]
     pub event: String,
     /// JSON, a `StreamEvent`: `TransitionEvent`, `LaggedEvent` or `ResyncEvent` by `event`.
     #[schema(content_media_type = "application/json")]
     pub data: String,
+}
+
+/// One WebSocket text message of `GET /v1/sessions/{id}/events` (after the upgrade):
+/// the same events as the server-sent ones, as one JSON object each.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionEventMessage {
+    /// As the SSE `id:`: `<log index>-<position>` for a `transition` (pass it as
+    /// `?after=` to resume), null for `lagged` and `resync`.
+    #[schema(pattern = "^[0-9]+-[0-9]+$")]
+    pub id: Option<String>,
+    /// `transition`, `lagged` or `resync`.
+    #[schema(pattern = "^(transition|lagged|resync)$")]
+    pub event: String,
+    pub data: StreamEvent,
 }
 
 /// The `data` of an event of `GET /v1/sessions/{id}/events`: a transition, or a
@@ -555,12 +594,17 @@ pub struct LaggedEvent {
     pub missed: u64,
 }
 
-/// `event: resync`: this node installed a snapshot up to this log index; the
-/// transitions it covers were never applied here one by one.
+/// `event: resync`: the stream cannot give every event since the id asked for;
+/// re-read the tasks, the stream goes on live. `reason` `window`: the resume id is
+/// older than the node's event window, which holds the events of entries after
+/// `index`; `snapshot`: this node installed a snapshot up to `index`, whose
+/// transitions were never applied here one by one.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResyncEvent {
     pub index: u64,
+    #[schema(pattern = "^(window|snapshot)$")]
+    pub reason: String,
 }
 
 /// The `data` of an `event: transition` of `GET /v1/sessions/{id}/events`.

@@ -59,10 +59,8 @@ pub(crate) fn parse_session(id: &str) -> Result<SessionId, ApiError> {
                 ("submit_batch" = (operation_id = "submit_batch", parameters(("id" = "$response.body#/id")))),
                 ("close" = (operation_id = "close_session", parameters(("id" = "$response.body#/id"))))
             )),
-        (status = 400, description = "Malformed body or a setting out of range", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 413, description = "Body over the limit", body = ErrorBody),
-        (status = 503, description = "No leader in time; nothing written, or the outcome is unknown (`outcome_unknown`)", body = ErrorBody,
+        (status = 400, description = "A setting out of range (`invalid`)", body = ErrorBody),
+        (status = 503, description = "Created, but this node could not catch up with the leader to read it back (`unavailable`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("api_key" = [])))]
@@ -91,9 +89,8 @@ pub async fn create(
     params(("id" = String, Path, description = "Session id (`s-…`)")),
     responses(
         (status = 200, description = "The session", body = SessionView),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "No such session", body = ErrorBody),
-        (status = 503, description = "This node could not catch up with the leader to tell", body = ErrorBody,
+        (status = 404, description = "No such session (`not_found`)", body = ErrorBody),
+        (status = 503, description = "This node could not catch up with the leader to tell (`unavailable`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("api_key" = [])))]
@@ -117,11 +114,8 @@ pub async fn read(
     params(("id" = String, Path, description = "Session id (`s-…`)")),
     responses(
         (status = 200, description = "Closed", body = SessionClosed),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "No such session", body = ErrorBody),
-        (status = 409, description = "Already closed", body = ErrorBody),
-        (status = 503, description = "No leader in time, or the outcome is unknown", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 404, description = "No such session (`not_found`)", body = ErrorBody),
+        (status = 409, description = "Already closed (`conflict`)", body = ErrorBody),
     ),
     security(("api_key" = [])))]
 pub async fn close(
