@@ -372,3 +372,41 @@ async fn an_open_websocket_holds_its_event_stream_place_until_it_closes() {
     assert!(cluster.is_running(0));
     drop(open);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_is_caught_up_by_requests_sized_to_the_heartbeat() {
+    // Entries of about 100 KB: sixteen of them (openraft's request) are more than the
+    // first request of a connection carries before the follower's rate is known.
+    let mut cluster = TestCluster::start_with(cluster_with(&["--snapshot-entries=100000"])).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let session = cluster
+        .client()
+        .create_session(&session_spec(1, 1))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let lagging = (leader + 1) % 3;
+    cluster.pause(lagging);
+    let url = format!("{}/v1/sessions/{session}/tasks:batch", cluster.url(leader));
+    let mut accepted = 0;
+    for k in 0..40 {
+        let tasks: Vec<Value> = (0..25)
+            .map(|i| json!({"payload": b64(format!("{k}-{i}-{}", "y".repeat(4000)).as_bytes())}))
+            .collect();
+        let (status, _, v) = post(&http, url.clone(), json!({ "tasks": tasks })).await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        accepted += 25;
+    }
+    cluster.resume(lagging);
+    assert_eq!(
+        submitted_everywhere(&cluster, &session).await,
+        vec![accepted; 3]
+    );
+    assert!(
+        cluster
+            .metric(leader, "sq_replication_requests_sized_total")
+            .await
+            > 0.0,
+        "the catch-up requests were sized to the follower's rate"
+    );
+}
