@@ -33,17 +33,6 @@
 //! openraft then sends the rest from there. A request thus fits in the replication
 //! timeout whatever the entries' sizes, as long as the link moves
 //! `--max-replication-bytes` within it.
-//!
-//! And a request is sized to be answered within openraft's own timeout (the
-//! heartbeat interval), so catching up a follower far behind (after a snapshot, or
-//! through a long log) is a stream of requests answered in time rather than a
-//! series of openraft timeouts (`timeout after 100ms when AppendEntries`, each
-//! logged as an error) and retries joining the running request. Each connection
-//! measures the rate at which its follower takes entries (bytes per second of the
-//! requests it answered, the follower's write and fsync included) and cuts the next
-//! request to the bytes that take half a heartbeat interval at that rate (at least
-//! one entry, at most `--max-replication-bytes`). A single entry that takes longer
-//! still goes, and still runs on past openraft's timeout as above.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -451,32 +440,6 @@ impl Network {
     }
 }
 
-/// The bytes of the first request of a connection, before its follower's rate is
-/// known.
-const FIRST_REQUEST_BYTES: usize = 1 << 20;
-
-/// The bytes one request carries so that it is answered in half of `ttl` (openraft's
-/// timeout) at `rate` bytes a second (none known: [`FIRST_REQUEST_BYTES`]), at most
-/// `max_bytes`.
-pub fn request_bytes(rate: Option<f64>, ttl: Duration, max_bytes: usize) -> usize {
-    let bytes = match rate {
-        None => FIRST_REQUEST_BYTES,
-        Some(rate) => (rate * ttl.as_secs_f64() / 2.0) as usize,
-    };
-    bytes.clamp(1, max_bytes.max(1))
-}
-
-/// The follower's rate after a request of `bytes` answered in `took`: a moving
-/// average, so one slow answer (a follower busy for a moment) does not shrink the
-/// requests for long.
-pub fn next_rate(rate: Option<f64>, bytes: usize, took: Duration) -> f64 {
-    let sample = bytes as f64 / took.as_secs_f64().max(1e-4);
-    match rate {
-        None => sample,
-        Some(rate) => (rate + sample) / 2.0,
-    }
-}
-
 /// How many of the leading entries (of these encoded sizes) one request carries:
 /// as many as fit in `max_bytes`, and at least one.
 pub fn entries_that_fit(sizes: impl IntoIterator<Item = usize>, max_bytes: usize) -> usize {
@@ -503,15 +466,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             replication_timeout: self.replication_timeout,
             max_replication_bytes: self.max_replication_bytes,
             append: None,
-            rate: None,
         }
     }
 }
 
 type AppendResult = Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, PeerError>;
-
-/// A request's result, and how long it took to be answered.
-type TimedAppend = (AppendResult, std::time::Duration);
 
 /// What identifies a replication request: the same key means the same request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -536,9 +495,7 @@ impl AppendKey {
 /// A replication request with entries, running in a task of its own.
 struct RunningAppend {
     key: AppendKey,
-    /// Encoded bytes of its entries.
-    bytes: usize,
-    task: JoinHandle<TimedAppend>,
+    task: JoinHandle<AppendResult>,
 }
 
 /// openraft's view of one peer (one per replication stream and per vote round).
@@ -549,8 +506,6 @@ pub struct Connection {
     replication_timeout: Duration,
     max_replication_bytes: usize,
     append: Option<RunningAppend>,
-    /// Bytes a second the follower took in the last requests (see the module doc).
-    rate: Option<f64>,
 }
 
 impl Drop for Connection {
@@ -604,22 +559,14 @@ impl Connection {
     async fn append_with_entries(
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
-        ttl: Duration,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        // Only the prefix that fits in the byte bound, and that the follower takes in
-        // half of openraft's timeout, goes (see the module doc).
-        let sizes: Vec<usize> = rpc.entries.iter().map(codec::encoded_len).collect();
-        let in_bound = entries_that_fit(sizes.iter().copied(), self.max_replication_bytes);
-        let budget = request_bytes(self.rate, ttl, self.max_replication_bytes);
-        let fit = entries_that_fit(sizes.iter().copied(), budget);
-        if in_bound < rpc.entries.len() {
-            metrics::counter!("sq_replication_requests_cut_total").increment(1);
-        }
-        if fit < in_bound {
-            metrics::counter!("sq_replication_requests_sized_total").increment(1);
-        }
-        let bytes: usize = sizes[..fit].iter().sum();
+        // Only the prefix that fits in the byte bound goes (see the module doc).
+        let fit = entries_that_fit(
+            rpc.entries.iter().map(codec::encoded_len),
+            self.max_replication_bytes,
+        );
         let cut = (fit < rpc.entries.len()).then(|| {
+            metrics::counter!("sq_replication_requests_cut_total").increment(1);
             rpc.entries.truncate(fit);
             rpc.entries.last().map(|e| e.log_id)
         });
@@ -645,26 +592,20 @@ impl Connection {
                 let (client, target, addr) = (self.client.clone(), self.target, self.addr.clone());
                 let timeout = self.replication_timeout;
                 let task = tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    let result = client
+                    client
                         .call(target, &addr, paths::APPEND, &rpc, timeout, None)
-                        .await;
-                    (result, started.elapsed())
+                        .await
                 });
-                self.append = Some(RunningAppend { key, bytes, task });
+                self.append = Some(RunningAppend { key, task });
             }
         }
         let running = self.append.as_mut().expect("set above");
         // If openraft's timeout drops this future here, the task runs on.
         let joined = (&mut running.task).await;
-        let sent = running.bytes;
         self.append = None;
-        let (result, took) = joined.map_err(|e| {
+        let result = joined.map_err(|e| {
             RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
         })?;
-        if matches!(result, Ok(Ok(_))) {
-            self.rate = Some(next_rate(self.rate, sent, took));
-        }
         let response = result
             .map_err(rpc_error)?
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
@@ -693,7 +634,7 @@ impl RaftNetwork<TypeConfig> for Connection {
             // A heartbeat: openraft's short timeout is the point.
             self.rpc(paths::APPEND, &rpc, &option).await
         } else {
-            self.append_with_entries(rpc, option.hard_ttl()).await
+            self.append_with_entries(rpc).await
         }
     }
 
@@ -730,23 +671,6 @@ impl RaftNetwork<TypeConfig> for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_request_is_sized_to_half_the_timeout_at_the_followers_rate() {
-        let ttl = Duration::from_millis(100);
-        let max = 32 << 20;
-        assert_eq!(request_bytes(None, ttl, max), FIRST_REQUEST_BYTES);
-        assert_eq!(request_bytes(None, ttl, 1000), 1000, "never over the bound");
-        // 100 MB/s: 5 MB in 50 ms.
-        assert!(request_bytes(Some(100e6), ttl, max).abs_diff(5_000_000) <= 1);
-        assert_eq!(request_bytes(Some(1e12), ttl, max), max);
-        assert_eq!(request_bytes(Some(0.0), ttl, max), 1, "still one entry");
-        // The rate follows the answers, halfway each time.
-        let rate = next_rate(None, 1_000_000, Duration::from_millis(10));
-        assert!((rate - 100e6).abs() < 1.0, "{rate}");
-        let rate = next_rate(Some(rate), 1_000_000, Duration::from_millis(100));
-        assert!((rate - 55e6).abs() < 1.0, "{rate}");
-    }
 
     #[test]
     fn a_request_carries_the_entries_that_fit_and_always_one() {
