@@ -2,17 +2,22 @@
 # Memory of queued work in a real cluster: three nodes, TASKS (default 1,000,000)
 # tasks of 256 bytes queued through the batch endpoint with no miners, then each
 # node's resident memory (RSS, and its peak, VmHWM) and the bytes per queued task.
-# Then node 3 is stopped, its data wiped, and it is started again: it catches up by
-# a snapshot of the whole state, and its peak RSS shows what the install held.
+# Then node 3 is replaced as docs/DEPLOY.md says (a wiped node stays blank and never
+# votes, by design): it is stopped and removed from the cluster, a node with a new id
+# (4) and an empty data directory is started (`--initial-cluster-state existing`)
+# and added; it catches up by a snapshot of the whole state (with MEM_BATCH=100: with
+# the default, the log is short enough to be replayed), and its peak RSS (VmHWM)
+# shows what the install held. Its RSS is sampled every second into
+# $MEM_DIR/node4-rss.csv, and the leader's log is searched for replication errors.
 #
 #   benches/memory.sh [TASKS=1000000]
 #
 # Environment: SQ_BIN (default $CARGO_TARGET_DIR/release/session-queue), MEM_DIR
 # (default /tmp/sq-memory, wiped first), MEM_PORT (API base port, default 7300;
 # peers on +101..+103), MEM_SNAPSHOT_ENTRIES (default 500: the batch entries of a
-# million tasks are about 1,000, and node 3 must find the log purged to need a
-# snapshot), MEM_BATCH (tasks a batch call, default 1000; 100 makes ten times the
-# entries, so that node 3 must catch up by snapshot).
+# million tasks are about 1,000), MEM_BATCH (tasks a batch call, default 1000; 100
+# makes ten times the entries, more than openraft keeps after a snapshot, so that
+# node 4 must catch up by snapshot).
 set -euo pipefail
 
 tasks=${1:-1000000}
@@ -24,6 +29,7 @@ port=${MEM_PORT:-7300}
 rm -rf "$dir"
 mkdir -p "$dir"
 secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+admin=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 members=""
 nodes=""
 for i in 1 2 3; do
@@ -31,12 +37,19 @@ for i in 1 2 3; do
   nodes+="${nodes:+,}127.0.0.1:$((port + i))"
 done
 declare -A pid
+# start ID [FLAGS...]: an initial member by default.
 start() {
-  SQ_CLUSTER_SECRET="$secret" nice "$bin" node --id "$1" \
-    --api-addr "127.0.0.1:$((port + $1))" --peer-addr "127.0.0.1:$((port + 100 + $1))" \
-    --data-dir "$dir/node$1" --initial-cluster "$members" --initial-cluster-state new \
-    --snapshot-entries "${MEM_SNAPSHOT_ENTRIES:-500}" >>"$dir/node$1.log" 2>&1 &
-  pid[$1]=$!
+  local id=$1
+  shift
+  [ $# -gt 0 ] || set -- --initial-cluster "$members" --initial-cluster-state new
+  SQ_CLUSTER_SECRET="$secret" SQ_ADMIN_KEY="$admin" nice "$bin" node --id "$id" \
+    --api-addr "127.0.0.1:$((port + id))" --peer-addr "127.0.0.1:$((port + 100 + id))" \
+    --data-dir "$dir/node$id" "$@" \
+    --snapshot-entries "${MEM_SNAPSHOT_ENTRIES:-500}" >>"$dir/node$id.log" 2>&1 &
+  pid[$id]=$!
+}
+cluster() {
+  SQ_ADMIN_KEY="$admin" "$bin" cluster --nodes "127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2))" "$@"
 }
 stop() {
   for i in "${!pid[@]}"; do kill -TERM "${pid[$i]}" 2>/dev/null || true; done
@@ -75,15 +88,39 @@ for i in 1 2 3; do
   echo "node $i: RSS $((rss / 1024)) MiB, peak $(($(kib "$i" VmHWM) / 1024)) MiB, $(((rss - base[$i]) * 1024 / n)) bytes a queued task above the empty node"
 done
 
-# Node 3 from nothing: it catches up by a snapshot of the whole state.
+# Node 3 replaced by node 4 from nothing (docs/DEPLOY.md, "replace a node"): node 4
+# catches up by a snapshot of the whole state.
 kill -TERM "${pid[3]}"
 wait "${pid[3]}" 2>/dev/null || true
-rm -rf "$dir/node3"
-start 3
-for _ in $(seq 600); do
-  [ "$(held 3 || echo 0)" = "$n" ] && break
+unset 'pid[3]'
+cluster remove 3 >/dev/null
+from1=$(wc -l <"$dir/node1.log")
+from2=$(wc -l <"$dir/node2.log")
+start 4 --initial-cluster-state existing
+for _ in $(seq 100); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$((port + 4))/health" 2>/dev/null && break
+  sleep 0.3
+done
+began=$(date +%s)
+cluster add 4 "127.0.0.1:$((port + 4))" "127.0.0.1:$((port + 104))" >"$dir/add.out" 2>&1 &
+adding=$!
+peer_conns() {
+  curl -fsS "http://127.0.0.1:$((port + $1))/metrics" 2>/dev/null |
+    awk '/^sq_connections_open\{listener="peer"\}/ {printf "%d", $NF}'
+}
+echo "seconds,rss_mib,tasks,peer_connections" >"$dir/node4-rss.csv"
+for _ in $(seq 900); do
+  have=$(held 4 || echo 0)
+  echo "$(($(date +%s) - began)),$(($(kib 4 VmRSS) / 1024)),${have:-0},$(peer_conns 4 || true)" >>"$dir/node4-rss.csv"
+  [ "${have:-0}" = "$n" ] && break
   sleep 1
 done
+caught=$(($(date +%s) - began))
+wait "$adding" 2>/dev/null || true
 sleep 15
-echo "node 3 after catching up by snapshot: holds $(held 3) tasks, RSS $(($(kib 3 VmRSS) / 1024)) MiB, peak $(($(kib 3 VmHWM) / 1024)) MiB"
-grep -c "installed snapshot" "$dir/node3.log" | sed 's/^/snapshots installed by node 3: /'
+echo "node 4 (replacing node 3) after catching up in ${caught} s: holds $(held 4) tasks, RSS $(($(kib 4 VmRSS) / 1024)) MiB, peak $(($(kib 4 VmHWM) / 1024)) MiB"
+grep -c "installed snapshot" "$dir/node4.log" | sed 's/^/snapshots installed by node 4: /' || true
+since() { tail -n +"$((from1 + 1))" "$dir/node1.log"; tail -n +"$((from2 + 1))" "$dir/node2.log"; }
+echo "log lines of nodes 1 and 2 since the add: $(since | grep -c -i 'payload too large' || true)" \
+  "'payload too large', $(since | grep -c 'timeout after' || true) 'timeout after'," \
+  "$(since | grep -c 'RPCError' || true) 'RPCError'"

@@ -241,6 +241,11 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
+    /// Longest a request's body may take to arrive after its headers, ms; past it the
+    /// request is answered 408 and nothing is written.
+    #[arg(long, env = "SQ_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+
     /// The API's TLS certificate (PEM, the chain with this node's first). With
     /// --tls-key the API speaks https only; every node of a cluster must do the same.
     #[arg(long, env = "SQ_TLS_CERT", requires = "tls_key")]
@@ -347,6 +352,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("max_peer_connections", &self.max_peer_connections)
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
             .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("body_read_timeout_ms", &self.body_read_timeout_ms)
             // Paths only: the keys' contents are read by crate::tls, never logged.
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
@@ -438,8 +444,14 @@ impl NodeConfig {
         if self.max_connections == 0 || self.max_peer_connections == 0 {
             bail!("--max-connections and --max-peer-connections must be positive");
         }
-        if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
-            bail!("--header-read-timeout-ms and --idle-timeout-ms must be positive");
+        if self.header_read_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+            || self.body_read_timeout_ms == 0
+        {
+            bail!(
+                "--header-read-timeout-ms, --idle-timeout-ms and --body-read-timeout-ms must \
+                 be positive"
+            );
         }
         if self.event_window < 16 {
             bail!("--event-window must be at least 16");
@@ -519,6 +531,7 @@ impl NodeConfig {
             },
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
         }
     }
 

@@ -14,10 +14,17 @@
 //!   has not ended it a second later);
 //! - a request whose headers do not arrive within `header_read_timeout` closes its
 //!   connection, and so does a TLS handshake that takes longer;
+//! - a request whose body does not arrive whole within `body_read_timeout` of its
+//!   headers fails to read it ([`BodyReadTimeout`]): a client trickling a body a byte
+//!   at a time cannot hold a request (and its connection) for ever. The request
+//!   carries a [`BodyDeadline`] in its extensions, so the handler's layer can tell
+//!   this failure from others (the API answers 408, and nothing is written: a
+//!   handler acts only on a whole body);
 //! - a failed `accept` (no file descriptors left) backs off instead of ending the
 //!   server.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,6 +53,8 @@ pub struct ListenerLimits {
     pub header_read_timeout: Duration,
     /// A connection with nothing in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// Longest a request's body may take to arrive, counted from its headers.
+    pub body_read_timeout: Duration,
 }
 
 /// Serves `app` on `listener` until `stop` is triggered, then lets open
@@ -138,12 +147,26 @@ async fn serve_connection<I>(
 {
     let activity = Arc::new(Activity::new());
     let tracked = activity.clone();
+    let body_read_timeout = limits.body_read_timeout;
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         let app = app.clone();
         let guard = tracked.enter();
+        let deadline = BodyDeadline::new(body_read_timeout);
+        let mut request = request.map(|body| {
+            if http_body::Body::is_end_stream(&body) {
+                Body::new(body)
+            } else {
+                Body::new(DeadlineBody {
+                    body,
+                    deadline: deadline.clone(),
+                    sleep: None,
+                })
+            }
+        });
+        request.extensions_mut().insert(deadline);
         async move {
             let response = app
-                .oneshot(request.map(Body::new))
+                .oneshot(request)
                 .await
                 .unwrap_or_else(|never: Infallible| match never {});
             Ok::<_, Infallible>(response.map(|body| guard_body(body, guard)))
@@ -264,6 +287,88 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.last_ms.store(self.0.now_ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// When a request's body must have arrived; in the request's extensions. Tells
+/// whether reading the body failed for being too slow.
+#[derive(Clone, Debug)]
+pub struct BodyDeadline(Arc<DeadlineState>);
+
+#[derive(Debug)]
+struct DeadlineState {
+    at: tokio::time::Instant,
+    timeout: Duration,
+    expired: std::sync::atomic::AtomicBool,
+}
+
+impl BodyDeadline {
+    fn new(timeout: Duration) -> Self {
+        BodyDeadline(Arc::new(DeadlineState {
+            at: tokio::time::Instant::now() + timeout,
+            timeout,
+            expired: Default::default(),
+        }))
+    }
+
+    /// Whether reading the body failed with [`BodyReadTimeout`].
+    pub fn expired(&self) -> bool {
+        self.0.expired.load(Ordering::Acquire)
+    }
+
+    /// The error of a body that did not arrive in time.
+    pub fn error(&self) -> BodyReadTimeout {
+        BodyReadTimeout(self.0.timeout)
+    }
+}
+
+/// A request body that did not arrive whole within the body-read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the request body did not arrive within {} ms (--body-read-timeout-ms)",
+    .0.as_millis()
+)]
+pub struct BodyReadTimeout(Duration);
+
+/// A request body that fails with [`BodyReadTimeout`] once its deadline passes
+/// before it ends.
+struct DeadlineBody {
+    body: Incoming,
+    deadline: BodyDeadline,
+    /// Made on the first wait, so a body that is already there costs no timer.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let at = self.deadline.0.at;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.deadline.0.expired.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(self.deadline.error().into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

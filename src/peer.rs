@@ -94,8 +94,17 @@ async fn authenticate(
         )
             .into_response();
     }
+    let deadline = parts
+        .extensions
+        .get::<crate::listener::BodyDeadline>()
+        .cloned();
     let body = match axum::body::to_bytes(body, MAX_PEER_BODY).await {
         Ok(b) => b,
+        // Too slow (--body-read-timeout-ms), not too large.
+        Err(_) if deadline.as_ref().is_some_and(|d| d.expired()) => {
+            let why = deadline.map(|d| d.error().to_string()).unwrap_or_default();
+            return (StatusCode::REQUEST_TIMEOUT, why).into_response();
+        }
         Err(e) => return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
     };
     let h = &parts.headers;

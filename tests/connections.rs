@@ -3,7 +3,9 @@
 //! The node clips its connection caps to its descriptor limit (and says so), no node
 //! goes down, writes through the other nodes go on, and the flooded node serves new
 //! clients again once its idle and header timeouts have closed the flood's
-//! connections, while the flood is still held.
+//! connections, while the flood is still held. And a client that sends its headers
+//! and then trickles the body is answered 408 once the body-read timeout passes,
+//! with nothing written.
 
 mod common;
 
@@ -13,7 +15,7 @@ use common::{cannot_run, session_spec, Options, TestCluster};
 use reqwest::StatusCode;
 use serde_json::json;
 use session_queue::client::b64;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Connections the flood holds open: several times the flooded node's descriptors.
@@ -192,4 +194,97 @@ async fn a_flood_of_idle_and_half_sent_connections_under_ulimit_1024_is_survived
         .unwrap();
     assert!(s["submitted_total"].as_u64().unwrap() >= 11, "{s}");
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_past_the_body_read_timeout_is_408_and_writes_nothing() {
+    const BODY_TIMEOUT_MS: u64 = 1500;
+    let cluster = TestCluster::start_with(Options {
+        nodes: 1,
+        flags: vec![format!("--body-read-timeout-ms={BODY_TIMEOUT_MS}")],
+        ..Options::default()
+    })
+    .await;
+    let c = cluster.client_of(0);
+    let session = c.create_session(&session_spec(1, 1)).await.unwrap();
+
+    // Headers at once, then the body a byte every 300 ms: it would take a minute.
+    let start = "{\"payload\": \"";
+    let body_len = 200;
+    let stream = TcpStream::connect(cluster.api(0)).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /v1/sessions/{session}/tasks HTTP/1.1\r\nHost: {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n{start}",
+        cluster.api(0)
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for _ in start.len()..body_len {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if writer.write_all(b"A").await.is_err() {
+                return;
+            }
+        }
+    });
+    // The answer comes once the timeout passes, long before the body would end.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                if body.trim_end().ends_with('}') {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let waited = sent.elapsed();
+    trickle.abort();
+    assert!(
+        read.is_ok(),
+        "no answer within 15 s to a body trickled a byte every 300 ms"
+    );
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let (_, body) = text.split_once("\r\n\r\n").expect("headers and a body");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).expect(body);
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--body-read-timeout-ms"),
+        "{v}"
+    );
+    assert!(
+        waited >= Duration::from_millis(BODY_TIMEOUT_MS - 100),
+        "answered after {waited:?}, before the timeout"
+    );
+
+    // Nothing was written, and the node still serves.
+    assert_eq!(submitted(&c, &session).await, 0);
+    c.submit(&session, b"whole", None).await.unwrap();
+    assert_eq!(submitted(&c, &session).await, 1);
+}
+
+/// The session's `submitted_total` on the client's node.
+async fn submitted(c: &session_queue::client::Client, session: &str) -> u64 {
+    c.ok(
+        reqwest::Method::GET,
+        &format!("/v1/sessions/{session}"),
+        None,
+        None,
+    )
+    .await
+    .unwrap()["submitted_total"]
+        .as_u64()
+        .unwrap()
 }

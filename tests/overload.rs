@@ -1,7 +1,7 @@
 //! Bounds on load, against real node processes: writes past the proposer's bound
 //! (429 `overloaded`), writes that cannot fit one Raft entry (413), the cluster's
 //! memory bound (429 `state_full`), and waiters past their bound (503
-//! `too_many_waiters`). Every refusal is checked to have written nothing: the
+//! `too_many_waiters`; an open WebSocket counts until it closes). Every refusal is checked to have written nothing: the
 //! tasks every node holds are exactly the ones acknowledged.
 
 mod common;
@@ -305,4 +305,70 @@ async fn past_the_waiter_bounds_streams_and_long_polls_are_503() {
         .unwrap();
     assert_eq!(again.status(), StatusCode::OK, "the place was given back");
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_holds_its_event_stream_place_until_it_closes() {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+
+    let cluster = TestCluster::start_with(Options {
+        nodes: 1,
+        ..cluster_with(&["--max-event-streams=2"])
+    })
+    .await;
+    let node = cluster.url(0);
+    let c = cluster.client_of(0);
+    let session = c.create_session(&session_spec(1, 1)).await.unwrap();
+    let ws_url = format!("ws://{}/v1/sessions/{session}/events", cluster.api(0));
+    let events = format!("{node}/v1/sessions/{session}/events");
+    let http = reqwest::Client::new();
+
+    // Two WebSockets are open: both places are taken for as long as they are.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (ws, response) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        open.push(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third stream, WebSocket or SSE, is refused.
+    match tokio_tungstenite::connect_async(&ws_url).await {
+        Err(WsError::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            // The client library keeps the body when the answer is not an upgrade.
+            if let Some(body) = response.body() {
+                let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+                assert_eq!(v["error"]["code"], "too_many_waiters", "{v}");
+            }
+        }
+        Err(e) => panic!("a third WebSocket failed otherwise: {e}"),
+        Ok(_) => panic!("a third WebSocket was accepted past --max-event-streams=2"),
+    }
+    let r = http.get(&events).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "too_many_waiters", "{v}");
+
+    // Closing one gives its place back (the node sees the close a moment later).
+    let mut first = open.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        let r = http.get(&events).send().await.unwrap();
+        status = r.status();
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the closed WebSocket's place was given back"
+    );
+    // The one still open is still served.
+    assert!(cluster.is_running(0));
+    drop(open);
 }

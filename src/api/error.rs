@@ -30,6 +30,7 @@ pub const CODES: &[&str] = &[
     "conflict",
     "idempotency_conflict",
     "too_large",
+    "request_timeout",
     "reveal_mismatch",
     "queue_full",
     "state_full",
@@ -82,6 +83,10 @@ pub enum ApiError {
     IdempotencyConflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The request's body did not arrive within `--body-read-timeout-ms` (408
+    /// `request_timeout`); nothing written.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A reveal that does not hash to its precommit (recorded; the assignment is rejected).
     #[error("{0}")]
     RevealMismatch(String),
@@ -120,6 +125,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::IdempotencyConflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RevealMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::QueueFull(_) | ApiError::StateFull(_) | ApiError::Overloaded(_) => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -138,6 +144,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::TooLarge(_) => "too_large",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::RevealMismatch(_) => "reveal_mismatch",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::StateFull(_) => "state_full",
@@ -177,9 +184,23 @@ impl IntoResponse for ApiError {
 /// handler runs (a path segment that is not UTF-8 once decoded: 400 in plain text; a
 /// method the route does not take: 405 with an empty body and `Allow`). Status and
 /// headers stay; answers that are JSON already pass untouched.
+///
+/// A request whose body failed to arrive within `--body-read-timeout-ms` (see
+/// [`crate::listener::BodyDeadline`]) is answered 408 `request_timeout`, whatever its
+/// handler made of the failed read: it acted on no body, so nothing was written.
 pub async fn json_errors(request: Request, next: Next) -> Response {
+    let deadline = request
+        .extensions()
+        .get::<crate::listener::BodyDeadline>()
+        .cloned();
     let response = next.run(request).await;
     let status = response.status();
+    if let Some(deadline) = deadline.filter(|d| d.expired()) {
+        if status.is_client_error() || status.is_server_error() {
+            metrics::counter!("sq_body_read_timeouts_total").increment(1);
+            return ApiError::RequestTimeout(deadline.error().to_string()).into_response();
+        }
+    }
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -285,6 +306,7 @@ mod tests {
             ApiError::Conflict(String::new()),
             ApiError::IdempotencyConflict(String::new()),
             ApiError::TooLarge(String::new()),
+            ApiError::RequestTimeout(String::new()),
             ApiError::RevealMismatch(String::new()),
             ApiError::QueueFull(String::new()),
             ApiError::StateFull(String::new()),

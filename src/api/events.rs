@@ -28,6 +28,10 @@
 //!
 //! Browsers cannot set headers on `EventSource` or WebSocket, so this route also
 //! takes the API key as `?key=` (see [`super::auth::require_api_key_or_query`]).
+//!
+//! Every stream holds one of the node's `--max-event-streams` places for as long as
+//! it is open: an SSE stream through its response body, a WebSocket in its socket's
+//! task (its `101` answer ends at once), given back when the socket ends.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -36,7 +40,7 @@ use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -48,6 +52,7 @@ use tokio::sync::watch;
 use super::error::ErrorBody;
 use super::replies::SessionEvent;
 use super::sessions::parse_session;
+use super::waiters::{StreamPermit, WaiterPermit};
 use super::{lookup, ApiError, QueryParams};
 use crate::machine::SessionId;
 use crate::node::Node;
@@ -122,6 +127,7 @@ pub async fn stream(
     Path(id): Path<String>,
     QueryParams(query): QueryParams<EventsQuery>,
     headers: HeaderMap,
+    permit: Option<Extension<StreamPermit>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let session = parse_session(&id)?;
@@ -139,7 +145,12 @@ pub async fn stream(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))?;
     Ok(match upgrade {
-        Ok(ws) => ws.on_upgrade(move |socket| websocket(socket, feed)),
+        Ok(ws) => {
+            // The socket's task holds the stream's place until the socket ends (also
+            // if the upgrade never completes: the closure is dropped).
+            let permit = permit.and_then(|Extension(slot)| slot.take());
+            ws.on_upgrade(move |socket| websocket(socket, feed, permit))
+        }
         Err(_) => {
             let events = stream::unfold(feed, |mut feed| async move {
                 let item = feed.next().await?;
@@ -332,8 +343,8 @@ impl Feed {
 
 /// Sends the feed over a WebSocket until either side closes it or the node stops.
 /// Messages from the client are read (so pings are answered and a close is seen)
-/// and otherwise ignored.
-async fn websocket(mut socket: WebSocket, mut feed: Feed) {
+/// and otherwise ignored. `_permit`, the stream's place, is given back on return.
+async fn websocket(mut socket: WebSocket, mut feed: Feed, _permit: Option<WaiterPermit>) {
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.tick().await;
     loop {

@@ -12,10 +12,13 @@
 //! travels with the response body, given back when the body ends (the stream closes,
 //! the client goes away, or the long poll answers). A request that does not wait (a
 //! task read without `wait`, an assignment list without `wait_ms`) takes no permit.
-//! A protocol upgraded off the response (a WebSocket) must hold a permit of its own
-//! ([`Waiters::stream_permit`]) for as long as it runs.
+//! A protocol upgraded off the response (a WebSocket) ends its response at once (the
+//! `101 Switching Protocols` has no body), so the stream layer also hands its permit
+//! to the handler ([`StreamPermit`] in the request's extensions): a handler that
+//! upgrades takes it into the socket's task, which gives it back when the socket
+//! ends; otherwise the response body holds it as above.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -101,14 +104,41 @@ fn take(
         })
 }
 
-/// Layer of the event-stream route: every request takes a stream permit.
+/// The stream permit of one request, in its extensions: a handler that upgrades the
+/// connection (a WebSocket) takes it for the socket's whole life; one it leaves is
+/// held by the response body.
+#[derive(Clone)]
+pub struct StreamPermit(Arc<Mutex<Option<WaiterPermit>>>);
+
+impl StreamPermit {
+    fn new(permit: WaiterPermit) -> Self {
+        StreamPermit(Arc::new(Mutex::new(Some(permit))))
+    }
+
+    /// The permit, once: `None` if it was taken already.
+    pub fn take(&self) -> Option<WaiterPermit> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Layer of the event-stream route: every request takes a stream permit, held by
+/// the response body or, for a WebSocket, by the socket's task.
 pub async fn bound_streams(
     State(waiters): State<Arc<Waiters>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     match waiters.stream_permit() {
-        Ok(permit) => hold(next.run(request).await, permit),
+        Ok(permit) => {
+            let slot = StreamPermit::new(permit);
+            request.extensions_mut().insert(slot.clone());
+            let response = next.run(request).await;
+            match slot.take() {
+                Some(permit) => hold(response, permit),
+                // Taken by an upgraded connection.
+                None => response,
+            }
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -178,6 +208,17 @@ mod tests {
         assert!(w.poll_permit().is_err());
         assert_eq!(w.held(), (1, 2));
         drop(s);
+        assert!(w.stream_permit().is_ok());
+    }
+
+    #[test]
+    fn a_stream_permit_is_taken_once_and_given_back_when_dropped() {
+        let w = Waiters::new(1, 1);
+        let slot = StreamPermit::new(w.stream_permit().unwrap());
+        let permit = slot.clone().take().expect("the permit");
+        assert!(slot.take().is_none(), "taken once");
+        assert!(w.stream_permit().is_err(), "still held by its taker");
+        drop(permit);
         assert!(w.stream_permit().is_ok());
     }
 }
