@@ -228,6 +228,12 @@ fn layer_statuses(id: &str, path: &str, op: &Value) -> Vec<LayerStatus> {
              calls other than a reveal).",
             false,
         ));
+        out.push(layer(
+            "408",
+            "The body did not arrive within `--body-read-timeout-ms` of the headers \
+             (`request_timeout`); nothing written.",
+            false,
+        ));
     }
     let schemes: Vec<&str> = op["security"]
         .as_array()
@@ -534,6 +540,7 @@ mod tests {
         retry_after(&submit, "429");
         says(&submit, "413", "--max-batch-bytes");
         says(&submit, "413", "--max-body-bytes");
+        says(&submit, "408", "`request_timeout`");
         says(&submit, "503", "`outcome_unknown`");
         says(&submit, "401", "`unauthorized`");
         for id in PROPOSES {
