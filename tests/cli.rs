@@ -276,3 +276,58 @@ async fn watch_resumes_on_the_next_node_without_missing_or_repeating_an_event() 
     assert!(stderr.contains("reconnecting"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `bench submit` and `bench lifecycle` against real nodes (calls spread over all
+/// three): every call answered, the simulated miners complete what was submitted, and
+/// the report carries the miners' counts and the load generator's own CPU per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_submits_and_its_miners_complete_the_tasks() {
+    let cluster = TestCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["submit", "lifecycle"] {
+        let json = dir.path().join(format!("{mode}.json"));
+        let out = cli(
+            &cluster,
+            &[0, 1, 2],
+            &[
+                "bench",
+                mode,
+                "-c",
+                "8",
+                "-d",
+                "2",
+                "--miners",
+                "2",
+                "--miner-capacity",
+                "8",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let ops = report["operations"].as_array().unwrap();
+        assert!(ops[0]["ok"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(ops[0]["errors"], 0, "{report}");
+        assert!(report["client_cpu_us_per_request"].as_f64().unwrap() > 0.0);
+        if mode == "lifecycle" {
+            let completed = ops[1]["ok"].as_u64().unwrap();
+            assert!(completed > 0, "{report}");
+            assert_eq!(ops[1]["errors"], 0, "{report}");
+            assert_eq!(report["failed_tasks"], 0, "{report}");
+            let miner = &report["miner"];
+            assert!(miner["polls"].as_u64().unwrap() > 0, "{report}");
+            // Every task a miner completed, it first saw as a new slot in a list.
+            assert!(
+                miner["new_slots"].as_u64().unwrap() >= completed,
+                "{report}"
+            );
+        }
+    }
+}

@@ -11,23 +11,92 @@
 //!
 //! Output: a text table, and the same as JSON with `--json FILE`.
 
+mod conn;
 mod report;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures_util::StreamExt;
 use reqwest::Method;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Semaphore};
 
 use crate::client::miner::{self, MinerSpec, MinerStats};
-use crate::client::{b64, Client};
+use crate::client::{b64, encode, Client};
 use report::Recorder;
+
+/// One task of a submit body.
+#[derive(Serialize)]
+struct NewTask<'a> {
+    payload: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+}
+
+/// A batch submit body.
+#[derive(Serialize)]
+struct NewTasks<'a> {
+    tasks: Vec<NewTask<'a>>,
+}
+
+/// The answer to a submit, as far as the bench reads it.
+#[derive(Deserialize)]
+struct Submitted {
+    task_id: String,
+}
+
+/// How a submitter reaches the cluster: its own lean connection to one node over
+/// plain http ([`conn::Conn`]), or the failover client (https).
+enum Submitter {
+    Lean(conn::Conn, hyper::Uri),
+    Client(Client, String),
+}
+
+impl Submitter {
+    /// Submitter `i` of `client`'s nodes (node i mod n), posting to `path`.
+    fn new(client: &Client, api_key: Option<&str>, i: usize, path: String) -> anyhow::Result<Self> {
+        let nodes = client.nodes();
+        Ok(match conn::Conn::new(&nodes[i % nodes.len()], api_key)? {
+            Some(conn) => Submitter::Lean(conn, path.parse()?),
+            None => Submitter::Client(client.pinned(i), path),
+        })
+    }
+
+    /// Posts an encoded body; the typed answer of a success.
+    async fn post<R: DeserializeOwned>(&mut self, body: Bytes) -> Result<R, String> {
+        match self {
+            Submitter::Lean(conn, path) => {
+                let (status, answer) = conn.post(path, body).await?;
+                if !status.is_success() {
+                    return Err(format!("{status}"));
+                }
+                serde_json::from_slice(&answer).map_err(|e| e.to_string())
+            }
+            Submitter::Client(client, path) => client
+                .ok_encoded(Method::POST, path, Some(body), None, None)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The `data` of an event on the session's stream, as far as the bench reads it.
+#[derive(Deserialize)]
+struct EventData<'a> {
+    #[serde(borrow)]
+    what: Cow<'a, str>,
+    #[serde(borrow, default)]
+    task_id: Option<Cow<'a, str>>,
+}
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -100,10 +169,24 @@ pub struct BenchArgs {
 /// Runs a benchmark and prints (and optionally writes) its report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let client = Client::with_ca_file(&args.nodes, args.api_key.clone(), args.ca_file.as_deref())?;
-    let report = match args.mode {
+    let cpu = report::cpu_time();
+    let mut report = match args.mode {
         Mode::Submit | Mode::Batch => submit(&client, &args).await?,
         Mode::Lifecycle | Mode::Mixed => lifecycle(&client, &args).await?,
     };
+    // The load generator's own CPU per request (setup included), to compare clients.
+    let cpu = report::cpu_time().saturating_sub(cpu).as_secs_f64();
+    let requests = report["operations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|op| op["operation"] != "completed")
+        .map(|op| op["ok"].as_u64().unwrap_or(0) + op["errors"].as_u64().unwrap_or(0))
+        .sum::<u64>()
+        + report["miner_requests"].as_u64().unwrap_or(0);
+    report["client_cpu_s"] = json!(cpu);
+    report["requests"] = json!(requests);
+    report["client_cpu_us_per_request"] = json!(cpu * 1e6 / requests.max(1) as f64);
     let printed = report::print_text(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
@@ -166,7 +249,6 @@ async fn submit(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
     let seq = Arc::new(AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..args.connections {
-        let client = client.pinned(i);
         let rec = rec.clone();
         let seq = seq.clone();
         let path = if batch {
@@ -174,27 +256,41 @@ async fn submit(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
         } else {
             format!("/v1/sessions/{session}/tasks")
         };
+        let mut submitter = Submitter::new(client, args.api_key.as_deref(), i, path)?;
         let (keys, size, body_payload) =
             (args.idempotency_keys, args.batch_size, body_payload.clone());
         workers.spawn(async move {
-            let task = |n: u64| {
-                let mut t = json!({"payload": body_payload});
-                if keys {
-                    t["idempotency_key"] = json!(format!("bench-{n}"));
-                }
-                t
+            let task = |n: u64| NewTask {
+                payload: &body_payload,
+                idempotency_key: keys.then(|| format!("bench-{n}")),
             };
-            while Instant::now() < until {
-                let (body, items) = if batch {
-                    let first = seq.fetch_add(size as u64, Ordering::Relaxed);
-                    (json!({"tasks": (0..size as u64).map(|j| task(first + j)).collect::<Vec<_>>()}), size as u64)
+            // Without keys every call sends the same body: encode it once.
+            let same = (!keys).then(|| {
+                let body = if batch {
+                    encode(&NewTasks {
+                        tasks: (0..size as u64).map(task).collect(),
+                    })
                 } else {
-                    (task(seq.fetch_add(1, Ordering::Relaxed)), 1)
+                    encode(&task(0))
+                };
+                body.expect("a bench body encodes")
+            });
+            while Instant::now() < until {
+                let items = if batch { size as u64 } else { 1 };
+                let first = seq.fetch_add(items, Ordering::Relaxed);
+                let body = match &same {
+                    Some(body) => body.clone(),
+                    None if batch => encode(&NewTasks {
+                        tasks: (first..first + items).map(task).collect(),
+                    })
+                    .expect("a bench body encodes"),
+                    None => encode(&task(first)).expect("a bench body encodes"),
                 };
                 let t0 = Instant::now();
-                match client.call(Method::POST, &path, Some(&body), None).await {
-                    Ok((status, _)) if status.is_success() => rec.ok(t0.elapsed(), items),
-                    _ => rec.error(),
+                // The answer is checked for success, not read.
+                match submitter.post::<IgnoredAny>(body).await {
+                    Ok(_) => rec.ok(t0.elapsed(), items),
+                    Err(_) => rec.error(),
                 }
             }
         });
@@ -281,20 +377,22 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
                 };
                 let Some(Ok(chunk)) = chunk else { break };
                 buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let event: String = buf.drain(..end + 2).collect();
+                // Every whole event in the buffer, then what they took drained at once.
+                let mut used = 0;
+                while let Some(len) = buf[used..].find("\n\n") {
+                    let event = &buf[used..used + len];
+                    used += len + 2;
                     let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) else {
                         continue;
                     };
-                    let Ok(v) = serde_json::from_str::<Value>(data.trim()) else {
+                    let Ok(ev) = serde_json::from_str::<EventData>(data.trim()) else {
                         continue;
                     };
-                    let what = v["what"].as_str().unwrap_or_default();
-                    if !matches!(what, "completed" | "failed" | "cancelled") {
+                    if !matches!(&*ev.what, "completed" | "failed" | "cancelled") {
                         continue;
                     }
-                    let ok = what == "completed";
-                    let task = v["task_id"].as_str().unwrap_or_default().to_string();
+                    let ok = ev.what == "completed";
+                    let task = ev.task_id.unwrap_or_default().into_owned();
                     let now = Instant::now();
                     let start = {
                         let mut p = pending.lock().expect("pending lock");
@@ -315,6 +413,7 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
                         r.push(task);
                     }
                 }
+                buf.drain(..used);
             }
         })
     };
@@ -333,7 +432,6 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     let submitted = Arc::new(AtomicU64::new(0));
     for i in 0..submitters {
-        let client = client.pinned(i);
         let submitted = submitted.clone();
         let (rec, pending, inflight, done_rec, failed) = (
             submit_rec.clone(),
@@ -343,7 +441,11 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
             failed.clone(),
         );
         let path = format!("/v1/sessions/{session}/tasks");
-        let body = json!({"payload": body_payload});
+        let mut submitter = Submitter::new(client, args.api_key.as_deref(), i, path)?;
+        let body = encode(&NewTask {
+            payload: &body_payload,
+            idempotency_key: None,
+        })?;
         workers.spawn(async move {
             while Instant::now() < until {
                 let Ok(permit) = tokio::time::timeout(
@@ -364,10 +466,9 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
                     tokio::time::sleep_until(at.into()).await;
                 }
                 let t0 = Instant::now();
-                match client.call(Method::POST, &path, Some(&body), None).await {
-                    Ok((status, v)) if status.is_success() => {
+                match submitter.post::<Submitted>(body.clone()).await {
+                    Ok(Submitted { task_id: task }) => {
                         rec.ok(t0.elapsed(), 1);
-                        let task = v["task_id"].as_str().unwrap_or_default().to_string();
                         let early = {
                             let mut p = pending.lock().expect("pending lock");
                             match p.finished_early.remove(&task) {
@@ -437,6 +538,8 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
     out["miner_refused"] = json!(miner_stats.refused.load(Ordering::Relaxed));
     out["miners_gone"] = json!(miner_stats.gone.load(Ordering::Relaxed));
     out["miner_requests"] = json!(miner_stats.requests());
+    out["completed"] = json!(done_rec.ok.load(Ordering::Relaxed));
+    out["miner"] = miner_stats.to_json();
     out["operations"] = json!(operations);
     Ok(out)
 }

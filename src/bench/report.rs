@@ -145,5 +145,37 @@ pub fn print_text(report: &Value) -> std::io::Result<()> {
             l["mean"].as_f64().unwrap_or_default(),
         );
     }
+    if let Some(cpu) = report["client_cpu_us_per_request"].as_f64() {
+        let _ = write!(
+            text,
+            "\nclient CPU: {:.2} s over {} requests, {:.1} us a request",
+            report["client_cpu_s"].as_f64().unwrap_or_default(),
+            report["requests"],
+            cpu
+        );
+    }
+    let m = &report["miner"];
+    if let (Some(polls), Some(done)) = (m["polls"].as_u64(), report["completed"].as_u64()) {
+        let listed = m["listed"].as_u64().unwrap_or_default();
+        let _ = write!(
+            text,
+            "\nminers: {polls} polls ({:.2} a completed task, {:.1} entries and {:.1} new slots a poll), polls held back {} ms in all",
+            polls as f64 / done.max(1) as f64,
+            listed as f64 / polls.max(1) as f64,
+            m["new_slots"].as_u64().unwrap_or_default() as f64 / polls.max(1) as f64,
+            m["poll_held_ms"],
+        );
+    }
     crate::client::output::line(&text)
+}
+
+/// CPU time (user and system) this process has used so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
 use super::miner::{infer, is_gone, MinerSpec, MinerStats};
@@ -116,24 +116,65 @@ pub(super) struct Listed {
     pub payload: String,
 }
 
-/// The entries of an assignments answer.
-pub(super) fn parse_list(v: &Value) -> Vec<Listed> {
-    let Some(list) = v["assignments"].as_array() else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|a| {
-            Some(Listed {
-                task: a["task_id"].as_str()?.to_string(),
-                slot_ms: a["assigned_ms"].as_u64().unwrap_or(0),
+/// `GET /v1/miners/{id}/assignments`, as the miner reads it: typed, so a poll costs
+/// one parse into these structs and no `serde_json::Value` tree.
+#[derive(Debug, Deserialize)]
+pub(super) struct Page {
+    #[serde(default)]
+    assignments: Vec<PageEntry>,
+    /// Pass as `after` to wait for the next change.
+    pub applied_index: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PageEntry {
+    task_id: String,
+    state: String,
+    #[serde(default)]
+    task_state: Option<String>,
+    #[serde(default)]
+    assigned_ms: Option<u64>,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+impl Page {
+    /// How many entries it carries.
+    pub fn len(&self) -> usize {
+        self.assignments.len()
+    }
+
+    /// Its entries, as the book takes them.
+    pub fn into_list(self) -> Vec<Listed> {
+        self.assignments
+            .into_iter()
+            .map(|a| Listed {
                 view: View::new(
-                    Slot::parse(a["state"].as_str()?),
-                    a["task_state"].as_str().unwrap_or_default(),
+                    Slot::parse(&a.state),
+                    a.task_state.as_deref().unwrap_or_default(),
                 ),
-                payload: a["payload"].as_str().unwrap_or_default().to_string(),
+                task: a.task_id,
+                slot_ms: a.assigned_ms.unwrap_or(0),
+                payload: a.payload.unwrap_or_default(),
             })
-        })
-        .collect()
+            .collect()
+    }
+}
+
+/// The answer to a step (`TaskUpdated`): the task's state after it.
+#[derive(Debug, Deserialize)]
+struct Updated {
+    #[serde(default)]
+    state: String,
+}
+
+/// The bodies of the steps.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum StepBody {
+    Ack {},
+    Precommit { hash: String },
+    Reveal { output: String, nonce: String },
 }
 
 /// What the miner knows of one assignment.
@@ -235,6 +276,8 @@ pub(super) struct Book {
     tracks: HashMap<String, Track>,
     /// New slots still to be ignored on purpose.
     ignore_left: u32,
+    /// New slots seen in lists, all told.
+    pub new_slots: u64,
 }
 
 impl Book {
@@ -242,6 +285,7 @@ impl Book {
         Book {
             tracks: HashMap::new(),
             ignore_left: ignore_first,
+            new_slots: 0,
         }
     }
 
@@ -263,6 +307,7 @@ impl Book {
             present.insert(entry.task.clone());
             let track = match self.tracks.entry(entry.task) {
                 Entry::Vacant(v) => {
+                    self.new_slots += 1;
                     let mut track = Track::new(entry.slot_ms, entry.payload, now);
                     track.ignored = ignore(&entry.view);
                     v.insert(track)
@@ -275,6 +320,7 @@ impl Book {
                     if entry.slot_ms > track.slot_ms {
                         // A new slot of the same task: start over (a drive still
                         // running for the old slot is disregarded when it ends).
+                        self.new_slots += 1;
                         let running = track.running;
                         *track = Track::new(entry.slot_ms, entry.payload, now);
                         track.running = running;
@@ -404,11 +450,11 @@ pub(super) async fn drive(ctx: Arc<Ctx>, d: Drive) -> DriveEnd {
             break Outcome::Idle;
         };
         let (what, body) = match step {
-            Step::Ack => ("ack", json!({})),
+            Step::Ack => ("ack", StepBody::Ack {}),
             Step::Precommit => {
                 let (output, nonce) = secret.get_or_insert(compute(&ctx, &payload).await);
                 let hash = hex::encode(sha256(&[output, nonce]));
-                ("precommit", json!({"hash": hash}))
+                ("precommit", StepBody::Precommit { hash })
             }
             Step::Reveal => {
                 let (mut output, nonce) = secret.clone().expect("a reveal needs the secret");
@@ -418,25 +464,28 @@ pub(super) async fn drive(ctx: Arc<Ctx>, d: Drive) -> DriveEnd {
                 }
                 (
                     "commit",
-                    json!({"output": b64(&output), "nonce": b64(&nonce)}),
+                    StepBody::Reveal {
+                        output: b64(&output),
+                        nonce: b64(&nonce),
+                    },
                 )
             }
         };
         ctx.stats.writes.fetch_add(1, Ordering::Relaxed);
         let answer = ctx
             .client
-            .ok_within(
+            .ok_typed::<_, Updated>(
                 Method::POST,
                 &format!("/v1/tasks/{task}/{what}"),
                 Some(&body),
                 Some(&ctx.token),
-                WRITE_TIMEOUT,
+                Some(WRITE_TIMEOUT),
             )
             .await;
         match answer {
             Ok(v) => {
                 wrote = true;
-                let task_state = v["state"].as_str().unwrap_or_default();
+                let task_state = v.state.as_str();
                 match step {
                     Step::Ack => {
                         ctx.stats.acks.fetch_add(1, Ordering::Relaxed);
@@ -690,6 +739,40 @@ mod tests {
         assert!(
             d.secret.is_some(),
             "the secret computed after the ack is kept"
+        );
+    }
+
+    #[test]
+    fn an_assignments_answer_and_the_step_bodies_are_typed() {
+        let page: Page = serde_json::from_str(
+            r#"{"assignments":[{"task_id":"t-7","session_id":"s-1","payload":"cA==",
+                "state":"acked","task_state":"acked","assigned_ms":42},
+               {"task_id":"t-8","session_id":"s-1","payload":null,"state":"expired",
+                "task_state":"queued","assigned_ms":null}],
+               "next_after_task":null,"applied_index":99}"#,
+        )
+        .expect("an assignments page");
+        assert_eq!(page.applied_index, Some(99));
+        assert_eq!(page.len(), 2);
+        let list = page.into_list();
+        assert_eq!(list[0].task, "t-7");
+        assert_eq!(list[0].slot_ms, 42);
+        assert_eq!(list[0].view, View::new(Slot::Acked, "acked"));
+        assert_eq!(list[0].payload, "cA==");
+        assert_eq!(list[1].view.slot, Slot::Over);
+        assert_eq!(list[1].payload, "");
+        let json = |b: &StepBody| serde_json::to_string(b).unwrap();
+        assert_eq!(json(&StepBody::Ack {}), "{}");
+        assert_eq!(
+            json(&StepBody::Precommit { hash: "ab".into() }),
+            r#"{"hash":"ab"}"#
+        );
+        assert_eq!(
+            json(&StepBody::Reveal {
+                output: "o".into(),
+                nonce: "n".into()
+            }),
+            r#"{"output":"o","nonce":"n"}"#
         );
     }
 

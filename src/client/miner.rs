@@ -19,7 +19,6 @@
 //! - asked to stop, it leaves (deregisters), so its unfinished slots go to other
 //!   miners at once instead of at their timeouts.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +38,12 @@ use crate::machine::sha256;
 const POLL_WAIT: Duration = Duration::from_secs(10);
 /// Failed polls and registrations: 100 ms, doubling, at most 5 s.
 const POLL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-/// After a list arrives, the next poll waits (at most this long) for the drives it
-/// started: their own writes would only wake it again.
-const POLL_GATE: Duration = Duration::from_millis(20);
+/// While drives run, the miner's own writes change its list and wake a waiting poll
+/// at once, so polls are then sent at most this often (counted from the previous
+/// poll's start); with nothing running, the next poll goes out as soon as the
+/// previous one answers. A poll no longer waits for the drives of the previous list
+/// to end: assignments given meanwhile are picked up within this interval.
+pub const POLL_EVERY: Duration = Duration::from_millis(5);
 
 /// How a simulated miner behaves.
 #[derive(Clone, Debug)]
@@ -92,6 +94,12 @@ pub struct MinerStats {
     /// Requests made, by kind.
     pub registrations: AtomicU64,
     pub polls: AtomicU64,
+    /// Entries in the assignment lists received, and those that were new slots.
+    pub listed: AtomicU64,
+    pub new_slots: AtomicU64,
+    /// Time with no poll in flight while the miner was working (held back by
+    /// [`POLL_EVERY`] or a poll backoff), microseconds over all miners.
+    pub poll_held_us: AtomicU64,
     pub heartbeats: AtomicU64,
     pub writes: AtomicU64,
     /// Miners that left (deregistered) when asked to stop.
@@ -129,6 +137,9 @@ impl MinerStats {
             "refused": l(&self.refused),
             "registrations": l(&self.registrations),
             "polls": l(&self.polls),
+            "listed": l(&self.listed),
+            "new_slots": l(&self.new_slots),
+            "poll_held_ms": l(&self.poll_held_us) / 1000,
             "heartbeats": l(&self.heartbeats),
             "writes": l(&self.writes),
             "leaves": l(&self.leaves),
@@ -363,14 +374,14 @@ async fn heartbeat(
 }
 
 /// One long poll of the miner's assignments.
-async fn poll(client: Client, path: String, token: String) -> Result<Value, ClientError> {
+async fn poll(client: Client, path: String, token: String) -> Result<driver::Page, ClientError> {
     client
-        .ok_within(
+        .ok_typed::<(), _>(
             Method::GET,
             &path,
             None,
             Some(&token),
-            POLL_WAIT + Duration::from_secs(10),
+            Some(POLL_WAIT + Duration::from_secs(10)),
         )
         .await
 }
@@ -385,15 +396,14 @@ async fn work(
 ) -> Ended {
     let mut book = Book::new(ctx.spec.ignore_first);
     let mut drives: JoinSet<driver::DriveEnd> = JoinSet::new();
-    // At most one poll in flight.
-    let mut polls: JoinSet<Result<Value, ClientError>> = JoinSet::new();
+    // At most one poll in flight, whatever the drives are doing.
+    let mut polls: JoinSet<Result<driver::Page, ClientError>> = JoinSet::new();
     let mut after: Option<u64> = None;
     let mut poll_backoff = POLL_BACKOFF;
     let mut poll_not_before = Instant::now();
-    // The drives started from the last list, which the next poll waits for (a while).
-    let mut fresh_list = false;
-    let mut gate: HashSet<String> = HashSet::new();
-    let mut gate_until = Instant::now();
+    let mut last_poll = Instant::now();
+    // Since when no poll has been in flight.
+    let mut idle_since: Option<Instant> = None;
     loop {
         if *stop.borrow() {
             return Ended::Stopped;
@@ -404,21 +414,21 @@ async fn work(
         let now = Instant::now();
         let (due, next_retry) = book.due(now.into_std());
         for d in due {
-            if fresh_list {
-                gate.insert(d.task.clone());
-            }
             drives.spawn(driver::drive(ctx.clone(), d));
         }
-        fresh_list = false;
         let mut wake = next_retry.map(Instant::from_std);
         if polls.is_empty() {
-            let gate_open = gate.is_empty() || now >= gate_until;
-            let at = if gate_open {
+            let at = if drives.is_empty() {
                 poll_not_before
             } else {
-                poll_not_before.max(gate_until)
+                poll_not_before.max(last_poll + POLL_EVERY)
             };
             if at <= now {
+                if let Some(since) = idle_since.take() {
+                    let held = now.saturating_duration_since(since).as_micros() as u64;
+                    ctx.stats.poll_held_us.fetch_add(held, Ordering::Relaxed);
+                }
+                last_poll = now;
                 // The list is paged; a miner holds at most its capacity, so asking
                 // for that many gets the whole list (the book treats it as whole).
                 let limit = ctx
@@ -438,6 +448,7 @@ async fn work(
                 ctx.stats.polls.fetch_add(1, Ordering::Relaxed);
                 polls.spawn(poll(ctx.client.clone(), path, ctx.token.clone()));
             } else {
+                idle_since.get_or_insert(now);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
         }
@@ -452,7 +463,6 @@ async fn work(
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                     Err(_) => continue,
                 };
-                gate.remove(&end.task);
                 if let Some(reason) = book.on_end(end, Instant::now().into_std()) {
                     return Ended::Gone(reason);
                 }
@@ -464,17 +474,18 @@ async fn work(
                     Err(_) => continue,
                 };
                 match answer {
-                    Ok(v) => {
+                    Ok(page) => {
                         poll_backoff.reset();
-                        if let Some(index) = v["applied_index"].as_u64() {
+                        if let Some(index) = page.applied_index {
                             after = Some(index);
                         }
-                        let now = Instant::now();
-                        let ignored = book.on_list(driver::parse_list(&v), now.into_std());
+                        ctx.stats.listed.fetch_add(page.len() as u64, Ordering::Relaxed);
+                        let known = book.new_slots;
+                        let ignored = book.on_list(page.into_list(), Instant::now().into_std());
                         ctx.stats.ignored.fetch_add(ignored as u64, Ordering::Relaxed);
-                        fresh_list = true;
-                        gate.clear();
-                        gate_until = now + POLL_GATE;
+                        ctx.stats
+                            .new_slots
+                            .fetch_add(book.new_slots - known, Ordering::Relaxed);
                     }
                     Err(e) if is_gone(&e) => return Ended::Gone(e.to_string()),
                     Err(_) => {

@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use bytes::Bytes;
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// Why a call failed.
@@ -193,6 +196,23 @@ impl Client {
         bearer: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<(StatusCode, Value), ClientError> {
+        let body = body.map(encode).transpose()?;
+        let (status, bytes) = self.send(method, path, body, bearer, timeout).await?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    /// One call with a body already encoded as JSON, failing over as [`Client::call`]
+    /// does; the answer's status and raw body. The body is shared, not copied, by the
+    /// attempts (and by the calls of a load generator that sends the same one).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        bearer: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
         let attempts = self.nodes.len() * 3;
         let mut last = String::new();
         for attempt in 0..attempts {
@@ -202,42 +222,92 @@ impl Client {
             if let Some(token) = bearer.or(self.api_key.as_deref()) {
                 req = req.bearer_auth(token);
             }
-            if let Some(body) = body {
-                req = req.json(body);
+            if let Some(body) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone());
             }
             if let Some(timeout) = timeout {
                 req = req.timeout(timeout);
             }
-            match req.send().await {
+            let resp = match req.send().await {
                 Err(e) if e.is_connect() => {
                     last = format!("{url}: {e}");
                     self.current.store(i + 1, Ordering::Relaxed);
+                    continue;
                 }
                 Err(e) if e.is_timeout() => {
                     self.current.store(i + 1, Ordering::Relaxed);
                     return Err(ClientError::Unreachable(format!("{url}: {e}")));
                 }
                 Err(e) => return Err(ClientError::Unreachable(format!("{url}: {e}"))),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let value: Value = resp.json().await.unwrap_or(Value::Null);
-                    // 503 "unavailable" means nothing was applied: another node may do.
-                    if status == StatusCode::SERVICE_UNAVAILABLE
-                        && value["error"]["code"] == "unavailable"
-                    {
-                        last = format!("{url}: {}", value["error"]["message"]);
-                        self.current.store(i + 1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(
-                            100 * (attempt as u64 + 1).min(10),
-                        ))
+                Ok(resp) => resp,
+            };
+            let status = resp.status();
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) if e.is_timeout() => {
+                    self.current.store(i + 1, Ordering::Relaxed);
+                    return Err(ClientError::Unreachable(format!("{url}: {e}")));
+                }
+                Err(_) => Bytes::new(),
+            };
+            // 503 "unavailable" means nothing was applied: another node may do.
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                let error = error_of(&bytes);
+                if error.code == "unavailable" {
+                    last = format!("{url}: {:?}", error.message);
+                    self.current.store(i + 1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1).min(10)))
                         .await;
-                        continue;
-                    }
-                    return Ok((status, value));
+                    continue;
                 }
             }
+            return Ok((status, bytes));
         }
         Err(ClientError::Unreachable(last))
+    }
+
+    /// A call that must succeed, with a typed body and a typed answer (no
+    /// `serde_json::Value` in between); an error status becomes [`ClientError::Api`].
+    /// `timeout` bounds each attempt as in [`Client::call_within`].
+    pub async fn ok_typed<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        bearer: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<R, ClientError> {
+        let body = body.map(encode).transpose()?;
+        self.ok_encoded(method, path, body, bearer, timeout).await
+    }
+
+    /// [`Client::ok_typed`] with the body already encoded as JSON (see [`encode`]),
+    /// for a caller that sends the same body many times.
+    pub async fn ok_encoded<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        bearer: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<R, ClientError> {
+        let (status, bytes) = self.send(method, path, body, bearer, timeout).await?;
+        if !status.is_success() {
+            let error = error_of(&bytes);
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: error.code,
+                message: error.message,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Unexpected(format!(
+                "{path}: {e}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            ))
+        })
     }
 
     /// A call that must succeed; an error status becomes [`ClientError::Api`].
@@ -333,6 +403,31 @@ fn success(status: StatusCode, value: Value) -> Result<Value, ClientError> {
                 .to_string(),
         })
     }
+}
+
+/// A body encoded as JSON once, to send as often as needed.
+pub fn encode<B: Serialize + ?Sized>(body: &B) -> Result<Bytes, ClientError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ClientError::Unexpected(format!("encoding a request: {e}")))
+}
+
+/// The `error` of an error answer, as far as it can be read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+fn error_of(body: &[u8]) -> ErrorDetail {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: ErrorDetail,
+    }
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_default()
 }
 
 /// A string field of a JSON object.
