@@ -27,6 +27,16 @@ inflight=${SOAK_INFLIGHT:-256}
 retention=${SOAK_RETENTION_MS:-60000}
 snapshots=${SOAK_SNAPSHOT_ENTRIES:-20000}
 [ -x "$bin" ] || { echo "no binary at $bin (build with cargo build --release, or set SQ_BIN)" >&2; exit 1; }
+# A port already taken (another cluster on the same machine) would let the load and
+# the samples reach that cluster's nodes instead of these: refuse to start.
+for i in 1 2 3; do
+  for p in $((port + i)) $((port + 100 + i)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "port $p is already in use (another cluster?); pick another SOAK_PORT" >&2
+      exit 1
+    fi
+  done
+done
 
 rm -rf "$dir"
 mkdir -p "$dir"

@@ -6,19 +6,22 @@
 //! is a pure function of the state: per task a fixed cost (the struct, its map node,
 //! its index entries) plus what it holds (payload, result, revealed outputs, key,
 //! failure, slots, history), and per session, miner and remembered key a fixed cost.
-//! It is approximate (the constants are estimates), deterministic, and cheap: after
-//! each command only the tasks it touched are counted again ([`Footprint::update`]),
-//! and a restore counts them all ([`Footprint::rebuild`]).
+//! It is approximate (the constants are estimates), deterministic, and cheap: a
+//! command takes off a task's count when it first touches the task
+//! ([`Footprint::remove`]) and adds the task's new count when it is done
+//! ([`Footprint::add`]), so only the tasks it touched are counted again; a restore
+//! counts them all ([`Footprint::rebuild`]). Only the sum is kept, not a count per
+//! task: a map of every task to its count cost about 36 bytes a task (36 MiB for a
+//! million queued tasks), and a task's count is a pure function of the task, so it
+//! can always be computed again from the task before it changes.
 //!
 //! Only new tasks are refused when the count is at the bound (429 `state_full`):
 //! refusing reveals, acks or heartbeats would keep the tasks already accepted from
 //! ever finishing (and being purged), which is what frees memory.
 
-use std::collections::{BTreeMap, HashMap};
-
 use super::command::NewTask;
-use super::ids::TaskId;
 use super::task::Task;
+use super::task_table::TaskTable;
 
 /// A task's fixed cost: the struct, its node in the task map, its entries in the
 /// queue, deadline, depth and per-session indexes.
@@ -59,29 +62,28 @@ pub fn new_task_bytes(t: &NewTask) -> u64 {
         + HISTORY_BYTES
 }
 
-/// The counted bytes of every task, and their sum.
-#[derive(Clone, Debug, Default)]
+/// The sum of the counted bytes of every task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Footprint {
-    tasks: HashMap<TaskId, u64>,
     total: u64,
 }
 
 impl Footprint {
-    /// Counts `task` (now `None`: it is gone) again.
-    pub fn update(&mut self, id: TaskId, task: Option<&Task>) {
-        let old = match task {
-            Some(t) => self.tasks.insert(id, task_bytes(t)),
-            None => self.tasks.remove(&id),
-        };
-        let new = task.map_or(0, task_bytes);
-        self.total = self.total - old.unwrap_or(0) + new;
+    /// Takes a task's count off, before the task changes or leaves.
+    pub fn remove(&mut self, task: &Task) {
+        self.total = self.total.saturating_sub(task_bytes(task));
+    }
+
+    /// Adds a task's count, once it was created or changed.
+    pub fn add(&mut self, task: &Task) {
+        self.total += task_bytes(task);
     }
 
     /// Counts every task.
-    pub fn rebuild(tasks: &BTreeMap<TaskId, Box<Task>>) -> Self {
+    pub(super) fn rebuild(tasks: &TaskTable) -> Self {
         let mut f = Footprint::default();
-        for (id, t) in tasks {
-            f.update(*id, Some(t));
+        for t in tasks.values() {
+            f.add(t);
         }
         f
     }

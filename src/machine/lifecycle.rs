@@ -418,10 +418,13 @@ impl State {
     /// Forgets a finished task whose retention has passed. Its idempotency key, if
     /// any, lives on for its own window.
     pub(super) fn purge_task(&mut self, id: TaskId) {
+        if !self.tasks.contains_key(&id) {
+            return;
+        }
+        self.touch_task(id, false);
         let Some(t) = self.tasks.remove(&id) else {
             return;
         };
-        self.mark(Key::Task(id));
         self.idx.depth.add(t.state, -1);
         if self.sessions.contains_key(&t.session) {
             self.session_mut(t.session).counts.add(t.state, -1);

@@ -52,6 +52,7 @@ mod session;
 mod submit;
 mod task;
 mod task_record;
+mod task_table;
 mod tick;
 mod view;
 
@@ -198,9 +199,8 @@ pub struct State {
     header: Header,
     sessions: BTreeMap<SessionId, Session>,
     miners: BTreeMap<MinerId, Miner>,
-    /// Boxed: a `BTreeMap` node holds 11 entries and is about half full when ids
-    /// only grow, so a task held inline would cost its size about twice over.
-    tasks: BTreeMap<TaskId, Box<Task>>,
+    /// Boxed, in runs of consecutive ids (see `task_table`).
+    tasks: task_table::TaskTable,
     /// Remembered idempotency keys, by session and sha256 of the key.
     keys: BTreeMap<(SessionId, Digest), RememberedKey>,
     idx: Indexes,
@@ -229,15 +229,17 @@ impl State {
     /// Applies one command at the leader's time `now_ms`. On `Err` nothing changed.
     pub fn apply(&mut self, cmd: &Command, now_ms: u64) -> Result<Applied, Rejection> {
         // This command's changes are counted apart from the earlier ones, so the
-        // footprint looks again at exactly the tasks it touched.
+        // footprint looks again at exactly the tasks it touched: the first touch of a
+        // task in this command took its old count off (`touch_task`), and its new
+        // count is added here.
         let earlier = mem::take(&mut self.dirty);
         let result = self.apply_one(cmd, now_ms);
         let mine = mem::replace(&mut self.dirty, earlier);
         for key in mine {
             if let Key::Task(id) = key {
-                self.idx
-                    .footprint
-                    .update(id, self.tasks.get(&id).map(|t| &**t));
+                if let Some(t) = self.tasks.get(&id) {
+                    self.idx.footprint.add(t);
+                }
             }
             self.dirty.insert(key);
         }
@@ -550,6 +552,20 @@ impl State {
 
     fn mark(&mut self, key: Key) {
         self.dirty.insert(key);
+    }
+
+    /// Marks a task as changed by this command before it changes (or leaves): the
+    /// first time in a command, its count comes off the footprint (added back, as it
+    /// is then, when the command is done; see [`State::apply`]). `dirty` holds only
+    /// this command's keys while it applies. A task created by this command must be
+    /// touched right after it is inserted, before anything else touches it (its old
+    /// count is nothing).
+    fn touch_task(&mut self, id: TaskId, created: bool) {
+        if self.dirty.insert(Key::Task(id)) && !created {
+            if let Some(t) = self.tasks.get(&id) {
+                self.idx.footprint.remove(t);
+            }
+        }
     }
 
     fn emit(&mut self, id: TaskId, miner: Option<MinerId>, what: EventKind) {

@@ -197,10 +197,10 @@ impl State {
             }
             self.idx.depth.add(TaskState::Queued, 1);
             self.tasks.insert(id, Box::new(task));
+            self.touch_task(id, true);
             self.idx.unfinished.entry(session).or_default().insert(id);
             self.sync_queue(id);
             self.emit(id, None, EventKind::Submitted);
-            self.mark(Key::Task(id));
             out.push((id, true));
             created += 1;
         }

@@ -25,7 +25,7 @@ use super::error::{conflict, not_found};
 use super::ids::{MinerId, SessionId, TaskId};
 use super::limits;
 use super::tick::Due;
-use super::{Digest, EventKind, Key, MinerAuth, Rejection, Response, State};
+use super::{Digest, EventKind, MinerAuth, Rejection, Response, State};
 
 /// The state of a task (wire names in [`TaskState::as_str`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -256,7 +256,7 @@ pub fn sha256(parts: &[&[u8]]) -> Digest {
 
 impl State {
     pub(super) fn task_mut(&mut self, id: TaskId) -> &mut Task {
-        self.dirty.insert(Key::Task(id));
+        self.touch_task(id, false);
         self.tasks.get_mut(&id).expect("task exists")
     }
 

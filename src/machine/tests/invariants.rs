@@ -16,6 +16,7 @@ pub(super) fn assert_indexes_equal(a: &State, b: &State) {
     assert_eq!(a.idx.depth, b.idx.depth, "depth");
     assert_eq!(a.idx.tokens, b.idx.tokens, "tokens");
     assert_eq!(a.idx.unfinished, b.idx.unfinished, "unfinished");
+    assert_eq!(a.idx.footprint, b.idx.footprint, "footprint");
 }
 
 pub(super) fn check_invariants(s: &State) {
