@@ -58,8 +58,13 @@ async fn a_full_session_queue_is_a_429_through_a_follower_with_nothing_written()
         "{v}"
     );
 
-    // Nothing was written: every node still counts two queued tasks.
+    // Nothing was written: every node still counts two queued tasks, once it has
+    // applied what the leader had when it refused (reads are from the node's applied
+    // state, so a follower may still trail the two accepted submits).
     for i in 0..3 {
+        cluster
+            .wait_caught_up(i, leader, std::time::Duration::from_secs(10))
+            .await;
         let s = cluster
             .client_of(i)
             .ok(
