@@ -42,7 +42,7 @@ use super::clock::ClusterClock;
 use super::network::{paths, PeerClient};
 use super::outcome::{self, Outcome};
 use super::proposal::{Answer, Proposal};
-use super::types::{CommandResult, NodeId, Raft, RaftMetrics};
+use super::types::{CommandResult, NodeAddr, NodeId, Raft};
 use crate::machine::{Batch, Command, Limits, State};
 use crate::store::AppliedState;
 
@@ -221,7 +221,11 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        let mut metrics = self.raft.metrics();
+        // Woken by changes of the vote, role, leader or membership only: openraft
+        // sends its full metrics (`Raft::metrics`) after every turn of its core
+        // loop, several times per entry under load, and each would wake this task
+        // for nothing. The leader's lease and freshness are read when dispatching.
+        let mut metrics = self.raft.server_metrics();
         let mut open = true;
         loop {
             let wake = self
@@ -444,7 +448,7 @@ impl Worker {
             .expect("a forwarded batch has proposals");
         let budget = until.saturating_duration_since(Instant::now());
         let peers = self.peers.clone();
-        let metrics = self.raft.metrics();
+        let metrics = self.raft.server_metrics();
         self.inflight.spawn(async move {
             let call = peers.call(
                 leader,
@@ -575,7 +579,10 @@ fn all_refused(state: &State, commands: &[Command], limits: &Limits) -> Option<V
 }
 
 /// Resolves once a leader other than `from` is known; never if Raft stops.
-async fn another_leader(mut metrics: watch::Receiver<RaftMetrics>, from: NodeId) {
+async fn another_leader(
+    mut metrics: watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, NodeAddr>>,
+    from: NodeId,
+) {
     let moved = metrics
         .wait_for(|m| m.current_leader.is_some_and(|l| l != from))
         .await

@@ -8,10 +8,11 @@
 //!   the same write, the last applied log id and membership.
 //!
 //! Why the state machine lives in RocksDB and in memory both: the in-memory
-//! [`crate::machine::State`] serves reads and applies commands in microseconds; after
-//! each applied batch of entries, the records it changed are written to the `state`
-//! family in one `WriteBatch` together with the last applied log id, so the on-disk
-//! state is always a consistent prefix of the log. A restart loads the records
+//! [`crate::machine::State`] serves reads and applies commands in microseconds; the
+//! records that applied entries changed are written to the `state` family in groups
+//! (the changes of many entries, each record once, in one `WriteBatch` together with
+//! the last applied log id: see [`group_write`]), so the on-disk state is always a
+//! consistent prefix of the log. A restart loads the records
 //! (about a second per million tasks) and replays only the log entries after the last
 //! applied one, never twice. A snapshot is a RocksDB point-in-time view of the
 //! `state` family streamed to a file, so building one never blocks apply nor sees a
@@ -20,15 +21,17 @@
 //! Durability: log appends, vote, truncate and purge are written with `sync`; the
 //! completion callback of an append fires only after that sync. State-machine writes
 //! skip the write-ahead log (half the bytes on the fsync path): a crash loses at most
-//! the newest applied state, consistently (one column family, whole batches), and
-//! openraft replays it from the synced log. The log is purged only up to a snapshot,
-//! and building a snapshot flushes the state family right after taking its view, so
+//! the newest applied state (the unwritten group and the memtable), consistently (one
+//! column family, whole batches), and openraft replays it from the synced log. The
+//! log is purged only up to a snapshot, and building a snapshot writes the pending
+//! group before it takes its view and flushes the state family right after, so
 //! the durable state is never older than a snapshot and a replay never needs a
 //! purged entry. Every rename (identity file, snapshot files) is followed by an fsync
 //! of its directory, so a power loss cannot undo it after it was relied upon.
 
 pub mod cluster_file;
 mod event_window;
+mod group_write;
 mod install;
 mod log_store;
 mod miner_changes;
@@ -44,6 +47,7 @@ pub use event_window::{
     EventId, EventWindow, Read as WindowRead, Recorded, Start as WindowStart,
     DEFAULT_CAPACITY as DEFAULT_EVENT_WINDOW,
 };
+pub use group_write::Grouping;
 pub use log_store::LogStore;
 pub use state_store::{AppliedState, Published, StateStore};
 

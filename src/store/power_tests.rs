@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder};
+use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder};
 use tempfile::TempDir;
 
 use super::snapshot::SYNCED_DIRS;
@@ -219,4 +219,120 @@ async fn the_log_cache_counts_exactly_what_it_holds() {
     check(&log, 60);
     log.purge(log_id(20)).await.unwrap();
     check(&log, 40);
+}
+
+/// Copies a data directory as a crash would leave it (see [`crash_image`]: what
+/// only a memtable or the process's memory holds is lost) into `into`.
+fn crash_copy(data_dir: &Path, into: &Path) {
+    std::fs::create_dir_all(into.join("snapshots")).unwrap();
+    std::fs::copy(data_dir.join("IDENTITY"), into.join("IDENTITY")).unwrap();
+    drop(crash_image(&data_dir.join("db"), &into.join("db")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_groups_replays_the_log_to_the_same_state() {
+    let entries = super::tests::workload(38); // 40 entries
+                                              // A store that never crashes applies everything.
+    let reference_dir = TempDir::new().unwrap();
+    let (_rlog, mut reference) = open(reference_dir.path(), 1, "test").await.unwrap();
+    reference.apply(entries.clone()).await.unwrap();
+
+    // This one writes a group every 16 entries (never by time), applies the entries
+    // in calls of 3, and crashes with 8 of them applied in memory only.
+    let dir = TempDir::new().unwrap();
+    let (mut log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
+    sm.set_grouping(Grouping {
+        max_entries: 16,
+        max_records: usize::MAX,
+        max_delay: std::time::Duration::from_secs(3600),
+    });
+    log.blocking_append(entries.clone()).await.unwrap();
+    for chunk in entries.chunks(3) {
+        sm.apply(chunk.to_vec()).await.unwrap();
+    }
+    assert_eq!(sm.state_bytes(), reference.state_bytes());
+    // Groups close after the calls that reach 16 entries: after entries 18 and 36.
+    assert_eq!(sm.written_applied(), Some(log_id(36)));
+    assert_eq!(sm.pending_entries(), 4);
+    sm.flush_state_family();
+    let image = TempDir::new().unwrap();
+    crash_copy(dir.path(), image.path());
+    drop((log, sm));
+
+    // The restarted node resumes from the written group and openraft re-applies
+    // the rest of the log (applied here as its state machine worker would).
+    let (mut log, mut sm) = open(image.path(), 1, "test").await.unwrap();
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(36)), "the last written group");
+    assert_eq!(membership.log_id(), &Some(log_id(1)));
+    let next = applied.map_or(1, |l| l.index + 1);
+    let rest = log
+        .get_log_reader()
+        .await
+        .try_get_log_entries(next..=40)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 4);
+    sm.apply(rest).await.unwrap();
+    assert_eq!(sm.state_bytes(), reference.state_bytes());
+    // And the records it writes are those of the reference, byte for byte.
+    drop((log, sm));
+    drop((_rlog, reference));
+    let (ours, want) = (
+        open_db(&image.path().join("db"), Tuning::default()).unwrap(),
+        open_db(&reference_dir.path().join("db"), Tuning::default()).unwrap(),
+    );
+    let family = |db: &rocksdb::DB| -> Vec<(Box<[u8]>, Box<[u8]>)> {
+        let cf = db.cf_handle(CF_STATE).unwrap();
+        db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(family(&ours), family(&want));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_node_writes_its_group_within_the_delay() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
+    sm.set_grouping(Grouping {
+        max_entries: u64::MAX,
+        max_records: usize::MAX,
+        max_delay: std::time::Duration::from_millis(50),
+    });
+    sm.apply(super::tests::workload(3)).await.unwrap();
+    assert_eq!(sm.pending_entries(), 5, "nothing full yet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sm.written_applied() != Some(log_id(5)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group was not written in time: {:?}",
+            sm.written_applied()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(sm.pending_entries(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_build_writes_the_pending_group_first() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
+    sm.set_grouping(Grouping {
+        max_entries: u64::MAX,
+        max_records: usize::MAX,
+        max_delay: std::time::Duration::from_secs(3600),
+    });
+    sm.apply(super::tests::workload(10)).await.unwrap();
+    assert_eq!(sm.written_applied(), None);
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(12)));
+    let image = TempDir::new().unwrap();
+    let crashed = crash_image(&dir.path().join("db"), image.path());
+    assert_eq!(durable_applied(&crashed), Some(log_id(12)));
 }

@@ -1,5 +1,6 @@
 //! The state-machine store: applies committed entries to the in-memory
-//! [`State`], persists what changed, and shares the applied state with readers.
+//! [`State`], persists what changed (in groups of entries, [`super::group_write`]),
+//! and shares the applied state with readers.
 //!
 //! See the module documentation of [`crate::store`] for why the state is held both in
 //! memory and in RocksDB. Readers go through [`AppliedState`]: a read lock held only
@@ -14,10 +15,11 @@ use std::time::Duration;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use rocksdb::{IteratorMode, WriteBatch, DB};
+use rocksdb::{IteratorMode, DB};
 use tokio::sync::{broadcast, watch};
 
 use super::event_window::{self, EventId, EventWindow, Recorded};
+use super::group_write::{GroupWriter, Grouping};
 use super::miner_changes::{self, MinerChanges};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::{OpenError, CF_STATE};
@@ -147,6 +149,8 @@ pub struct StateStore {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     files: Arc<SnapshotFiles>,
+    /// Writes the changed records to the `state` family, in groups of entries.
+    writer: Arc<GroupWriter>,
 }
 
 type Loaded = (State, Option<LogId>, StoredMembership);
@@ -216,43 +220,27 @@ impl StateStore {
             reason,
         })?;
         let applied = last_applied.map_or(0, |l| l.index);
+        let shared = Arc::new(AppliedState::new(state, applied));
+        let writer =
+            GroupWriter::start(db.clone(), shared.clone(), last_applied, membership.clone());
         Ok(StateStore {
             db,
-            shared: Arc::new(AppliedState::new(state, applied)),
+            shared,
             last_applied,
             membership,
             files,
+            writer,
         })
+    }
+
+    /// When applied entries are written (the default suits a node; tests change it).
+    pub fn set_grouping(&self, grouping: Grouping) {
+        self.writer.set_grouping(grouping);
     }
 
     /// The read handle for the API.
     pub fn reader(&self) -> Arc<AppliedState> {
         self.shared.clone()
-    }
-
-    /// Writes the records that changed, with the applied id and membership, in one batch.
-    async fn persist(&self, records: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StorageError> {
-        let cf = self.db.cf_handle(CF_STATE).expect("state column family");
-        let mut batch = WriteBatch::default();
-        for (key, value) in records {
-            match value {
-                Some(v) => batch.put_cf(cf, key, v),
-                None => batch.delete_cf(cf, key),
-            }
-        }
-        batch.put_cf(cf, keys::APPLIED, codec::encode(&self.last_applied));
-        batch.put_cf(cf, keys::MEMBERSHIP, codec::encode(&self.membership));
-        // No write-ahead log for the state: the Raft log already holds every entry
-        // durably, so a crash that loses the newest memtable only rolls the state
-        // back to an older (consistent: one column family, whole batches) applied
-        // id, and openraft re-applies from there. Entries are purged from the log
-        // only up to a snapshot, and building one flushes this family after its view.
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.disable_wal(true);
-        self.db
-            .write_opt(batch, &opts)
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
-        Ok(())
     }
 }
 
@@ -275,9 +263,14 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let mut touched: Vec<(MinerId, u64)> = Vec::new();
         // Event streams and long polls are rare; skip building events nobody reads.
         let publish = self.shared.events.receiver_count() > 0;
-        let dirty = {
+        let last_index;
+        // Miners declared gone (or forgotten) learn it from their long poll at once.
+        let mut forgotten = Vec::new();
+        let full = {
             let mut state = self.shared.state.write().expect("state lock");
+            let mut applied = 0u64;
             for entry in entries {
+                applied += 1;
                 let index = entry.log_id.index;
                 self.last_applied = Some(entry.log_id);
                 match entry.payload {
@@ -319,29 +312,24 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                     }
                 }
             }
-            state.take_dirty()
-        };
-        let last_index = self.last_applied.map_or(0, |l| l.index);
-        // Miners declared gone (or forgotten) learn it from their long poll at once.
-        let mut forgotten = Vec::new();
-        let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.shared.read(|state| {
-            dirty
-                .into_iter()
-                .map(|key: Key| {
-                    if let Key::Miner(id) = key {
-                        match state.miner(id) {
-                            None => forgotten.push(id),
-                            Some(m) if m.state == MinerState::Gone => {
-                                touched.push((id, last_index))
-                            }
-                            Some(_) => {}
-                        }
+            last_index = self.last_applied.map_or(0, |l| l.index);
+            let dirty = state.take_dirty();
+            for &key in &dirty {
+                if let Key::Miner(id) = key {
+                    match state.miner(id) {
+                        None => forgotten.push(id),
+                        Some(m) if m.state == MinerState::Gone => touched.push((id, last_index)),
+                        Some(_) => {}
                     }
-                    (keys::record(key), state.record_bytes(key))
-                })
-                .collect()
-        });
-        self.persist(records).await?;
+                }
+            }
+            // Still under the write lock: the pending group matches the state.
+            self.writer
+                .note(dirty, self.last_applied, &self.membership, applied)
+        };
+        if full {
+            self.writer.write()?;
+        }
         for (miner, index) in touched {
             self.shared.miners.touch(miner, index);
         }
@@ -359,6 +347,12 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The build's view must hold everything applied: openraft purges the log up
+        // to the snapshot it builds (minus what it keeps), so the family must not
+        // trail it. If this write fails, the view is older, never inconsistent.
+        if let Err(e) = self.writer.write() {
+            tracing::warn!(error = %e, "writing the applied state before a snapshot");
+        }
         SnapshotBuilder::new(self.files.clone())
     }
 
@@ -376,7 +370,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
+        // No group of the state being replaced may land on the installed family.
+        self.writer.write()?;
         let (state, last_applied, membership) = self.files.install(meta, *snapshot).await?;
+        self.writer.reset(last_applied, membership.clone());
         let old = std::mem::replace(&mut *self.shared.state.write().expect("state lock"), state);
         // Freeing a large state takes a while: not under the lock, not on this task.
         tokio::task::spawn_blocking(move || drop(old));
@@ -400,8 +397,12 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 }
 
 impl Drop for StateStore {
-    /// A clean stop flushes the (unlogged) state, so a restart need not replay.
+    /// A clean stop writes the pending group and flushes the (unlogged) state, so a
+    /// restart need not replay.
     fn drop(&mut self) {
+        if let Err(e) = self.writer.write() {
+            tracing::warn!(error = %e, "writing the applied state on stop");
+        }
         let cf = self.db.cf_handle(CF_STATE).expect("state column family");
         if let Err(e) = self.db.flush_cf(cf) {
             tracing::warn!(error = %e, "flushing the state on stop");
@@ -420,6 +421,28 @@ impl StateStore {
     #[cfg(test)]
     pub(super) fn snapshot_files(&self) -> Arc<SnapshotFiles> {
         self.files.clone()
+    }
+
+    /// Entries applied and not yet written to the `state` family.
+    #[cfg(test)]
+    pub(super) fn pending_entries(&self) -> u64 {
+        self.writer.pending_entries()
+    }
+
+    /// The applied id written to the `state` family (memtable included).
+    #[cfg(test)]
+    pub(super) fn written_applied(&self) -> Option<LogId> {
+        let cf = self.db.cf_handle(CF_STATE).expect("state column family");
+        let bytes = self.db.get_cf(cf, keys::APPLIED).expect("read applied")?;
+        codec::decode(&bytes).expect("decode applied")
+    }
+
+    /// Flushes the `state` family's memtable to its files (as RocksDB does when it
+    /// fills), so a crash image holds what was written.
+    #[cfg(test)]
+    pub(super) fn flush_state_family(&self) {
+        let cf = self.db.cf_handle(CF_STATE).expect("state column family");
+        self.db.flush_cf(cf).expect("flush state family");
     }
 
     /// The records of the current state, for tests comparing replicas.

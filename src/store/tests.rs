@@ -81,7 +81,7 @@ fn submit(batch: u64, n: usize) -> Command {
 }
 
 /// Entries: membership, a session, then `batches` submits of 10 tasks each.
-fn workload(batches: u64) -> Vec<Entry> {
+pub(super) fn workload(batches: u64) -> Vec<Entry> {
     let mut entries = vec![Entry {
         log_id: log_id(1, 1),
         payload: EntryPayload::Membership(Membership::new(vec![[1u64].into()], BTreeMap::new())),
