@@ -159,6 +159,17 @@ pub async fn start(
             .context("opening storage")?;
     let state = state_store.reader();
     let pristine = is_pristine(&mut log_store).await?;
+    let restored = {
+        use openraft::storage::RaftLogStorage;
+        let vote = log_store.read_vote().await.context("reading the vote")?;
+        let last = log_store
+            .get_log_state()
+            .await
+            .context("reading the log state")?
+            .last_log_id
+            .map_or(0, |l| l.index);
+        crate::raft::read::RestoredLeadership::at_start(id, vote.as_ref(), last)
+    };
     let identity = Arc::new(
         ClusterIdentity::open(id, config.data_dir.clone()).context("reading the cluster id")?,
     );
@@ -212,7 +223,13 @@ pub async fn start(
         id,
         config: config.clone(),
         raft: raft.clone(),
-        reads: crate::raft::read::Reads::new(id, raft.clone(), peers.clone(), state.clone()),
+        reads: crate::raft::read::Reads::new(
+            id,
+            restored,
+            raft.clone(),
+            peers.clone(),
+            state.clone(),
+        ),
         state,
         proposer: proposer.clone(),
         peers,
@@ -228,6 +245,7 @@ pub async fn start(
         auth: PeerAuth::new(id, &config.cluster_secret),
         identity: identity.clone(),
         write_timeout: config.write_timeout(),
+        restored,
         refused_logged: Default::default(),
     }));
     let api_app = api::router(node.clone());

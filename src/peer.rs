@@ -49,6 +49,8 @@ pub struct PeerContext {
     pub auth: PeerAuth,
     pub identity: Arc<ClusterIdentity>,
     pub write_timeout: Duration,
+    /// Read index floor of a leadership restored at start (see `raft::read`).
+    pub restored: crate::raft::read::RestoredLeadership,
     /// When a refusal to act as a wiped voter was last logged (at most every 10 s).
     pub refused_logged: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -331,5 +333,5 @@ async fn read_index(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Respons
     if let Err(e) = decode::<()>(&body) {
         return e;
     }
-    encoded(&leader_read_index(&ctx.raft).await)
+    encoded(&leader_read_index(&ctx.raft, ctx.restored).await)
 }

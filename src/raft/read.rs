@@ -6,6 +6,15 @@
 //! its own applied index reaches it and reads locally: what it then reads includes
 //! every write acknowledged before the read began.
 //!
+//! A leader restored by a restart is a case openraft 0.9 gets wrong: a node that
+//! led when it stopped starts up as leader of the same term at once, and its read
+//! index is the larger of the first entry of its term and its committed index. The
+//! committed index it restarts with may trail what was committed before the stop
+//! (a power loss), so reads could miss acknowledged writes. [`RestoredLeadership`]
+//! raises the index, for that term only, to the last entry its log held at start:
+//! everything committed before the stop is in that log (it led), at or below that
+//! entry.
+//!
 //! Concurrent reads share rounds ([`Reads`]): a read joins the next round that
 //! starts after it arrived (never one already under way, whose index may predate
 //! a write acknowledged just before the read began), so a thousand readers cost
@@ -31,57 +40,42 @@ pub enum ReadError {
     Lagging,
 }
 
-/// On the leader: the index a linearizable read must wait for.
-pub async fn leader_read_index(raft: &Raft) -> Result<u64, ProposeError> {
-    match raft.get_read_log_id().await {
-        Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
-        Err(_) => Err(ProposeError::NotLeader),
+/// The leadership a node may hold when it starts: its stored vote was for itself.
+/// openraft then restores it as leader of that term without a new first entry.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoredLeadership {
+    /// `Some((term, last log index at start))` when the stored vote was its own.
+    restored: Option<(u64, u64)>,
+}
+
+impl RestoredLeadership {
+    /// From the node's stored vote and last log index, read before Raft starts.
+    pub fn at_start(id: NodeId, vote: Option<&super::types::Vote>, last_index: u64) -> Self {
+        let restored = vote
+            .filter(|v| v.leader_id().voted_for() == Some(id))
+            .map(|v| (v.leader_id().get_term(), last_index));
+        RestoredLeadership { restored }
+    }
+
+    /// The read index, raised to the start's last entry while the node still leads
+    /// in the term it started in.
+    fn floor(&self, term: u64, index: u64) -> u64 {
+        match self.restored {
+            Some((restored_term, last)) if restored_term == term => index.max(last),
+            _ => index,
+        }
     }
 }
 
-/// Waits until this node has applied everything committed before the call, with a
-/// read-index round of its own ([`Reads::linearize`] shares rounds between callers).
-pub async fn linearize(
-    id: NodeId,
+/// On the leader: the index a linearizable read must wait for.
+pub async fn leader_read_index(
     raft: &Raft,
-    peers: &PeerClient,
-    state: &Arc<AppliedState>,
-    timeout: Duration,
-) -> Result<u64, ReadError> {
-    let deadline = Instant::now() + timeout;
-    let index = loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(ReadError::NoLeader);
-        }
-        let (leader, addr) = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            let addr = m
-                .current_leader
-                .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-            (m.current_leader, addr)
-        };
-        let attempt = match (leader, addr) {
-            (Some(l), _) if l == id => leader_read_index(raft).await.ok(),
-            (Some(l), Some(node)) => {
-                let r: Result<Result<u64, ProposeError>, PeerError> = peers
-                    .call(l, &node.peer, paths::READ_INDEX, &(), remaining, None)
-                    .await;
-                r.ok().and_then(Result::ok)
-            }
-            _ => None,
-        };
-        match attempt {
-            Some(index) => break index,
-            None => tokio::time::sleep(Duration::from_millis(50).min(remaining)).await,
-        }
-    };
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if state.wait_applied(index, remaining).await {
-        Ok(index)
-    } else {
-        Err(ReadError::Lagging)
+    restored: RestoredLeadership,
+) -> Result<u64, ProposeError> {
+    let term = raft.metrics().borrow().current_term;
+    match raft.get_read_log_id().await {
+        Ok((read, _applied)) => Ok(restored.floor(term, read.map_or(0, |l| l.index))),
+        Err(_) => Err(ProposeError::NotLeader),
     }
 }
 
@@ -91,6 +85,7 @@ const ROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// The linearizable reads of one node, sharing read-index rounds.
 pub struct Reads {
     id: NodeId,
+    restored: RestoredLeadership,
     raft: Raft,
     peers: PeerClient,
     state: Arc<AppliedState>,
@@ -105,9 +100,16 @@ struct Rounds {
 }
 
 impl Reads {
-    pub fn new(id: NodeId, raft: Raft, peers: PeerClient, state: Arc<AppliedState>) -> Arc<Self> {
+    pub fn new(
+        id: NodeId,
+        restored: RestoredLeadership,
+        raft: Raft,
+        peers: PeerClient,
+        state: Arc<AppliedState>,
+    ) -> Arc<Self> {
         Arc::new(Reads {
             id,
+            restored,
             raft,
             peers,
             state,
@@ -185,7 +187,7 @@ impl Reads {
         };
         match (leader, addr) {
             (Some(l), _) if l == self.id => {
-                tokio::time::timeout(ROUND_TIMEOUT, leader_read_index(&self.raft))
+                tokio::time::timeout(ROUND_TIMEOUT, leader_read_index(&self.raft, self.restored))
                     .await
                     .ok()
                     .and_then(Result::ok)
@@ -199,5 +201,28 @@ impl Reads {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::Vote;
+
+    #[test]
+    fn a_restored_leader_reads_from_its_last_entry_at_start_in_that_term_only() {
+        let own = Vote::new_committed(3, 1);
+        let restored = RestoredLeadership::at_start(1, Some(&own), 120);
+        assert_eq!(restored.floor(3, 100), 120, "the term it was restored in");
+        assert_eq!(restored.floor(3, 130), 130, "a later index stands");
+        assert_eq!(
+            restored.floor(4, 100),
+            100,
+            "a later term has its own first entry"
+        );
+        let other = Vote::new_committed(3, 2);
+        let follower = RestoredLeadership::at_start(1, Some(&other), 120);
+        assert_eq!(follower.floor(3, 100), 100);
+        assert_eq!(RestoredLeadership::at_start(1, None, 120).floor(0, 5), 5);
     }
 }
