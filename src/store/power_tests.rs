@@ -241,11 +241,7 @@ async fn a_crash_between_groups_replays_the_log_to_the_same_state() {
     // in calls of 3, and crashes with 8 of them applied in memory only.
     let dir = TempDir::new().unwrap();
     let (mut log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
-    sm.set_grouping(Grouping {
-        max_entries: 16,
-        max_records: usize::MAX,
-        max_delay: std::time::Duration::from_secs(3600),
-    });
+    sm.set_grouping(grouping(16, std::time::Duration::from_secs(3600)));
     log.blocking_append(entries.clone()).await.unwrap();
     for chunk in entries.chunks(3) {
         sm.apply(chunk.to_vec()).await.unwrap();
@@ -295,11 +291,7 @@ async fn a_crash_between_groups_replays_the_log_to_the_same_state() {
 async fn a_quiet_node_writes_its_group_within_the_delay() {
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
-    sm.set_grouping(Grouping {
-        max_entries: u64::MAX,
-        max_records: usize::MAX,
-        max_delay: std::time::Duration::from_millis(50),
-    });
+    sm.set_grouping(grouping(u64::MAX, std::time::Duration::from_millis(50)));
     sm.apply(super::tests::workload(3)).await.unwrap();
     assert_eq!(sm.pending_entries(), 5, "nothing full yet");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -318,11 +310,7 @@ async fn a_quiet_node_writes_its_group_within_the_delay() {
 async fn a_snapshot_build_writes_the_pending_group_first() {
     let dir = TempDir::new().unwrap();
     let (_log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
-    sm.set_grouping(Grouping {
-        max_entries: u64::MAX,
-        max_records: usize::MAX,
-        max_delay: std::time::Duration::from_secs(3600),
-    });
+    sm.set_grouping(grouping(u64::MAX, std::time::Duration::from_secs(3600)));
     sm.apply(super::tests::workload(10)).await.unwrap();
     assert_eq!(sm.written_applied(), None);
     let snapshot = sm
@@ -335,4 +323,13 @@ async fn a_snapshot_build_writes_the_pending_group_first() {
     let image = TempDir::new().unwrap();
     let crashed = crash_image(&dir.path().join("db"), image.path());
     assert_eq!(durable_applied(&crashed), Some(log_id(12)));
+}
+
+/// A grouping bounded only by `max_entries` and `max_delay`.
+fn grouping(max_entries: u64, max_delay: std::time::Duration) -> Grouping {
+    Grouping {
+        max_entries,
+        max_records: usize::MAX,
+        max_delay,
+    }
 }
