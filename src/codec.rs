@@ -15,9 +15,12 @@ use crate::machine::Record;
 /// carry a queue timeout, sessions an idempotency window, and remembered idempotency
 /// keys are records of their own. Version 3: sessions carry their queue bound and
 /// whether finished tasks keep their payloads. Version 4: every batch carries the
-/// cluster-wide limits its leader enforces. A store or peer of an older version is
+/// cluster-wide limits its leader enforces. Version 5: a task's record carries its
+/// payload's length, not its bytes; the bytes are a value of their own in the `state`
+/// family and in snapshots (raw, under a key of their own: see
+/// `crate::store::state_store::keys`). A store or peer of an older version is
 /// refused, not misread.
-pub const FORMAT_VERSION: u8 = 4;
+pub const FORMAT_VERSION: u8 = 5;
 
 /// Decoding refuses values larger than this (1 GiB), whatever a length prefix claims.
 const DECODE_LIMIT: usize = 1 << 30;

@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 
 use super::error::ErrorBody;
 use super::replies::{AssignmentsPage, MinerAssignment, MinerRegistered, MinerView, PoolStatus};
-use super::wire::{Empty, RegisterMiner};
+use super::wire::{base64, Empty, RegisterMiner};
 use super::{auth, lookup, propose, ApiError, JsonBody, QueryParams};
 use crate::machine::{Command, MinerAuth, MinerState, Response, TaskId};
 use crate::node::Node;
@@ -246,11 +246,13 @@ pub async fn assignments(
             None => busy,
         };
         if ready || Instant::now() >= deadline {
-            let (list, more, index) = node.state.read(|s| {
+            let (mut list, payloads, more, index) = node.state.read(|s| {
                 let (page, more) = s.assignments_page(auth.miner, after_task, limit);
+                let mut payloads = Vec::with_capacity(page.len());
                 let list: Vec<MinerAssignment> = page
                     .into_iter()
                     .map(|(t, slot)| {
+                        payloads.push((t.id, s.payload_at(t.id)));
                         // The miner's latest slot of the task (a task may come back
                         // to a miner that held it): its state, and when it was given,
                         // which tells a new slot from an old one.
@@ -262,8 +264,14 @@ pub async fn assignments(
                         )
                     })
                     .collect();
-                (list, more, node.state.applied_index())
+                (list, payloads, more, node.state.applied_index())
             });
+            // Outside the lock: the payloads written to the store are read there. One
+            // deleted meanwhile (its task finished) is shown as dropped: null.
+            let payloads = node.state.payloads(payloads).map_err(ApiError::Internal)?;
+            for (entry, payload) in list.iter_mut().zip(payloads) {
+                entry.payload = payload.as_deref().map(base64);
+            }
             let next = if more {
                 list.last().map(|a| a.task_id.clone())
             } else {

@@ -377,11 +377,13 @@ pub struct MinerAssignment {
 }
 
 impl MinerAssignment {
+    /// The entry of a task, without its payload: the caller reads the payload
+    /// outside the state lock (see [`crate::machine::PayloadAt`]) and sets it.
     pub fn from_task(t: &Task, slot: SlotState, assigned_ms: Option<u64>) -> Self {
         MinerAssignment {
             task_id: t.id.to_string(),
             session_id: t.session.to_string(),
-            payload: t.payload.as_deref().map(base64),
+            payload: None,
             state: slot.into(),
             task_state: t.state.into(),
             assigned_ms,

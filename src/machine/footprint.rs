@@ -6,6 +6,9 @@
 //! is a pure function of the state: per task a fixed cost (the struct, its map node,
 //! its index entries) plus what it holds (payload, result, revealed outputs, key,
 //! failure, slots, history), and per session, miner and remembered key a fixed cost.
+//! A payload counts by its length although its bytes live in the store once written
+//! (see `payloads`): the bound then also bounds the store's disk, and the count never
+//! depends on when a node wrote.
 //! It is approximate (the constants are estimates), deterministic, and cheap: a
 //! command takes off a task's count when it first touches the task
 //! ([`Footprint::remove`]) and adds the task's new count when it is done
@@ -46,7 +49,7 @@ pub fn task_bytes(t: &Task) -> u64 {
         .map(|a| ASSIGNMENT_BYTES + blob(a.output.as_deref()))
         .sum();
     TASK_BYTES
-        + blob(t.payload.as_deref())
+        + t.payload_len.map_or(0, u64::from)
         + blob(t.result())
         + t.idempotency_key.as_ref().map_or(0, |k| k.len() as u64)
         + t.failure().map_or(0, |f| f.len() as u64)

@@ -349,9 +349,12 @@ impl State {
             a.deadline = None;
             a.output = None;
         }
-        if !keep_payload {
-            t.payload = None;
+        let dropped = !keep_payload && t.payload_len.take().is_some();
+        if dropped {
+            self.payloads.remove(id);
+            self.mark(Key::Payload(id));
         }
+        let t = self.task_mut(id);
         t.end = Some(Box::new(TaskEnd {
             result: result.map(Vec::into_boxed_slice),
             failure: failure.map(String::into_boxed_str),
@@ -425,6 +428,11 @@ impl State {
         let Some(t) = self.tasks.remove(&id) else {
             return;
         };
+        if t.payload_len.is_some() {
+            // A payload kept after the task finished goes with it.
+            self.payloads.remove(id);
+            self.mark(Key::Payload(id));
+        }
         self.idx.depth.add(t.state, -1);
         if self.sessions.contains_key(&t.session) {
             self.session_mut(t.session).counts.add(t.state, -1);

@@ -47,6 +47,7 @@ mod footprint;
 mod idempotency;
 mod ids;
 mod lifecycle;
+mod payloads;
 mod pool;
 mod session;
 mod submit;
@@ -68,6 +69,7 @@ pub use command::{
 pub use error::Rejection;
 pub use idempotency::RememberedKey;
 pub use ids::{MinerId, SessionId, TaskId};
+pub use payloads::PayloadAt;
 pub use pool::{Miner, MinerState};
 pub use session::{Session, SessionState, StateCounts};
 pub use task::{sha256, Assignment, SlotState, Task, TaskEnd, TaskState};
@@ -132,6 +134,10 @@ pub enum Key {
     Task(TaskId),
     /// A remembered idempotency key: its session and the sha256 of the key.
     Idempotency(SessionId, Digest),
+    /// A task's payload, a record of its own (see `payloads`): written from the
+    /// in-memory copy when the task was created, deleted when the task drops it.
+    /// Not a [`Record`]: [`State::record`] has nothing under it.
+    Payload(TaskId),
 }
 
 /// One record of the encoded state, as the store persists it.
@@ -203,6 +209,8 @@ pub struct State {
     tasks: task_table::TaskTable,
     /// Remembered idempotency keys, by session and sha256 of the key.
     keys: BTreeMap<(SessionId, Digest), RememberedKey>,
+    /// Payloads the store has not written yet (never encoded, not compared).
+    payloads: payloads::Unwritten,
     idx: Indexes,
     step: Step,
     dirty: BTreeSet<Key>,
@@ -410,11 +418,13 @@ impl State {
                 .get(&(session, hash))
                 .cloned()
                 .map(Record::Idempotency),
+            Key::Payload(_) => None,
         }
     }
 
     /// The encoded record under `key` (as [`crate::codec::encode_record`] would encode
-    /// [`State::record`]), or `None` if it no longer exists.
+    /// [`State::record`]), or `None` if it no longer exists (always for a payload: see
+    /// [`State::unwritten_payload`]).
     pub fn record_bytes(&self, key: Key) -> Option<Vec<u8>> {
         let record = match key {
             Key::Header => RecordRef::Header(&self.header),
@@ -424,11 +434,13 @@ impl State {
             Key::Idempotency(session, hash) => {
                 RecordRef::Idempotency(self.keys.get(&(session, hash))?)
             }
+            Key::Payload(_) => return None,
         };
         Some(crate::codec::encode(&record))
     }
 
-    /// Every key, in order: header, sessions, miners, tasks, idempotency keys.
+    /// Every key of a record, in order: header, sessions, miners, tasks, idempotency
+    /// keys (payloads are not records of the state's encoding).
     fn record_keys(&self) -> impl Iterator<Item = Key> + '_ {
         std::iter::once(Key::Header)
             .chain(self.sessions.keys().map(|id| Key::Session(*id)))
@@ -519,7 +531,8 @@ impl State {
     }
 
     /// The whole state as bytes, in a canonical order. Two replicas that applied the
-    /// same commands return the same bytes.
+    /// same commands return the same bytes. Payloads are not in it (only their
+    /// lengths, in the tasks): they are records of the store (see `payloads`).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for key in self.record_keys() {

@@ -176,7 +176,7 @@ impl State {
             let task = Task {
                 id,
                 session,
-                payload: Some(new.payload.as_slice().into()),
+                payload_len: Some(new.payload.len() as u32),
                 priority,
                 idempotency_key: new.idempotency_key.as_deref().map(Into::into),
                 state: TaskState::Queued,
@@ -198,6 +198,8 @@ impl State {
             self.idx.depth.add(TaskState::Queued, 1);
             self.tasks.insert(id, Box::new(task));
             self.touch_task(id, true);
+            self.payloads.insert(id, new.payload.as_slice().into());
+            self.mark(Key::Payload(id));
             self.idx.unfinished.entry(session).or_default().insert(id);
             self.sync_queue(id);
             self.emit(id, None, EventKind::Submitted);

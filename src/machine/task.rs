@@ -135,10 +135,12 @@ pub struct Assignment {
 pub struct Task {
     pub id: TaskId,
     pub session: SessionId,
-    /// The payload, until the task finishes: a finished task needs it no more (its
-    /// result, history and assignments stay until retention), so it is dropped then
-    /// unless the session keeps finished payloads.
-    pub payload: Option<Box<[u8]>>,
+    /// The length of its payload, until the task finishes: a finished task needs it
+    /// no more (its result, history and assignments stay until retention), so it is
+    /// dropped then unless the session keeps finished payloads. The bytes are a
+    /// record of their own in the store, held in memory only until written (see
+    /// `payloads`): the state holds about 256 bytes less a typical queued task.
+    pub payload_len: Option<u32>,
     pub priority: i32,
     pub idempotency_key: Option<Box<str>>,
     pub state: TaskState,

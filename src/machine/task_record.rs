@@ -1,11 +1,13 @@
 //! The record shape of a [`Task`]: the flat field list the store writes and snapshots
-//! carry, unchanged while the in-memory `Task` was made compact (boxed slices, the
-//! end of a finished task boxed apart). Keeping the shape keeps the record format
-//! (and `codec::FORMAT_VERSION`): data written by earlier builds of this version
-//! reads back, and replicas of either layout encode a task to the same bytes.
+//! carry, kept flat while the in-memory `Task` was made compact (boxed slices, the
+//! end of a finished task boxed apart), so the record format changes only when the
+//! fields do. Format version 5 (`codec::FORMAT_VERSION`) replaced the payload's
+//! bytes by their length: the bytes are a record of their own (see
+//! `super::payloads`), so rewriting a task as it moves through its lifecycle never
+//! rewrites its payload.
 //!
-//! `Task` serializes by reference in this shape (no clone of its payload per write)
-//! and deserializes through [`TaskRecord`].
+//! `Task` serializes by reference in this shape (no clone per write) and
+//! deserializes through [`TaskRecord`].
 
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
@@ -18,8 +20,7 @@ use super::task::{Assignment, Task, TaskEnd, TaskState};
 pub(super) struct TaskRecord {
     pub id: TaskId,
     pub session: SessionId,
-    #[serde(with = "serde_bytes")]
-    pub payload: Option<Vec<u8>>,
+    pub payload_len: Option<u32>,
     pub priority: i32,
     pub idempotency_key: Option<String>,
     pub state: TaskState,
@@ -53,7 +54,7 @@ impl From<TaskRecord> for Task {
         Task {
             id: r.id,
             session: r.session,
-            payload: r.payload.map(Vec::into_boxed_slice),
+            payload_len: r.payload_len,
             priority: r.priority,
             idempotency_key: r.idempotency_key.map(String::into_boxed_str),
             state: r.state,
@@ -81,7 +82,7 @@ impl Serialize for Task {
         let mut st = s.serialize_struct("TaskRecord", 19)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("session", &self.session)?;
-        st.serialize_field("payload", &bytes(self.payload.as_deref()))?;
+        st.serialize_field("payload_len", &self.payload_len)?;
         st.serialize_field("priority", &self.priority)?;
         st.serialize_field("idempotency_key", &self.idempotency_key.as_deref())?;
         st.serialize_field("state", &self.state)?;
@@ -112,7 +113,7 @@ mod tests {
         TaskRecord {
             id: TaskId(7),
             session: SessionId(2),
-            payload: (!finished).then(|| vec![1, 2, 3]),
+            payload_len: (!finished).then_some(3),
             priority: -3,
             idempotency_key: Some("key".into()),
             state: if finished {

@@ -111,7 +111,7 @@ mod tests {
         Box::new(Task {
             id: TaskId(id),
             session: SessionId(1),
-            payload: None,
+            payload_len: None,
             priority: 0,
             idempotency_key: None,
             state: TaskState::Queued,

@@ -20,6 +20,14 @@
 //! family, and the state store writes the pending group before a build takes its
 //! view (and flushes the family after it).
 //!
+//! Payloads: a task's payload is written by the group that holds its submit, from
+//! the in-memory copy the state keeps until then, and that copy is dropped once the
+//! group's batch is in RocksDB (the logical state is unchanged: see
+//! `crate::machine::PayloadAt`). A later group deletes the payload when the task
+//! drops it (it finished) or leaves (it was purged with a kept payload). A crash
+//! before a group is written loses nothing: the replay applies the submits again,
+//! which hold the payloads again until written.
+//!
 //! When a group is written: when it holds [`Grouping::max_entries`] entries or
 //! [`Grouping::max_records`] changed records (checked after each apply call), at the
 //! latest [`Grouping::max_delay`] after its first entry (by a timer task, so an idle
@@ -37,7 +45,7 @@ use tokio::sync::Notify;
 use super::state_store::{keys, AppliedState};
 use super::CF_STATE;
 use crate::codec;
-use crate::machine::Key;
+use crate::machine::{Key, TaskId};
 use crate::raft::types::{LogId, StorageError, StoredMembership};
 
 /// When a group of applied entries is written.
@@ -178,6 +186,8 @@ impl GroupWriter {
         let mut batch = WriteBatch::default();
         // Under the state's read lock, so no entry is applied between taking the
         // group and encoding its records: they are the state after `applied`.
+        // The payloads written from memory, whose copies are dropped once written.
+        let mut written = Vec::new();
         let (keys, entries) = self.shared.read(|state| {
             let mut p = self.pending.lock().expect("pending lock");
             if p.entries == 0 && p.keys.is_empty() {
@@ -185,6 +195,10 @@ impl GroupWriter {
             }
             let keys = std::mem::take(&mut p.keys);
             for &key in &keys {
+                if let Key::Payload(id) = key {
+                    payload_change(state, id, &mut batch, cf, &mut written);
+                    continue;
+                }
                 match state.record_bytes(key) {
                     Some(v) => batch.put_cf(cf, keys::record(key), v),
                     None => batch.delete_cf(cf, keys::record(key)),
@@ -211,6 +225,8 @@ impl GroupWriter {
             p.since.get_or_insert_with(Instant::now);
             return Err(StorageIOError::write_state_machine(&e).into());
         }
+        // In RocksDB now (its memtable, readable at once): memory need not hold them.
+        self.shared.release_payloads(written);
         metrics::histogram!("sq_state_write_entries").record(entries as f64);
         metrics::histogram!("sq_state_write_records").record(keys.len() as f64);
         Ok(())
@@ -220,6 +236,24 @@ impl GroupWriter {
     #[cfg(test)]
     pub(super) fn pending_entries(&self) -> u64 {
         self.pending.lock().expect("pending lock").entries
+    }
+}
+
+/// What a changed payload key writes: the bytes if the state still holds them (the
+/// task was created in this group), a delete if the task no longer has a payload
+/// (dropped or purged), nothing if it has one already written.
+fn payload_change(
+    state: &crate::machine::State,
+    id: TaskId,
+    batch: &mut WriteBatch,
+    cf: &impl rocksdb::AsColumnFamilyRef,
+    written: &mut Vec<TaskId>,
+) {
+    if let Some(bytes) = state.unwritten_payload(id) {
+        batch.put_cf(cf, keys::payload(id), bytes);
+        written.push(id);
+    } else if state.task(id).is_none_or(|t| t.payload_len.is_none()) {
+        batch.delete_cf(cf, keys::payload(id));
     }
 }
 

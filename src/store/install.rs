@@ -3,7 +3,8 @@
 //! A snapshot file (format in [`super::snapshot`]) is read frame by frame, never
 //! whole, in two passes:
 //! 1. [`decode`]: verify the frame count, the digest and the applied log id while
-//!    decoding every record straight into a new [`State`]. Nothing on disk is touched,
+//!    decoding every record straight into a new [`State`] (payloads, values of their
+//!    own, are only checked: the state never holds them). Nothing on disk is touched,
 //!    so a corrupted, truncated or undecodable snapshot changes nothing.
 //! 2. [`begin`] and [`fill`]: replace the `state` family with the frames, in write batches
 //!    of a few MiB. The replacement cannot be one atomic batch without holding every
@@ -152,7 +153,8 @@ pub(super) fn decode(
                 last_applied = codec::decode(&value).map_err(io_err)?;
             } else if key.as_slice() == keys::MEMBERSHIP {
                 membership = codec::decode(&value).map_err(io_err)?;
-            } else if !keys::is_meta(&key) {
+            } else if !keys::is_meta(&key) && !keys::is_payload(&key) {
+                // Payloads are written to the family by `fill`, never held here.
                 return Ok(Some(Some(codec::decode_record(&value).map_err(io_err)?)));
             }
             Ok(Some(None))

@@ -4,8 +4,10 @@
 //! Column families:
 //! - `log`: log index (big-endian u64) → encoded entry;
 //! - `raft`: the vote, the committed and purged log ids, the current snapshot's meta;
-//! - `state`: the state machine's records (header, sessions, miners, tasks) and, in
-//!   the same write, the last applied log id and membership.
+//! - `state`: the state machine's records (header, sessions, miners, tasks,
+//!   idempotency keys), the payloads of tasks (raw, after every record: the state in
+//!   memory keeps only their lengths, see [`crate::machine::PayloadAt`]) and, in the
+//!   same write, the last applied log id and membership.
 //!
 //! Why the state machine lives in RocksDB and in memory both: the in-memory
 //! [`crate::machine::State`] serves reads and applies commands in microseconds; the
@@ -275,6 +277,8 @@ pub(crate) fn index_key(index: u64) -> [u8; 8] {
 
 #[cfg(test)]
 mod install_tests;
+#[cfg(test)]
+mod payload_tests;
 #[cfg(test)]
 mod power_tests;
 #[cfg(test)]

@@ -24,21 +24,37 @@ use super::miner_changes::{self, MinerChanges};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::{OpenError, CF_STATE};
 use crate::codec;
-use crate::machine::{Event, Key, MinerId, MinerState, Record, State};
+use crate::machine::{Event, Key, MinerId, MinerState, PayloadAt, Record, State, TaskId};
 use crate::raft::types::{
     BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 /// Keys of the `state` family. Records sort as header, sessions, miners, tasks,
-/// idempotency keys.
+/// idempotency keys, then the payloads of tasks: raw bytes, not records, under keys
+/// of their own after every record, so loading the state reads up to
+/// [`keys::PAYLOADS`] and never reads a payload (see `crate::machine::PayloadAt`).
 pub(super) mod keys {
-    use crate::machine::Key;
+    use crate::machine::{Key, TaskId};
 
     pub const APPLIED: &[u8] = &[0, b'a'];
     pub const MEMBERSHIP: &[u8] = &[0, b'm'];
     /// Everything of the family lies in `[FIRST, END)`.
     pub const FIRST: &[u8] = &[0];
     pub const END: &[u8] = &[0xff];
+    /// Every payload key lies in `[PAYLOADS, END)`, after every record.
+    pub const PAYLOADS: &[u8] = &[6];
+
+    /// The key of a task's payload: the task's id, in order, so a miner's
+    /// assignments (tasks of nearby ids) read nearby keys.
+    pub fn payload(id: TaskId) -> [u8; 9] {
+        let mut out = [6u8; 9];
+        out[1..].copy_from_slice(&id.0.to_be_bytes());
+        out
+    }
+
+    pub fn is_payload(key: &[u8]) -> bool {
+        key.first() == Some(&PAYLOADS[0])
+    }
 
     pub fn record(key: Key) -> Vec<u8> {
         let (tag, id) = match key {
@@ -46,6 +62,7 @@ pub(super) mod keys {
             Key::Session(id) => (2, id.0),
             Key::Miner(id) => (3, id.0),
             Key::Task(id) => (4, id.0),
+            Key::Payload(id) => return payload(id).to_vec(),
             Key::Idempotency(session, hash) => {
                 let mut out = Vec::with_capacity(41);
                 out.push(5);
@@ -78,6 +95,8 @@ pub enum Published {
 /// The applied state, shared by the state-machine store (the only writer) and readers.
 pub struct AppliedState {
     state: RwLock<State>,
+    /// Where the payloads the state no longer holds are read from.
+    db: Arc<DB>,
     applied: watch::Sender<u64>,
     events: broadcast::Sender<Arc<Published>>,
     window: EventWindow,
@@ -85,10 +104,11 @@ pub struct AppliedState {
 }
 
 impl AppliedState {
-    fn new(state: State, applied: u64) -> Self {
+    fn new(state: State, applied: u64, db: Arc<DB>) -> Self {
         let (events, _) = broadcast::channel(16 * 1024);
         AppliedState {
             state: RwLock::new(state),
+            db,
             applied: watch::Sender::new(applied),
             events,
             window: EventWindow::new(event_window::DEFAULT_CAPACITY, applied),
@@ -111,6 +131,45 @@ impl AppliedState {
     /// Runs `f` on the applied state under a read lock; keep `f` short.
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.state.read().expect("state lock"))
+    }
+
+    /// The payloads of tasks, given where [`State::payload_at`] found each under the
+    /// read lock: the copies taken then, the written ones read from the `state` family
+    /// (one batched read, outside the lock). `None` for a task without a payload,
+    /// including one that finished or was purged (deleting its payload) since.
+    pub fn payloads(&self, at: Vec<(TaskId, PayloadAt)>) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let stored: Vec<[u8; 9]> = at
+            .iter()
+            .filter(|(_, at)| *at == PayloadAt::Stored)
+            .map(|(id, _)| keys::payload(*id))
+            .collect();
+        let mut read = if stored.is_empty() {
+            Vec::new()
+        } else {
+            let cf = self.db.cf_handle(CF_STATE).expect("state column family");
+            self.db.batched_multi_get_cf(cf, &stored, false)
+        }
+        .into_iter();
+        at.into_iter()
+            .map(|(id, at)| match at {
+                PayloadAt::Absent => Ok(None),
+                PayloadAt::Here(bytes) => Ok(Some(bytes)),
+                PayloadAt::Stored => match read.next().expect("one read per stored payload") {
+                    Ok(found) => Ok(found.map(|b| b.to_vec())),
+                    Err(e) => Err(format!("reading the payload of {id}: {e}")),
+                },
+            })
+            .collect()
+    }
+
+    /// Drops the in-memory copies of payloads the store has written.
+    pub(super) fn release_payloads(&self, ids: Vec<TaskId>) {
+        if !ids.is_empty() {
+            self.state
+                .write()
+                .expect("state lock")
+                .release_payloads(ids);
+        }
     }
 
     /// The index of the last applied log entry.
@@ -162,9 +221,11 @@ pub(super) fn load(db: &DB) -> Result<Loaded, String> {
     let mut membership = StoredMembership::default();
     let mut failed = None;
     // Read once, front to back, past the block cache; each record is decoded
-    // straight into the state, never all held decoded (or encoded) beside it.
+    // straight into the state, never all held decoded (or encoded) beside it. The
+    // payloads (after every record) are not read: they stay in the family.
     let mut read = rocksdb::ReadOptions::default();
     read.fill_cache(false);
+    read.set_iterate_upper_bound(keys::PAYLOADS);
     let mut items = db.iterator_cf_opt(cf, read, IteratorMode::Start);
     let records = std::iter::from_fn(|| loop {
         let mut step = |item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>| -> Result<Option<Record>, String> {
@@ -220,7 +281,7 @@ impl StateStore {
             reason,
         })?;
         let applied = last_applied.map_or(0, |l| l.index);
-        let shared = Arc::new(AppliedState::new(state, applied));
+        let shared = Arc::new(AppliedState::new(state, applied, db.clone()));
         let writer =
             GroupWriter::start(db.clone(), shared.clone(), last_applied, membership.clone());
         Ok(StateStore {
@@ -445,8 +506,30 @@ impl StateStore {
         self.db.flush_cf(cf).expect("flush state family");
     }
 
-    /// The records of the current state, for tests comparing replicas.
+    /// The records of the current state and the payloads of its tasks (wherever
+    /// they are: in memory or in the `state` family), for tests comparing replicas.
     pub fn state_bytes(&self) -> Vec<u8> {
-        self.shared.read(|s| s.encode())
+        let (mut out, at) = self.shared.read(|s| (s.encode(), s.every_payload_at()));
+        let ids: Vec<TaskId> = at.iter().map(|(id, _)| *id).collect();
+        let payloads = self.shared.payloads(at).expect("read payloads");
+        for (id, payload) in ids.into_iter().zip(payloads) {
+            let payload = payload.unwrap_or_else(|| panic!("the payload of {id} is missing"));
+            out.extend_from_slice(&id.0.to_le_bytes());
+            out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            out.extend_from_slice(&payload);
+        }
+        out
+    }
+
+    /// The store's RocksDB, for tests that look at the `state` family.
+    #[cfg(test)]
+    pub(super) fn db(&self) -> &DB {
+        &self.db
+    }
+
+    /// Writes the pending group now, as a full group or the timer would.
+    #[cfg(test)]
+    pub(super) fn write_group(&self) {
+        self.writer.write().expect("write the group");
     }
 }

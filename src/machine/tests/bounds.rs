@@ -80,17 +80,25 @@ fn a_finished_task_drops_its_payload_but_keeps_its_result_and_history() {
     let _m = w.miner(2);
     let done = w.submit(s, "done");
     let cancelled = w.submit(s, "cancelled");
-    assert_eq!(w.task(done).payload.as_deref(), Some(&b"done"[..]));
+    assert_eq!(w.task(done).payload_len, Some(4));
+    assert_eq!(w.s.unwritten_payload(done), Some(&b"done"[..]));
+    assert_eq!(w.s.payload_at(done), PayloadAt::Here(b"done".to_vec()));
+    // The store writes the payload record and deletes it again: both marked.
+    w.s.take_dirty();
     w.complete(done, "out");
     w.ok(Command::CancelTask { task: cancelled });
+    let dirty = w.s.take_dirty();
+    assert!(dirty.contains(&Key::Payload(done)) && dirty.contains(&Key::Payload(cancelled)));
     let t = w.task(done);
-    assert_eq!(t.payload, None);
+    assert_eq!(t.payload_len, None);
     assert_eq!(t.result(), Some(&b"out"[..]));
     assert!(!t.assignments.is_empty() && t.history.len() > 2);
-    assert_eq!(w.task(cancelled).payload, None);
+    assert_eq!(w.task(cancelled).payload_len, None);
+    assert_eq!(w.s.unwritten_payload(done), None);
+    assert_eq!(w.s.payload_at(cancelled), PayloadAt::Absent);
     // The dropped payload is written: a restored replica agrees.
     let restored = State::decode(&w.s.encode()).unwrap();
-    assert_eq!(restored.task(done).unwrap().payload, None);
+    assert_eq!(restored.task(done).unwrap().payload_len, None);
     assert_eq!(restored.encode(), w.s.encode());
 }
 
@@ -103,10 +111,17 @@ fn a_session_may_keep_finished_payloads() {
     let _m = w.miner(1);
     let t = w.submit(s, "kept");
     w.complete(t, "out");
-    assert_eq!(w.task(t).payload.as_deref(), Some(&b"kept"[..]));
-    // Until retention purges the task.
+    assert_eq!(w.task(t).payload_len, Some(4));
+    assert_eq!(w.s.unwritten_payload(t), Some(&b"kept"[..]));
+    // Written by the store, the bytes leave memory; the task still has a payload.
+    w.s.release_payloads([t]);
+    assert_eq!(w.s.payload_at(t), PayloadAt::Stored);
+    // Until retention purges the task, whose payload record goes with it.
+    w.s.take_dirty();
     w.advance(RETENTION_MS + 1);
     assert!(w.s.task(t).is_none());
+    assert!(w.s.take_dirty().contains(&Key::Payload(t)));
+    assert_eq!(w.s.payload_at(t), PayloadAt::Absent);
 }
 
 #[test]

@@ -32,7 +32,7 @@ fn a_repeated_idempotency_key_returns_the_first_task() {
     assert!(tasks[1].1);
     assert_eq!(tasks[2], (tasks[1].0, false));
     assert_eq!(w.s.session(s).unwrap().submitted_total, before + 1);
-    assert_eq!(w.task(t1).payload.as_deref(), Some(&b"x"[..]));
+    assert_eq!(w.s.unwritten_payload(t1), Some(&b"x"[..]));
     // The session's default priority is what was asked when none was given.
     assert_eq!(w.submit_with(s, "x", Some(0), Some("k-1")), t1);
     // Another session's key space is its own.

@@ -20,6 +20,14 @@ pub(super) fn assert_indexes_equal(a: &State, b: &State) {
 }
 
 pub(super) fn check_invariants(s: &State) {
+    // Payload bytes are held only for tasks that have a payload (none of a finished
+    // or purged task that dropped it).
+    for id in s.payloads.ids() {
+        assert!(
+            s.task(id).is_some_and(|t| t.payload_len.is_some()),
+            "{id}: payload bytes held without a payload"
+        );
+    }
     let mut counts: BTreeMap<SessionId, StateCounts> = BTreeMap::new();
     let mut open: BTreeMap<SessionId, u64> = BTreeMap::new();
     let mut active: BTreeMap<SessionId, u64> = BTreeMap::new();
@@ -60,13 +68,17 @@ pub(super) fn check_invariants(s: &State) {
         );
         // A payload is held while the task is unfinished, and after only if kept.
         assert_eq!(
-            t.payload.is_some(),
+            t.payload_len.is_some(),
             !t.state.is_terminal() || session.spec.keep_finished_payloads,
             "{}: payload held {} in state {:?}",
             t.id,
-            t.payload.is_some(),
+            t.payload_len.is_some(),
             t.state
         );
+        // Its bytes, while in memory, are the task's payload's.
+        if let Some(bytes) = s.unwritten_payload(t.id) {
+            assert_eq!(t.payload_len, Some(bytes.len() as u32), "{}", t.id);
+        }
         if t.state.is_terminal() {
             assert_eq!(t.open_slots, 0);
             assert!(
