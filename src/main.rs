@@ -17,27 +17,6 @@ use session_queue::{bench, node, shutdown};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-extern "C" {
-    // mimalloc's C API (linked through the `mimalloc` crate): `mimalloc.h`.
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-
-/// `mi_option_purge_delay` in the bundled mimalloc's `mi_option_e` (v3, and v2 alike).
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-/// Makes mimalloc give pages it no longer uses back to the system at once, instead
-/// of 10 ms (and, for its arenas, 100 ms) later, so a node's resident memory follows
-/// what it holds (see "Memory" in docs/PERFORMANCE.md). `MIMALLOC_PURGE_DELAY` set in
-/// the environment wins (mimalloc reads it at start): `MIMALLOC_PURGE_DELAY=10`
-/// restores mimalloc's default.
-fn purge_freed_pages_at_once() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one integer option of the allocator; called first thing in
-        // main, before any other thread runs.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-    }
-}
-
 #[derive(Parser)]
 #[command(
     name = "session-queue",
@@ -283,7 +262,6 @@ fn main() -> ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
-    purge_freed_pages_at_once();
     let args = args_with_config_file(std::env::args().collect())?;
     let cli = Cli::parse_from(args);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
