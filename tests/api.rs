@@ -75,6 +75,21 @@ async fn a_task_lives_its_whole_life_with_each_write_on_a_different_node() {
         assert_eq!(list[0]["payload"], b64(payload));
         assert_eq!(list[0]["state"], "assigned");
     }
+    // Later, once every node has written it to its store (within 50 ms of the
+    // submit) and dropped it from memory, the payload is read back from the store.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for (i, m) in miners.iter().enumerate() {
+        let v = node(i + 2)
+            .ok(
+                Method::GET,
+                &format!("/v1/miners/{}/assignments", m.id),
+                None,
+                Some(&m.token),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["assignments"][0]["payload"], b64(payload), "{v}");
+    }
     let state = |v: &Value| v["state"].as_str().unwrap().to_string();
     let read = |i: usize| {
         let c = node(i);
