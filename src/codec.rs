@@ -107,12 +107,15 @@ mod tests {
                     idempotency_key: Some("k".into()),
                     queue_timeout_ms: None,
                 }],
-            }],
+            }]
+            .into(),
         };
         let bytes = encode(&batch);
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(encoded_len(&batch), bytes.len());
-        assert_eq!(decode::<Batch>(&bytes), Ok(batch));
+        assert_eq!(decode::<Batch>(&bytes), Ok(batch.clone()));
+        // The shared list of commands encodes as a plain list would.
+        assert_eq!(&bytes[1..], &encode(&(7u64, batch.commands.to_vec(), batch.limits))[1..]);
         assert_eq!(decode::<Batch>(&[]), Err(CodecError::Empty));
         assert_eq!(decode::<Batch>(&[9, 0]), Err(CodecError::Version(9)));
         assert_eq!(

@@ -151,7 +151,21 @@ impl PeerClient {
         timeout: Duration,
         budget: Option<Duration>,
     ) -> Result<Resp, PeerError> {
-        let body = codec::encode(req);
+        self.call_encoded(target, addr, path, codec::encode(req).into(), timeout, budget)
+            .await
+    }
+
+    /// [`PeerClient::call`] with a body already encoded (by [`codec::encode`]): the
+    /// bytes are shared, never copied, however many times the request is sent.
+    pub async fn call_encoded<Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+        budget: Option<Duration>,
+    ) -> Result<Resp, PeerError> {
         let budget = budget.map(|b| b.as_millis().to_string());
         let mut retried = false;
         loop {
@@ -162,7 +176,7 @@ impl PeerClient {
                     target,
                     addr,
                     path,
-                    &body,
+                    body.clone(),
                     timeout,
                     budget.as_deref(),
                 )
@@ -305,10 +319,10 @@ impl PeerClient {
         target: NodeId,
         addr: &str,
         path: &str,
-        body: &[u8],
+        body: bytes::Bytes,
         timeout: Duration,
         budget: Option<&str>,
-    ) -> Result<Vec<u8>, Sent> {
+    ) -> Result<bytes::Bytes, Sent> {
         let identity = self.identity();
         let cluster = identity.id().unwrap_or_default();
         let role = if path == paths::APPEND || path == paths::SNAPSHOT {
@@ -321,7 +335,7 @@ impl PeerClient {
             cluster: &cluster,
             role,
             budget: budget.unwrap_or(""),
-            body,
+            body: &body,
         });
         let mut builder = self
             .http
@@ -334,7 +348,7 @@ impl PeerClient {
             .header(peer_auth::ROLE_HEADER, role)
             .header(TARGET_HEADER, target.to_string())
             .timeout(timeout)
-            .body(body.to_vec());
+            .body(body);
         if let Some(budget) = budget {
             builder = builder.header(BUDGET_HEADER, budget);
         }
@@ -386,7 +400,7 @@ impl PeerClient {
                 "the answer's MAC is wrong".into(),
             )));
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 }
 

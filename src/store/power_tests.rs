@@ -54,12 +54,12 @@ fn entries(n: u64) -> Vec<Entry> {
                 2 => EntryPayload::Normal(Batch {
                     limits: Default::default(),
                     now_ms: 1000,
-                    commands: vec![Command::CreateSession(spec.clone())],
+                    commands: vec![Command::CreateSession(spec.clone())].into(),
                 }),
                 _ => EntryPayload::Normal(Batch {
                     limits: Default::default(),
                     now_ms: 1000 + i,
-                    commands: vec![],
+                    commands: vec![].into(),
                 }),
             },
         })
