@@ -33,6 +33,11 @@
 //! openraft then sends the rest from there. A request thus fits in the replication
 //! timeout whatever the entries' sizes, as long as the link moves
 //! `--max-replication-bytes` within it.
+//!
+//! A request's entries are not encoded again for it: the log store keeps the bytes
+//! it wrote each recent entry as ([`EncodedEntries`]), and the request is assembled
+//! from those ([`codec::append_request`]), so a batch is encoded once on the leader
+//! whatever the number of followers. An entry no longer cached is encoded here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,6 +61,7 @@ use super::identity::ClusterIdentity;
 use super::peer_auth::{self, ClientSession, Handshake, Signed};
 use super::types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 use crate::codec;
+use crate::store::EncodedEntries;
 
 /// Header naming the node a request is meant for.
 pub const TARGET_HEADER: &str = "x-sq-target-node";
@@ -436,6 +442,7 @@ pub struct Network {
     client: PeerClient,
     replication_timeout: Duration,
     max_replication_bytes: usize,
+    encoded: Option<EncodedEntries>,
 }
 
 impl Network {
@@ -450,6 +457,15 @@ impl Network {
             client,
             replication_timeout,
             max_replication_bytes,
+            encoded: None,
+        }
+    }
+
+    /// Sends entries as the log store encoded them (see the module doc).
+    pub fn with_encoded_entries(self, encoded: EncodedEntries) -> Self {
+        Network {
+            encoded: Some(encoded),
+            ..self
         }
     }
 }
@@ -479,6 +495,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.peer.clone(),
             replication_timeout: self.replication_timeout,
             max_replication_bytes: self.max_replication_bytes,
+            encoded: self.encoded.clone(),
             append: None,
         }
     }
@@ -519,6 +536,7 @@ pub struct Connection {
     addr: String,
     replication_timeout: Duration,
     max_replication_bytes: usize,
+    encoded: Option<EncodedEntries>,
     append: Option<RunningAppend>,
 }
 
@@ -574,14 +592,24 @@ impl Connection {
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        // The entries as the log store wrote them, while all are cached.
+        let mut encoded: Option<Vec<bytes::Bytes>> = self.encoded.as_ref().and_then(|cache| {
+            rpc.entries.iter().map(|e| cache.get(&e.log_id)).collect()
+        });
         // Only the prefix that fits in the byte bound goes (see the module doc).
-        let fit = entries_that_fit(
-            rpc.entries.iter().map(codec::encoded_len),
-            self.max_replication_bytes,
-        );
+        let fit = match &encoded {
+            Some(bytes) => entries_that_fit(bytes.iter().map(|b| b.len()), self.max_replication_bytes),
+            None => entries_that_fit(
+                rpc.entries.iter().map(codec::encoded_len),
+                self.max_replication_bytes,
+            ),
+        };
         let cut = (fit < rpc.entries.len()).then(|| {
             metrics::counter!("sq_replication_requests_cut_total").increment(1);
             rpc.entries.truncate(fit);
+            if let Some(bytes) = encoded.as_mut() {
+                bytes.truncate(fit);
+            }
             rpc.entries.last().map(|e| e.log_id)
         });
         let key = AppendKey::of(&rpc);
@@ -605,9 +633,19 @@ impl Connection {
                 }
                 let (client, target, addr) = (self.client.clone(), self.target, self.addr.clone());
                 let timeout = self.replication_timeout;
+                let body = match encoded {
+                    Some(entries) => codec::append_request(
+                        &rpc.vote,
+                        &rpc.prev_log_id,
+                        &entries,
+                        &rpc.leader_commit,
+                    ),
+                    None => codec::encode_sized(&rpc),
+                };
+                drop(rpc);
                 let task = tokio::spawn(async move {
                     client
-                        .call(target, &addr, paths::APPEND, &rpc, timeout, None)
+                        .call_encoded(target, &addr, paths::APPEND, body.into(), timeout, None)
                         .await
                 });
                 self.append = Some(RunningAppend { key, task });
