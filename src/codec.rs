@@ -171,15 +171,15 @@ mod tests {
                 Some(log_id(3, 300)),
             ),
         ] {
-            let encoded: Vec<bytes::Bytes> =
-                entries.iter().map(|e| encode(e).into()).collect();
+            let encoded: Vec<bytes::Bytes> = entries.iter().map(|e| encode(e).into()).collect();
             let rpc = AppendEntriesRequest::<TypeConfig> {
                 vote: Vote::new_committed(3, 2),
                 prev_log_id: prev,
                 entries,
                 leader_commit: commit,
             };
-            let assembled = append_request(&rpc.vote, &rpc.prev_log_id, &encoded, &rpc.leader_commit);
+            let assembled =
+                append_request(&rpc.vote, &rpc.prev_log_id, &encoded, &rpc.leader_commit);
             assert_eq!(assembled, encode(&rpc));
         }
     }
@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(encoded_len(&batch), bytes.len());
         assert_eq!(decode::<Batch>(&bytes), Ok(batch.clone()));
         // The shared list of commands encodes as a plain list would.
-        assert_eq!(&bytes[1..], &encode(&(7u64, batch.commands.to_vec(), batch.limits))[1..]);
+        assert_eq!(
+            &bytes[1..],
+            &encode(&(7u64, batch.commands.to_vec(), batch.limits))[1..]
+        );
         assert_eq!(decode::<Batch>(&[]), Err(CodecError::Empty));
         assert_eq!(decode::<Batch>(&[9, 0]), Err(CodecError::Version(9)));
         assert_eq!(

@@ -157,8 +157,15 @@ impl PeerClient {
         timeout: Duration,
         budget: Option<Duration>,
     ) -> Result<Resp, PeerError> {
-        self.call_encoded(target, addr, path, codec::encode(req).into(), timeout, budget)
-            .await
+        self.call_encoded(
+            target,
+            addr,
+            path,
+            codec::encode(req).into(),
+            timeout,
+            budget,
+        )
+        .await
     }
 
     /// [`PeerClient::call`] with a body already encoded (by [`codec::encode`]): the
@@ -593,12 +600,15 @@ impl Connection {
         mut rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
         // The entries as the log store wrote them, while all are cached.
-        let mut encoded: Option<Vec<bytes::Bytes>> = self.encoded.as_ref().and_then(|cache| {
-            rpc.entries.iter().map(|e| cache.get(&e.log_id)).collect()
-        });
+        let mut encoded: Option<Vec<bytes::Bytes>> = self
+            .encoded
+            .as_ref()
+            .and_then(|cache| rpc.entries.iter().map(|e| cache.get(&e.log_id)).collect());
         // Only the prefix that fits in the byte bound goes (see the module doc).
         let fit = match &encoded {
-            Some(bytes) => entries_that_fit(bytes.iter().map(|b| b.len()), self.max_replication_bytes),
+            Some(bytes) => {
+                entries_that_fit(bytes.iter().map(|b| b.len()), self.max_replication_bytes)
+            }
             None => entries_that_fit(
                 rpc.entries.iter().map(codec::encoded_len),
                 self.max_replication_bytes,

@@ -770,7 +770,10 @@ mod tests {
             all.append(&mut p.commands);
         }
         all.push(Command::Tick);
-        assert!(taken.iter().all(|p| p.commands.is_empty()), "moved, not copied");
+        assert!(
+            taken.iter().all(|p| p.commands.is_empty()),
+            "moved, not copied"
+        );
         let sent = InFlight {
             proposals: taken,
             moved: Some((all.into(), lens)),

@@ -105,7 +105,11 @@ impl EntryCache {
     #[cfg(test)]
     fn accounting(&self) -> (usize, usize) {
         let encoded = self.entries.values().map(|(e, bytes, _)| {
-            assert_eq!(bytes.as_ref(), codec::encode(e), "the cached bytes encode the entry");
+            assert_eq!(
+                bytes.as_ref(),
+                codec::encode(e),
+                "the cached bytes encode the entry"
+            );
             2 * bytes.len()
         });
         (self.bytes, encoded.sum())
