@@ -262,6 +262,8 @@ fn main() -> ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
+    // Before any thread starts: see the module for why.
+    session_queue::huge_pages::disable_transparent_huge_pages();
     let args = args_with_config_file(std::env::args().collect())?;
     let cli = Cli::parse_from(args);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

@@ -186,7 +186,8 @@ pub async fn start(
             peers.clone(),
             config.replication_timeout(),
             config.max_replication_bytes,
-        ),
+        )
+        .with_encoded_entries(log_store.encoded_entries()),
         log_store,
         state_store,
     )

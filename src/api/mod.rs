@@ -200,20 +200,41 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge("request body is over the limit".into())
-            } else {
-                ApiError::bad(e.body_text())
-            }
-        })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        let body = JsonBytes::from_request(req, state).await?;
+        body.parse().map(JsonBody)
+    }
+}
+
+/// A JSON body not parsed yet, for bodies whose values borrow from it
+/// ([`JsonBytes::parse`]); the same failures as [`JsonBody`].
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(JsonBytes)
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge("request body is over the limit".into())
+                } else {
+                    ApiError::bad(e.body_text())
+                }
+            })
+    }
+}
+
+impl JsonBytes {
+    /// Parses the body; strings of `T` may borrow from it.
+    pub fn parse<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
+        let bytes: &[u8] = if self.0.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
-            &bytes
+            &self.0
         };
         serde_json::from_slice(bytes)
-            .map(JsonBody)
             .map_err(|e| ApiError::bad(format!("malformed JSON body: {e}")))
     }
 }

@@ -15,7 +15,7 @@ use super::error::ErrorBody;
 use super::replies::{BatchSubmitted, TaskSubmitted, TaskUpdated, TaskView};
 use super::sessions::parse_session;
 use super::wire::{parse_hash, unbase64, Commit, Empty, Precommit, SubmitBatch, SubmitTask};
-use super::{auth, lookup, parse_duration, propose, ApiError, JsonBody, QueryParams};
+use super::{auth, lookup, parse_duration, propose, ApiError, JsonBody, JsonBytes, QueryParams};
 use crate::machine::{limits, Command, NewTask, Response, TaskId};
 use crate::node::Node;
 
@@ -24,7 +24,7 @@ fn parse_task(id: &str) -> Result<TaskId, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("unknown task {id}")))
 }
 
-fn new_task(node: &Node, t: SubmitTask) -> Result<NewTask, ApiError> {
+fn new_task(node: &Node, t: SubmitTask<'_>) -> Result<NewTask, ApiError> {
     // The base64 text is 4/3 of the bytes: refuse early, before decoding.
     if t.payload.len() / 4 * 3 > node.config.max_payload_bytes + 3 {
         return Err(ApiError::TooLarge(format!(
@@ -70,7 +70,7 @@ async fn submit_tasks(
 /// Submits one task.
 #[utoipa::path(post, path = "/v1/sessions/{id}/tasks", tag = "tasks", operation_id = "submit_task",
     params(("id" = String, Path, description = "Session id (`s-…`)")),
-    request_body = SubmitTask,
+    request_body = SubmitTask<'static>,
     responses(
         (status = 201, description = "Created, once committed and applied", body = TaskSubmitted,
             links(
@@ -89,9 +89,9 @@ async fn submit_tasks(
 pub async fn submit(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<SubmitTask>,
+    body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let task = new_task(&node, body)?;
+    let task = new_task(&node, body.parse::<SubmitTask>()?)?;
     let submitted = submit_tasks(&node, &id, vec![task]).await?;
     let (task, created) = submitted[0];
     let status = if created {
@@ -111,7 +111,7 @@ pub async fn submit(
 /// Submits many tasks at once, in one log entry; ids come back in order.
 #[utoipa::path(post, path = "/v1/sessions/{id}/tasks:batch", tag = "tasks", operation_id = "submit_batch",
     params(("id" = String, Path, description = "Session id (`s-…`)")),
-    request_body = SubmitBatch,
+    request_body = SubmitBatch<'static>,
     responses(
         (status = 201, description = "Submitted, once committed and applied", body = BatchSubmitted),
         (status = 400, description = "An empty list, bad base64, or an idempotency key out of range (`invalid`)", body = ErrorBody),
@@ -125,8 +125,9 @@ pub async fn submit(
 pub async fn submit_batch(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
-    JsonBody(body): JsonBody<SubmitBatch>,
+    body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body = body.parse::<SubmitBatch>()?;
     if body.tasks.is_empty() {
         return Err(ApiError::bad("tasks is empty"));
     }

@@ -5,6 +5,8 @@
 //! defaults filled in), so that applying it depends on nothing but the state and the
 //! leader's timestamp. Commands travel in the Raft log inside a [`Batch`].
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::ids::{MinerId, SessionId, TaskId};
@@ -14,15 +16,38 @@ use super::task::TaskState;
 pub type Digest = [u8; 32];
 
 /// One Raft entry's worth of commands, stamped with the leader's clock when proposed.
+///
+/// The commands are shared, not owned: openraft hands out a copy of an entry for
+/// each follower it replicates to and once more to apply it, and each copy of a
+/// batch of a thousand submits would otherwise copy a thousand payloads. Encoded
+/// exactly as a `Vec<Command>` would be.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     /// Milliseconds since the Unix epoch on the leader that proposed this batch. The
     /// machine never reads a clock of its own; time only moves forward.
     pub now_ms: u64,
-    pub commands: Vec<Command>,
+    #[serde(with = "shared_commands")]
+    pub commands: Arc<[Command]>,
     /// The cluster-wide bounds the leader that proposed it enforces, carried in the
     /// log so every replica applies the same ones whatever its own flags say.
     pub limits: Limits,
+}
+
+/// Serde for [`Batch::commands`]: a sequence, as a `Vec<Command>`.
+mod shared_commands {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Command;
+
+    pub fn serialize<S: Serializer>(commands: &Arc<[Command]>, s: S) -> Result<S::Ok, S::Error> {
+        commands[..].serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<[Command]>, D::Error> {
+        Vec::<Command>::deserialize(d).map(Arc::from)
+    }
 }
 
 /// Cluster-wide bounds of the state, stamped into every batch by the leader.

@@ -33,6 +33,11 @@
 //! openraft then sends the rest from there. A request thus fits in the replication
 //! timeout whatever the entries' sizes, as long as the link moves
 //! `--max-replication-bytes` within it.
+//!
+//! A request's entries are not encoded again for it: the log store keeps the bytes
+//! it wrote each recent entry as ([`EncodedEntries`]), and the request is assembled
+//! from those ([`codec::append_request`]), so a batch is encoded once on the leader
+//! whatever the number of followers. An entry no longer cached is encoded here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,6 +61,7 @@ use super::identity::ClusterIdentity;
 use super::peer_auth::{self, ClientSession, Handshake, Signed};
 use super::types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 use crate::codec;
+use crate::store::EncodedEntries;
 
 /// Header naming the node a request is meant for.
 pub const TARGET_HEADER: &str = "x-sq-target-node";
@@ -151,7 +157,28 @@ impl PeerClient {
         timeout: Duration,
         budget: Option<Duration>,
     ) -> Result<Resp, PeerError> {
-        let body = codec::encode(req);
+        self.call_encoded(
+            target,
+            addr,
+            path,
+            codec::encode(req).into(),
+            timeout,
+            budget,
+        )
+        .await
+    }
+
+    /// [`PeerClient::call`] with a body already encoded (by [`codec::encode`]): the
+    /// bytes are shared, never copied, however many times the request is sent.
+    pub async fn call_encoded<Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+        budget: Option<Duration>,
+    ) -> Result<Resp, PeerError> {
         let budget = budget.map(|b| b.as_millis().to_string());
         let mut retried = false;
         loop {
@@ -162,7 +189,7 @@ impl PeerClient {
                     target,
                     addr,
                     path,
-                    &body,
+                    body.clone(),
                     timeout,
                     budget.as_deref(),
                 )
@@ -305,10 +332,10 @@ impl PeerClient {
         target: NodeId,
         addr: &str,
         path: &str,
-        body: &[u8],
+        body: bytes::Bytes,
         timeout: Duration,
         budget: Option<&str>,
-    ) -> Result<Vec<u8>, Sent> {
+    ) -> Result<bytes::Bytes, Sent> {
         let identity = self.identity();
         let cluster = identity.id().unwrap_or_default();
         let role = if path == paths::APPEND || path == paths::SNAPSHOT {
@@ -321,7 +348,7 @@ impl PeerClient {
             cluster: &cluster,
             role,
             budget: budget.unwrap_or(""),
-            body,
+            body: &body,
         });
         let mut builder = self
             .http
@@ -334,7 +361,7 @@ impl PeerClient {
             .header(peer_auth::ROLE_HEADER, role)
             .header(TARGET_HEADER, target.to_string())
             .timeout(timeout)
-            .body(body.to_vec());
+            .body(body);
         if let Some(budget) = budget {
             builder = builder.header(BUDGET_HEADER, budget);
         }
@@ -386,7 +413,7 @@ impl PeerClient {
                 "the answer's MAC is wrong".into(),
             )));
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
     }
 }
 
@@ -422,6 +449,7 @@ pub struct Network {
     client: PeerClient,
     replication_timeout: Duration,
     max_replication_bytes: usize,
+    encoded: Option<EncodedEntries>,
 }
 
 impl Network {
@@ -436,6 +464,15 @@ impl Network {
             client,
             replication_timeout,
             max_replication_bytes,
+            encoded: None,
+        }
+    }
+
+    /// Sends entries as the log store encoded them (see the module doc).
+    pub fn with_encoded_entries(self, encoded: EncodedEntries) -> Self {
+        Network {
+            encoded: Some(encoded),
+            ..self
         }
     }
 }
@@ -465,6 +502,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             addr: node.peer.clone(),
             replication_timeout: self.replication_timeout,
             max_replication_bytes: self.max_replication_bytes,
+            encoded: self.encoded.clone(),
             append: None,
         }
     }
@@ -505,6 +543,7 @@ pub struct Connection {
     addr: String,
     replication_timeout: Duration,
     max_replication_bytes: usize,
+    encoded: Option<EncodedEntries>,
     append: Option<RunningAppend>,
 }
 
@@ -560,14 +599,27 @@ impl Connection {
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        // The entries as the log store wrote them, while all are cached.
+        let mut encoded: Option<Vec<bytes::Bytes>> = self
+            .encoded
+            .as_ref()
+            .and_then(|cache| rpc.entries.iter().map(|e| cache.get(&e.log_id)).collect());
         // Only the prefix that fits in the byte bound goes (see the module doc).
-        let fit = entries_that_fit(
-            rpc.entries.iter().map(codec::encoded_len),
-            self.max_replication_bytes,
-        );
+        let fit = match &encoded {
+            Some(bytes) => {
+                entries_that_fit(bytes.iter().map(|b| b.len()), self.max_replication_bytes)
+            }
+            None => entries_that_fit(
+                rpc.entries.iter().map(codec::encoded_len),
+                self.max_replication_bytes,
+            ),
+        };
         let cut = (fit < rpc.entries.len()).then(|| {
             metrics::counter!("sq_replication_requests_cut_total").increment(1);
             rpc.entries.truncate(fit);
+            if let Some(bytes) = encoded.as_mut() {
+                bytes.truncate(fit);
+            }
             rpc.entries.last().map(|e| e.log_id)
         });
         let key = AppendKey::of(&rpc);
@@ -591,9 +643,19 @@ impl Connection {
                 }
                 let (client, target, addr) = (self.client.clone(), self.target, self.addr.clone());
                 let timeout = self.replication_timeout;
+                let body = match encoded {
+                    Some(entries) => codec::append_request(
+                        &rpc.vote,
+                        &rpc.prev_log_id,
+                        &entries,
+                        &rpc.leader_commit,
+                    ),
+                    None => codec::encode_sized(&rpc),
+                };
+                drop(rpc);
                 let task = tokio::spawn(async move {
                     client
-                        .call(target, &addr, paths::APPEND, &rpc, timeout, None)
+                        .call_encoded(target, &addr, paths::APPEND, body.into(), timeout, None)
                         .await
                 });
                 self.append = Some(RunningAppend { key, task });

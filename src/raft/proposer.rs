@@ -212,7 +212,7 @@ struct Worker {
     config: ProposerConfig,
     rx: mpsc::Receiver<Proposal>,
     pending: VecDeque<Proposal>,
-    inflight: JoinSet<(Vec<Proposal>, Outcome)>,
+    inflight: JoinSet<(InFlight, Outcome)>,
     last_tick: Instant,
     retry_at: Option<Instant>,
     clock: ClusterClock,
@@ -238,7 +238,7 @@ impl Worker {
                 },
                 Some(done) = self.inflight.join_next(), if !self.inflight.is_empty() => {
                     match done {
-                        Ok((proposals, outcome)) => self.deliver(proposals, outcome),
+                        Ok((sent, outcome)) => self.deliver(sent, outcome),
                         Err(e) => tracing::error!(error = %e, "proposer batch task failed"),
                     }
                 }
@@ -396,12 +396,15 @@ impl Worker {
     }
 
     /// Proposes a batch through this node's Raft, stamped with cluster time.
-    fn propose_here(&mut self, term: u64, taken: Vec<Proposal>, tick: bool) {
+    fn propose_here(&mut self, term: u64, mut taken: Vec<Proposal>, tick: bool) {
         let count: usize = taken.iter().map(|p| p.commands.len()).sum();
-        // Cloned, not moved: a batch that must be sent again still has its commands.
+        // Moved, not copied: the batch shares them with the proposals, which get
+        // copies back only if it must be sent again.
         let mut commands: Vec<Command> = Vec::with_capacity(count + 1);
-        for p in taken.iter() {
-            commands.extend(p.commands.iter().cloned());
+        let mut lens = Vec::with_capacity(taken.len());
+        for p in taken.iter_mut() {
+            lens.push(p.commands.len());
+            commands.append(&mut p.commands);
         }
         if tick {
             commands.push(Command::Tick);
@@ -409,10 +412,11 @@ impl Worker {
             self.stats.ticks.fetch_add(1, Relaxed);
         }
         self.count_batch(count, false);
+        let commands: Arc<[Command]> = commands.into();
         let state_ms = self.state.read(|s| s.now_ms());
         let batch = Batch {
             now_ms: self.clock.stamp(term, state_ms),
-            commands,
+            commands: commands.clone(),
             limits: self.config.limits,
         };
         // Awaited as long as any of its callers still waits.
@@ -422,13 +426,17 @@ impl Worker {
             .max()
             .unwrap_or_else(|| Instant::now() + TICK_BATCH_TIMEOUT);
         let raft = self.raft.clone();
+        let sent = InFlight {
+            proposals: taken,
+            moved: Some((commands, lens)),
+        };
         self.inflight.spawn(async move {
             let outcome =
                 match tokio::time::timeout_at(until.into(), raft.client_write(batch)).await {
                     Ok(result) => outcome::of_local(result),
                     Err(_) => Outcome::Ambiguous("timed out waiting for commit".into()),
                 };
-            (taken, outcome)
+            (sent, outcome)
         });
     }
 
@@ -436,10 +444,8 @@ impl Worker {
     /// becomes known meanwhile.
     fn forward(&mut self, leader: NodeId, addr: String, taken: Vec<Proposal>) {
         let count: usize = taken.iter().map(|p| p.commands.len()).sum();
-        let mut commands: Vec<Command> = Vec::with_capacity(count);
-        for p in taken.iter() {
-            commands.extend(p.commands.iter().cloned());
-        }
+        // Encoded from the proposals as one list, without gathering copies first.
+        let body = crate::codec::encode(&Concat(&taken)).into();
         self.count_batch(count, true);
         let until = taken
             .iter()
@@ -450,11 +456,11 @@ impl Worker {
         let peers = self.peers.clone();
         let metrics = self.raft.server_metrics();
         self.inflight.spawn(async move {
-            let call = peers.call(
+            let call = peers.call_encoded(
                 leader,
                 &addr,
                 paths::PROPOSE,
-                &commands,
+                body,
                 budget + Duration::from_millis(200),
                 Some(budget),
             );
@@ -464,7 +470,11 @@ impl Worker {
                     "the leader changed while the write was forwarded to it".into(),
                 ),
             };
-            (taken, outcome)
+            let sent = InFlight {
+                proposals: taken,
+                moved: None,
+            };
+            (sent, outcome)
         });
     }
 
@@ -478,25 +488,26 @@ impl Worker {
     }
 
     /// Hands each proposal its share of the results, or queues them to be sent again.
-    fn deliver(&mut self, proposals: Vec<Proposal>, outcome: Outcome) {
+    fn deliver(&mut self, sent: InFlight, outcome: Outcome) {
         match outcome {
             Outcome::Done(results) => {
+                let lens = sent.lens();
                 let mut results = results.into_iter();
-                for p in proposals {
-                    let mine: Vec<CommandResult> =
-                        results.by_ref().take(p.commands.len()).collect();
-                    if mine.len() != p.commands.len() {
+                for (p, len) in sent.proposals.into_iter().zip(lens) {
+                    let mine: Vec<CommandResult> = results.by_ref().take(len).collect();
+                    if mine.len() != len {
                         p.answer(Err(ProposeError::Fatal("result count mismatch".into())));
                     } else {
                         p.answer(Ok(mine));
                     }
                 }
             }
-            Outcome::NotSent => self.requeue(proposals, false),
+            Outcome::NotSent => self.requeue(sent.put_back(), false),
             Outcome::Ambiguous(why) => {
                 self.stats.ambiguous.fetch_add(1, Relaxed);
                 tracing::info!(reason = %why, "a batch's outcome is unknown");
-                let (again, unknown): (Vec<_>, Vec<_>) = proposals
+                let (again, unknown): (Vec<_>, Vec<_>) = sent
+                    .put_back()
                     .into_iter()
                     .partition(|p| outcome::all_retry_safe(&p.commands));
                 for p in unknown {
@@ -505,7 +516,7 @@ impl Worker {
                 self.requeue(again, true);
             }
             Outcome::Failed(e) => {
-                for p in proposals {
+                for p in sent.proposals {
                     p.answer(Err(e.clone()));
                 }
             }
@@ -520,6 +531,54 @@ impl Worker {
             }
         }
         self.retry_at = Some(Instant::now() + Duration::from_millis(20));
+    }
+}
+
+/// The proposals of a batch on its way.
+struct InFlight {
+    proposals: Vec<Proposal>,
+    /// Proposed here: the proposals' commands were moved into the batch's shared
+    /// list (each proposal's share, in order, then maybe a tick); forwarded: `None`,
+    /// the proposals still hold them.
+    moved: Option<(Arc<[Command]>, Vec<usize>)>,
+}
+
+impl InFlight {
+    /// How many commands each proposal sent.
+    fn lens(&self) -> Vec<usize> {
+        match &self.moved {
+            Some((_, lens)) => lens.clone(),
+            None => self.proposals.iter().map(|p| p.commands.len()).collect(),
+        }
+    }
+
+    /// The proposals with their commands again (copied back from the batch), to be
+    /// sent again or judged for it.
+    fn put_back(self) -> Vec<Proposal> {
+        let mut proposals = self.proposals;
+        if let Some((commands, lens)) = self.moved {
+            let mut at = 0;
+            for (p, len) in proposals.iter_mut().zip(lens) {
+                p.commands = commands[at..at + len].to_vec();
+                at += len;
+            }
+        }
+        proposals
+    }
+}
+
+/// The commands of several proposals, encoded as one list (a forwarded batch).
+struct Concat<'a>(&'a [Proposal]);
+
+impl Serialize for Concat<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let count = self.0.iter().map(|p| p.commands.len()).sum();
+        let mut seq = s.serialize_seq(Some(count))?;
+        for command in self.0.iter().flat_map(|p| p.commands.iter()) {
+            seq.serialize_element(command)?;
+        }
+        seq.end()
     }
 }
 
@@ -685,7 +744,7 @@ mod tests {
             ),
             payload: openraft::EntryPayload::Normal(Batch {
                 now_ms: u64::MAX,
-                commands,
+                commands: commands.into(),
                 limits: Limits {
                     max_state_bytes: u64::MAX - 1,
                 },
@@ -697,6 +756,50 @@ mod tests {
             encoded > max_bytes - 4096,
             "the batch was packed close to the bound"
         );
+    }
+
+    #[test]
+    fn a_batch_moves_commands_and_gives_each_proposal_its_own_back() {
+        let mut taken: Vec<Proposal> = queue(&[2, 3, 1]).into_iter().collect();
+        let expected: Vec<Vec<Command>> = taken.iter().map(|p| p.commands.clone()).collect();
+        // As propose_here gathers them: moved into one shared list, a tick after.
+        let mut all = Vec::new();
+        let mut lens = Vec::new();
+        for p in taken.iter_mut() {
+            lens.push(p.commands.len());
+            all.append(&mut p.commands);
+        }
+        all.push(Command::Tick);
+        assert!(
+            taken.iter().all(|p| p.commands.is_empty()),
+            "moved, not copied"
+        );
+        let sent = InFlight {
+            proposals: taken,
+            moved: Some((all.into(), lens)),
+        };
+        assert_eq!(sent.lens(), [2, 3, 1]);
+        let back = sent.put_back();
+        let got: Vec<Vec<Command>> = back.iter().map(|p| p.commands.clone()).collect();
+        assert_eq!(got, expected);
+        // A forwarded batch's proposals kept theirs.
+        let kept = InFlight {
+            proposals: back,
+            moved: None,
+        };
+        assert_eq!(kept.lens(), [2, 3, 1]);
+    }
+
+    #[test]
+    fn a_forwarded_batch_encodes_as_one_list_of_commands() {
+        let taken: Vec<Proposal> = queue(&[2, 0, 3]).into_iter().collect();
+        let list: Vec<Command> = taken
+            .iter()
+            .flat_map(|p| p.commands.iter().cloned())
+            .collect();
+        let body = crate::codec::encode(&Concat(&taken));
+        assert_eq!(body, crate::codec::encode(&list));
+        assert_eq!(crate::codec::decode::<Vec<Command>>(&body), Ok(list));
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn workload(batches: u64) -> Vec<Entry> {
             payload: EntryPayload::Normal(Batch {
                 limits: Default::default(),
                 now_ms: 1000,
-                commands: vec![Command::CreateSession(spec())],
+                commands: vec![Command::CreateSession(spec())].into(),
             }),
         },
     ];
@@ -79,7 +79,8 @@ fn workload(batches: u64) -> Vec<Entry> {
                 commands: vec![Command::SubmitTasks {
                     session: SessionId(1),
                     tasks,
-                }],
+                }]
+                .into(),
             }),
         });
     }

@@ -9,12 +9,16 @@
 //! The newest entries are also kept decoded in memory: openraft reads every entry
 //! back right after appending it (once per follower to replicate it, once to apply
 //! it), and serving those reads from memory saves a RocksDB read and a decode each.
+//! Their encoded bytes (as written to the log) are kept beside them: the network
+//! sends those to the followers ([`EncodedEntries`]) instead of encoding each entry
+//! again for every follower.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
@@ -29,13 +33,13 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"purged";
 
-/// The newest entries, decoded: a contiguous suffix of the log.
+/// The newest entries, decoded and encoded: a contiguous suffix of the log.
 ///
 /// Each entry is kept with the size it was counted with, and `bytes` is always the
 /// sum of those sizes: every removal subtracts exactly what was added.
 #[derive(Default)]
 struct EntryCache {
-    entries: BTreeMap<u64, (Entry, usize)>,
+    entries: BTreeMap<u64, (Entry, Bytes, usize)>,
     bytes: usize,
 }
 
@@ -47,14 +51,28 @@ struct EntryCache {
 const CACHE_BYTES: usize = 16 << 20;
 
 impl EntryCache {
-    fn push(&mut self, entry: Entry, size: usize) {
-        if let Some((_, old)) = self.entries.insert(entry.log_id.index, (entry, size)) {
+    /// Caches an entry with its encoding; counted twice its encoded size (held
+    /// decoded and encoded).
+    fn push(&mut self, entry: Entry, encoded: Bytes) {
+        let size = 2 * encoded.len();
+        if let Some((_, _, old)) = self
+            .entries
+            .insert(entry.log_id.index, (entry, encoded, size))
+        {
             self.bytes -= old;
         }
         self.bytes += size;
         while self.bytes > CACHE_BYTES && self.entries.len() > 1 {
-            let (_, (_, old)) = self.entries.pop_first().expect("non-empty");
+            let (_, (_, _, old)) = self.entries.pop_first().expect("non-empty");
             self.bytes -= old;
+        }
+    }
+
+    /// The encoded bytes of the entry with this log id, if cached.
+    fn encoded(&self, log_id: &LogId) -> Option<Bytes> {
+        match self.entries.get(&log_id.index) {
+            Some((entry, encoded, _)) if entry.log_id == *log_id => Some(encoded.clone()),
+            _ => None,
         }
     }
 
@@ -69,25 +87,45 @@ impl EntryCache {
             Some(end) => self.entries.range(start..end),
             None => self.entries.range(start..),
         };
-        Some(range.map(|(_, (e, _))| e.clone()).collect())
+        Some(range.map(|(_, (e, _, _))| e.clone()).collect())
     }
 
     fn truncate_from(&mut self, index: u64) {
         let removed = self.entries.split_off(&index);
-        self.bytes -= removed.values().map(|(_, size)| size).sum::<usize>();
+        self.bytes -= removed.values().map(|(_, _, size)| size).sum::<usize>();
     }
 
     fn purge_upto(&mut self, index: u64) {
         let kept = self.entries.split_off(&(index + 1));
         let purged = std::mem::replace(&mut self.entries, kept);
-        self.bytes -= purged.values().map(|(_, size)| size).sum::<usize>();
+        self.bytes -= purged.values().map(|(_, _, size)| size).sum::<usize>();
     }
 
     /// What the cache believes it holds, and the encoded size of what it does hold.
     #[cfg(test)]
     fn accounting(&self) -> (usize, usize) {
-        let encoded = self.entries.values().map(|(e, _)| codec::encode(e).len());
+        let encoded = self.entries.values().map(|(e, bytes, _)| {
+            assert_eq!(
+                bytes.as_ref(),
+                codec::encode(e),
+                "the cached bytes encode the entry"
+            );
+            2 * bytes.len()
+        });
         (self.bytes, encoded.sum())
+    }
+}
+
+/// A read handle on the log store's cache of encoded entries, for the network.
+#[derive(Clone)]
+pub struct EncodedEntries(Arc<Mutex<EntryCache>>);
+
+impl EncodedEntries {
+    /// The bytes the entry with this log id was written to the log as (what
+    /// [`codec::encode`] gives for it), if it is still cached. A log id names one
+    /// entry only: an entry truncated and replaced has another.
+    pub fn get(&self, log_id: &LogId) -> Option<Bytes> {
+        self.0.lock().expect("cache lock").encoded(log_id)
     }
 }
 
@@ -130,6 +168,11 @@ impl LogStore {
             db,
             cache: Arc::default(),
         }
+    }
+
+    /// The encoded entries this store caches, for the network to send.
+    pub fn encoded_entries(&self) -> EncodedEntries {
+        EncodedEntries(self.cache.clone())
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -271,19 +314,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut appended = Vec::new();
         for entry in entries {
-            let bytes = codec::encode(&entry);
+            let bytes = Bytes::from(codec::encode_sized(&entry));
             batch.put_cf(cf, index_key(entry.log_id.index), &bytes);
-            appended.push((entry, bytes.len()));
+            appended.push((entry, bytes));
         }
         // The callback fires only once the batch is on disk.
         let result = self.write(batch, true).await;
         match result {
             Ok(()) => {
                 let mut cache = self.cache.lock().expect("cache lock");
-                for (entry, size) in appended {
+                for (entry, bytes) in appended {
                     // Appends are contiguous; anything cached at or after them is stale.
                     cache.truncate_from(entry.log_id.index);
-                    cache.push(entry, size);
+                    cache.push(entry, bytes);
                 }
                 drop(cache);
                 callback.log_io_completed(Ok(()));

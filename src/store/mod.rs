@@ -50,7 +50,7 @@ pub use event_window::{
     DEFAULT_CAPACITY as DEFAULT_EVENT_WINDOW,
 };
 pub use group_write::Grouping;
-pub use log_store::LogStore;
+pub use log_store::{EncodedEntries, LogStore};
 pub use state_store::{AppliedState, Published, StateStore};
 
 pub(crate) const CF_LOG: &str = "log";

@@ -59,7 +59,7 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry {
         payload: EntryPayload::Normal(Batch {
             limits: Default::default(),
             now_ms: 1000 + index,
-            commands,
+            commands: commands.into(),
         }),
     }
 }

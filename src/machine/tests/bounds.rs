@@ -221,7 +221,7 @@ fn the_state_bound_comes_from_the_batch_and_the_count_survives_a_restore() {
     // Every replica applies the bound the batch carries, whatever it held before.
     let batch = |max_state_bytes| Batch {
         now_ms: w.now,
-        commands: vec![submit_cmd(s, &["tiny"], None)],
+        commands: vec![submit_cmd(s, &["tiny"], None)].into(),
         limits: Limits { max_state_bytes },
     };
     let mut replica = restored;
