@@ -101,22 +101,12 @@ pub async fn serve(
 /// device) ends openraft's core for good. The node then exits with the reason
 /// rather than keep answering (and reporting itself ready) without Raft; once the
 /// cause is fixed, a restart resumes from the synced log.
-///
-/// It waits on the server metrics (vote, role, leader, membership), which openraft
-/// sends only when one of them changes, not on the full metrics it reports after
-/// every turn of its core loop: RaftCore owns the sender, so the channel closes
-/// when the core ends, for any reason, and the reason is then read once from the
-/// full metrics (set to `Err` before the core returns).
 async fn raft_failed(raft: Raft) -> anyhow::Error {
-    let mut server = raft.server_metrics();
-    while server.changed().await.is_ok() {}
-    let fatal = raft
-        .metrics()
-        .borrow()
-        .running_state
-        .clone()
-        .err()
-        .map(|e| e.to_string());
+    let mut metrics = raft.metrics();
+    let fatal = match metrics.wait_for(|m| m.running_state.is_err()).await {
+        Ok(m) => m.running_state.clone().err().map(|e| e.to_string()),
+        Err(_) => None,
+    };
     let reason = fatal.unwrap_or_else(|| "raft stopped".into());
     tracing::error!(error = %reason, "raft stopped; the node exits");
     anyhow::anyhow!("raft stopped: {reason}; the node cannot go on (free disk space or fix the storage, then restart it)")

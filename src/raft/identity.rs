@@ -159,12 +159,8 @@ impl ClusterIdentity {
 }
 
 /// Keeps the identity's view of voters and learners current, until Raft stops.
-///
-/// It follows the server metrics, which openraft sends only when the vote, role,
-/// leader or membership changes (not after every turn of its core loop, as the
-/// full metrics are), so it wakes for a membership change and little else.
 pub async fn follow_membership(identity: std::sync::Arc<ClusterIdentity>, raft: Raft) {
-    let mut metrics = raft.server_metrics();
+    let mut metrics = raft.metrics();
     loop {
         {
             let m = metrics.borrow_and_update();
