@@ -466,7 +466,9 @@ impl NodeConfig {
             );
         }
         if self.max_steps == 0 || self.max_steps > self.max_batch_commands {
-            bail!("--max-steps must be 1..=--max-batch-commands (one call's steps share one entry)");
+            bail!(
+                "--max-steps must be 1..=--max-batch-commands (one call's steps share one entry)"
+            );
         }
         if self.max_steps_body_bytes < 1024 {
             bail!("--max-steps-body-bytes must be at least 1024");

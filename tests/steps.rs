@@ -3,14 +3,20 @@
 //! refused step (another miner's task, a second precommit, a reveal that does not
 //! match, an unknown task) that fails only itself; and the refusals of a whole call
 //! (a malformed step, too many steps, another miner's path), which write nothing.
+//! And the project's simulated miners stepping in bulk (`batch_steps`, as `bench
+//! lifecycle --batch-steps` runs them) finish every task at k = 3, q = 2 with a
+//! dishonest miner among them.
 
 mod common;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Options, TestCluster};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use session_queue::client::miner::{self, infer, Ended, MinerSpec, MinerStats};
 use session_queue::client::{b64, Client};
 use session_queue::machine::sha256;
 
@@ -60,8 +66,10 @@ async fn a_miner_steps_a_list_of_tasks_in_one_call_per_round_and_a_refused_step_
     })
     .await;
     let node = |i: usize| cluster.client_of(i % 3);
-    let spec = |tag: &str| json!({"redundancy": 1, "quorum": 1, "tag": tag, "ack_timeout_ms": 30_000,
-        "precommit_timeout_ms": 30_000, "commit_timeout_ms": 30_000});
+    let spec = |tag: &str| {
+        json!({"redundancy": 1, "quorum": 1, "tag": tag, "ack_timeout_ms": 30_000,
+        "precommit_timeout_ms": 30_000, "commit_timeout_ms": 30_000})
+    };
     let mine = node(0).create_session(&spec("mine")).await.unwrap();
     let theirs = node(0).create_session(&spec("theirs")).await.unwrap();
     let (me, token) = node(1)
@@ -117,11 +125,18 @@ async fn a_miner_steps_a_list_of_tasks_in_one_call_per_round_and_a_refused_step_
     }
 
     // Refusals of the whole call: nothing written.
-    let acks: Vec<Value> = tasks.iter().map(|t| json!({"task_id": t, "op": "ack"})).collect();
+    let acks: Vec<Value> = tasks
+        .iter()
+        .map(|t| json!({"task_id": t, "op": "ack"}))
+        .collect();
     let mut malformed = acks.clone();
     malformed.push(json!({"task_id": tasks[0], "op": "precommit"}));
     let (s, v) = steps(&node(0), &me, &token, json!(malformed)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid")),
+        "{v}"
+    );
     for bad in [
         json!([{"task_id": tasks[0], "op": "ack", "hash": hash(b"o", b"n")}]),
         json!([{"task_id": tasks[0], "op": "commit", "output": b64(b"o")}]),
@@ -134,20 +149,35 @@ async fn a_miner_steps_a_list_of_tasks_in_one_call_per_round_and_a_refused_step_
         let (s, v) = steps(&node(1), &me, &token, bad.clone()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
-    let nine: Vec<Value> = (0..9).map(|i| json!({"task_id": tasks[i % 3], "op": "ack"})).collect();
+    let nine: Vec<Value> = (0..9)
+        .map(|i| json!({"task_id": tasks[i % 3], "op": "ack"}))
+        .collect();
     let (s, v) = steps(&node(2), &me, &token, json!(nine)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        "{v}"
+    );
     // Another miner's path: 403, whatever the steps.
     let (s, v) = steps(&node(0), &other, &token, json!(acks)).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     // No token: 401 before the body is read.
     let (s, _) = node(0)
-        .call(Method::POST, &format!("/v1/miners/{me}/steps"), Some(&json!({"steps": acks})), None)
+        .call(
+            Method::POST,
+            &format!("/v1/miners/{me}/steps"),
+            Some(&json!({"steps": acks})),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     for t in &tasks {
-        assert_eq!(slot(&node(2), t, &me).await, "assigned", "a refused call wrote");
+        assert_eq!(
+            slot(&node(2), t, &me).await,
+            "assigned",
+            "a refused call wrote"
+        );
     }
 
     // Round 1: three acks and one of another miner's task.
@@ -163,7 +193,10 @@ async fn a_miner_steps_a_list_of_tasks_in_one_call_per_round_and_a_refused_step_
 
     // Round 2: three precommits, a second precommit, and an unknown task.
     let nonces: Vec<Vec<u8>> = (0..3).map(|i| format!("nonce {i}").into_bytes()).collect();
-    let outputs: Vec<Vec<u8>> = payloads.iter().map(|p| [b"out of ", &p[..]].concat()).collect();
+    let outputs: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|p| [b"out of ", &p[..]].concat())
+        .collect();
     let mut round: Vec<Value> = (0..3)
         .map(|i| json!({"task_id": tasks[i], "op": "precommit", "hash": hash(&outputs[i], &nonces[i])}))
         .collect();
@@ -188,7 +221,10 @@ async fn a_miner_steps_a_list_of_tasks_in_one_call_per_round_and_a_refused_step_
     assert_eq!(v["results"][0]["state"], "completed");
     assert_eq!(v["results"][2]["error"]["code"], "reveal_mismatch");
     for i in 0..2 {
-        let t = node(i + 1).task(&tasks[i], "?consistency=linearizable").await.unwrap();
+        let t = node(i + 1)
+            .task(&tasks[i], "?consistency=linearizable")
+            .await
+            .unwrap();
         assert_eq!(t["state"], "completed", "{t}");
         assert_eq!(t["result"], b64(&outputs[i]));
     }
@@ -207,4 +243,88 @@ async fn a_miner_steps_a_list_of_tasks_in_one_call_per_round_and_a_refused_step_
     .await;
     assert_eq!(statuses(&v), [200, 200, 200], "{s} {v}");
     assert_eq!(v["results"][2]["state"], "completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_miners_stepping_in_bulk_finish_every_task_with_a_dishonest_one_among_them() {
+    let cluster = TestCluster::start(3).await;
+    let c = cluster.client();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let stats: Vec<Arc<MinerStats>> = (0..3).map(|_| Arc::new(MinerStats::default())).collect();
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            let spec = MinerSpec {
+                name: format!("bulk-{i}"),
+                capacity: 16,
+                // One miner lies on every second reveal: the two honest ones
+                // still agree.
+                wrong_every: if i == 0 { 2 } else { 0 },
+                batch_steps: true,
+                ..MinerSpec::default()
+            };
+            tokio::spawn(miner::run(c.pinned(i), spec, stats[i].clone(), rx.clone()))
+        })
+        .collect();
+    let session = c
+        .create_session(&json!({"redundancy": 3, "quorum": 2, "max_nodes": 3,
+            "ack_timeout_ms": 10_000, "precommit_timeout_ms": 10_000, "commit_timeout_ms": 10_000}))
+        .await
+        .unwrap();
+    let payloads: Vec<String> = (0..24).map(|i| format!("question {i}")).collect();
+    let v = c
+        .ok(
+            Method::POST,
+            &format!("/v1/sessions/{session}/tasks:batch"),
+            Some(&json!({"tasks": payloads.iter().map(|p| json!({"payload": b64(p.as_bytes())})).collect::<Vec<_>>()})),
+            None,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = v["task_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (id, payload) in ids.iter().zip(&payloads) {
+        let v = loop {
+            let v = c.task(id, "?wait=completed&timeout=5s").await.unwrap();
+            if v["state"] == "completed" || Instant::now() > deadline {
+                break v;
+            }
+        };
+        assert_eq!(v["state"], "completed", "{v}");
+        assert_eq!(v["result"], b64(&infer(payload.as_bytes())), "{v}");
+    }
+    stop.send_replace(true);
+    for run in runs {
+        let r = run
+            .await
+            .expect("a miner panicked")
+            .expect("a miner failed");
+        assert_eq!(r.ended, Ended::Stopped, "{r:?}");
+    }
+    let sum = |f: &dyn Fn(&MinerStats) -> &std::sync::atomic::AtomicU64| -> u64 {
+        stats.iter().map(|s| f(s).load(Ordering::Relaxed)).sum()
+    };
+    let steps = sum(&|s: &MinerStats| &s.acks)
+        + sum(&|s: &MinerStats| &s.precommits)
+        + sum(&|s: &MinerStats| &s.reveals)
+        + sum(&|s: &MinerStats| &s.rejected);
+    assert!(
+        sum(&|s: &MinerStats| &s.acks) >= 3 * ids.len() as u64 - 3,
+        "acks: {}",
+        sum(&|s: &MinerStats| &s.acks)
+    );
+    // The dishonest miner revealed (its lies are caught with 422, or come after
+    // the honest two completed the task and are refused): the results above are
+    // the honest ones either way.
+    assert!(stats[0].attempted.load(Ordering::Relaxed) >= 1);
+    // Stepping in bulk: fewer step calls than steps taken.
+    assert!(
+        sum(&|s: &MinerStats| &s.writes) < steps,
+        "{} calls for {steps} steps",
+        sum(&|s: &MinerStats| &s.writes)
+    );
 }

@@ -210,8 +210,8 @@ pub async fn steps(
         .steps
         .into_iter()
         .zip(results)
-        .map(|(step, result)| {
-            match result.map_err(ApiError::from).and_then(updated) {
+        .map(
+            |(step, result)| match result.map_err(ApiError::from).and_then(updated) {
                 Ok(done) => StepOutcome {
                     task_id: step.task_id,
                     op: step.op,
@@ -229,8 +229,8 @@ pub async fn steps(
                         message: e.to_string(),
                     }),
                 },
-            }
-        })
+            },
+        )
         .collect();
     Ok(Json(StepsDone { results }))
 }

@@ -14,7 +14,9 @@ use rand::RngCore;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use super::driver::{next_step, Ctx, Drive, DriveEnd, Outcome, Secret, Slot, Step, StepBody, Updated, View};
+use super::driver::{
+    next_step, Ctx, Drive, DriveEnd, Outcome, Secret, Slot, Step, StepBody, Updated, View,
+};
 use super::miner::{infer, is_gone};
 use super::{b64, unb64, ClientError};
 use crate::machine::sha256;
@@ -176,7 +178,6 @@ async fn compute(ctx: &Ctx, payload: &str) -> Secret {
     (infer(&bytes), nonce)
 }
 
-
 /// One step of a steps call, as sent.
 #[derive(Serialize)]
 struct StepCall<'a> {
@@ -315,9 +316,21 @@ mod tests {
         };
         let call = StepsCall {
             steps: vec![
-                StepCall { task_id: "t-1", op: Step::Ack.op(), body: &ack },
-                StepCall { task_id: "t-2", op: Step::Precommit.op(), body: &pre },
-                StepCall { task_id: "t-3", op: Step::Reveal.op(), body: &rev },
+                StepCall {
+                    task_id: "t-1",
+                    op: Step::Ack.op(),
+                    body: &ack,
+                },
+                StepCall {
+                    task_id: "t-2",
+                    op: Step::Precommit.op(),
+                    body: &pre,
+                },
+                StepCall {
+                    task_id: "t-3",
+                    op: Step::Reveal.op(),
+                    body: &rev,
+                },
             ],
         };
         assert_eq!(

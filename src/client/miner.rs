@@ -32,8 +32,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::driver::{self, Book, Ctx};
 use super::drive;
+use super::driver::{self, Book, Ctx};
 use super::{string, Client, ClientError};
 use crate::machine::sha256;
 
