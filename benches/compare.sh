@@ -154,6 +154,10 @@ own lifecycle "full lifecycles, k=1, 256 in flight, 8 miners, all calls to the l
   lifecycle -c 256 --miners 8 --miner-capacity 64
 own lifecycle-spread "full lifecycles, k=1, 256 in flight, 8 miners, calls spread over the three nodes" \
   lifecycle --all-nodes -c 256 --miners 8 --miner-capacity 64
+own lifecycle-steps "full lifecycles, k=1, 256 in flight, 8 miners stepping in bulk (--batch-steps), all calls to the leader" \
+  lifecycle -c 256 --miners 8 --miner-capacity 64 --batch-steps
+own lifecycle-steps-spread "full lifecycles, k=1, 256 in flight, 8 miners stepping in bulk (--batch-steps), calls spread over the three nodes" \
+  lifecycle --all-nodes -c 256 --miners 8 --miner-capacity 64 --batch-steps
 "$root/cluster/down.sh" --wipe >/dev/null
 
 python3 "$root/benches/report.py" "$work" "$out" "$machine" "$etcd_version" "$secs" "$rabbitmq_version"

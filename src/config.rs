@@ -196,6 +196,16 @@ pub struct NodeConfig {
     #[arg(long, env = "SQ_MAX_BODY_BYTES", default_value_t = 32 << 20)]
     pub max_body_bytes: usize,
 
+    /// Most steps in one miner steps call (`POST /v1/miners/{id}/steps`; HTTP 413
+    /// above). At most `--max-batch-commands`: one call's steps share one entry.
+    #[arg(long, env = "SQ_MAX_STEPS", default_value_t = 1024)]
+    pub max_steps: usize,
+
+    /// Largest body of a miner steps call, bytes (HTTP 413 above). Its steps must
+    /// also fit in one Raft entry (`--max-batch-bytes`).
+    #[arg(long, env = "SQ_MAX_STEPS_BODY_BYTES", default_value_t = 4 << 20)]
+    pub max_steps_body_bytes: usize,
+
     /// How long finished tasks are kept, unless a session says otherwise, ms.
     #[arg(long, env = "SQ_RETENTION_MS", default_value_t = 24 * 3600 * 1000)]
     pub retention_ms: u64,
@@ -348,6 +358,8 @@ impl std::fmt::Debug for NodeConfig {
             .field("write_timeout_ms", &self.write_timeout_ms)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_steps", &self.max_steps)
+            .field("max_steps_body_bytes", &self.max_steps_body_bytes)
             .field("max_connections", &self.max_connections)
             .field("max_peer_connections", &self.max_peer_connections)
             .field("header_read_timeout_ms", &self.header_read_timeout_ms)
@@ -452,6 +464,14 @@ impl NodeConfig {
                 "--header-read-timeout-ms, --idle-timeout-ms and --body-read-timeout-ms must \
                  be positive"
             );
+        }
+        if self.max_steps == 0 || self.max_steps > self.max_batch_commands {
+            bail!(
+                "--max-steps must be 1..=--max-batch-commands (one call's steps share one entry)"
+            );
+        }
+        if self.max_steps_body_bytes < 1024 {
+            bail!("--max-steps-body-bytes must be at least 1024");
         }
         if self.event_window < 16 {
             bail!("--event-window must be at least 16");

@@ -235,6 +235,10 @@ enum MinerCmd {
         /// registering a replacement.
         #[arg(long)]
         no_replace: bool,
+        /// Step all assignments due at once in one `POST /v1/miners/{id}/steps`
+        /// call per round, instead of one call per step.
+        #[arg(long)]
+        batch_steps: bool,
     },
 }
 
@@ -492,6 +496,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     heartbeat_timeout_ms,
                     ignore_first,
                     no_replace,
+                    batch_steps,
                 },
         } => {
             init_logging(LogFormat::Plain);
@@ -508,6 +513,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     work: std::time::Duration::from_millis(work_ms),
                     heartbeat_timeout: heartbeat_timeout_ms.map(std::time::Duration::from_millis),
                     ignore_first,
+                    batch_steps,
                 };
                 let (client, stats, stop) = (client.pinned(i), stats.clone(), stop_rx.clone());
                 miners.spawn(async move {

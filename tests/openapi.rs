@@ -313,7 +313,7 @@ include-operation-id = "cancel_task"
 parameters = {{ "path.id" = "{task_to_cancel}" }}
 
 [[operations]]
-include-operation-id = ["read_miner", "heartbeat_miner", "miner_assignments"]
+include-operation-id = ["read_miner", "heartbeat_miner", "miner_assignments", "miner_steps"]
 parameters = {{ "path.id" = "{miner}" }}
 
 [[operations]]

@@ -7,7 +7,8 @@
 //! lag first catches up to the leader's read index, so an id returned by one node
 //! is found on every other.
 //!
-//! One file per resource: [`sessions`], [`tasks`], [`miners`], [`cluster`] (with
+//! One file per resource: [`sessions`], [`tasks`], [`miners`], [`steps`] (a miner's
+//! acks, precommits and reveals in bulk), [`cluster`] (with
 //! health, readiness and metrics), [`events`] (server-sent events and WebSocket), and
 //! [`auth`], [`error`], [`wire`] (request bodies and encodings), [`replies`] (answers)
 //! shared by them (answers are copied out of the state's lock, then encoded), and
@@ -25,6 +26,7 @@ mod openapi;
 mod page;
 mod replies;
 mod sessions;
+mod steps;
 mod tasks;
 mod waiters;
 mod wire;
@@ -112,6 +114,7 @@ pub fn router(node: Arc<Node>) -> Router {
     // (base64) of at most the payload limit.
     let small = DefaultBodyLimit::max(MINER_BODY_LIMIT);
     let reveal = DefaultBodyLimit::max(node.config.max_payload_bytes / 3 * 4 + MINER_BODY_LIMIT);
+    let steps_limit = DefaultBodyLimit::max(node.config.max_steps_body_bytes);
     let miner = Router::new()
         .route(
             "/v1/miners/{id}",
@@ -132,6 +135,11 @@ pub fn router(node: Arc<Node>) -> Router {
             post(tasks::precommit).layer(small),
         )
         .route("/v1/tasks/{id}/commit", post(tasks::commit).layer(reveal))
+        // Many steps at once: their own bounds on the body and the count.
+        .route(
+            "/v1/miners/{id}/steps",
+            post(steps::steps).layer(steps_limit),
+        )
         // The token is checked before any body is read.
         .route_layer(middleware::from_fn_with_state(
             node.clone(),

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{cluster, events, listing, miners, page, replies, sessions, tasks};
+use super::{cluster, events, listing, miners, page, replies, sessions, steps, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -58,6 +58,7 @@ use super::{cluster, events, listing, miners, page, replies, sessions, tasks};
         tasks::ack,
         tasks::precommit,
         tasks::commit,
+        steps::steps,
         miners::pool,
         listing::miners,
         cluster::status,
@@ -82,7 +83,7 @@ use super::{cluster, events, listing, miners, page, replies, sessions, tasks};
     tags(
         (name = "sessions", description = "Users: sessions and their event streams"),
         (name = "tasks", description = "Users and routers: submit, read, cancel"),
-        (name = "miners", description = "Miners: registration, heartbeats, assignments, ack, precommit, commit (reveal)"),
+        (name = "miners", description = "Miners: registration, heartbeats, assignments, ack, precommit, commit (reveal), and those steps in bulk"),
         (name = "cluster", description = "Operators: status and membership"),
         (name = "operator", description = "Liveness, readiness, metrics, this document, the operator page"),
     ),
@@ -176,6 +177,7 @@ const PROPOSES: &[&str] = &[
     "ack_task",
     "precommit_task",
     "commit_task",
+    "miner_steps",
 ];
 
 /// Operations under the long-poll bound (`--max-long-polls`) when they ask to wait.
@@ -225,7 +227,7 @@ fn layer_statuses(id: &str, path: &str, op: &Value) -> Vec<LayerStatus> {
         out.push(layer(
             "413",
             "The body is over the route's limit (`too_large`; `--max-body-bytes`, 64 KiB for miner \
-             calls other than a reveal).",
+             calls other than a reveal, `--max-steps-body-bytes` for miner steps).",
             false,
         ));
         out.push(layer(

@@ -16,10 +16,10 @@ use super::replies::{BatchSubmitted, TaskSubmitted, TaskUpdated, TaskView};
 use super::sessions::parse_session;
 use super::wire::{parse_hash, unbase64, Commit, Empty, Precommit, SubmitBatch, SubmitTask};
 use super::{auth, lookup, parse_duration, propose, ApiError, JsonBody, JsonBytes, QueryParams};
-use crate::machine::{limits, Command, NewTask, Response, TaskId};
+use crate::machine::{limits, Command, MinerAuth, NewTask, Response, TaskId};
 use crate::node::Node;
 
-fn parse_task(id: &str) -> Result<TaskId, ApiError> {
+pub(super) fn parse_task(id: &str) -> Result<TaskId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::NotFound(format!("unknown task {id}")))
 }
@@ -260,11 +260,17 @@ pub async fn cancel(
 }
 
 async fn task_update(node: &Node, command: Command) -> Result<Json<TaskUpdated>, ApiError> {
-    match propose(node, command).await? {
-        Response::TaskUpdated { task, state } => Ok(Json(TaskUpdated {
+    updated(propose(node, command).await?).map(Json)
+}
+
+/// The answer of a task's transition, as a miner step or a cancel is told it: a
+/// reveal that does not match its precommit is recorded, yet answered 422.
+pub(super) fn updated(response: Response) -> Result<TaskUpdated, ApiError> {
+    match response {
+        Response::TaskUpdated { task, state } => Ok(TaskUpdated {
             task_id: task.to_string(),
             state: state.into(),
-        })),
+        }),
         Response::RevealRejected { task, state } => Err(ApiError::RevealMismatch(format!(
             "the revealed output and nonce do not hash to the precommitted hash; the assignment of {task} is rejected \
              (task is {})",
@@ -272,6 +278,36 @@ async fn task_update(node: &Node, command: Command) -> Result<Json<TaskUpdated>,
         ))),
         _ => Err(ApiError::Internal("unexpected response".into())),
     }
+}
+
+/// The reveal command of a miner, its output and nonce decoded and bounded.
+pub(super) fn reveal(
+    node: &Node,
+    task: TaskId,
+    auth: MinerAuth,
+    output: &str,
+    nonce: &str,
+) -> Result<Command, ApiError> {
+    let output = unbase64("output", output)?;
+    if output.len() > node.config.max_payload_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "output is over {} bytes",
+            node.config.max_payload_bytes
+        )));
+    }
+    let nonce = unbase64("nonce", nonce)?;
+    if nonce.len() > limits::MAX_LABEL_BYTES {
+        return Err(ApiError::TooLarge(format!(
+            "nonce is over {} bytes",
+            limits::MAX_LABEL_BYTES
+        )));
+    }
+    Ok(Command::Reveal {
+        task,
+        auth,
+        output,
+        nonce,
+    })
 }
 
 /// The miner is ready to work on its assignment.
@@ -342,28 +378,6 @@ pub async fn commit(
 ) -> Result<impl IntoResponse, ApiError> {
     let auth = auth::miner(&node, &headers).await?;
     let task = parse_task(&id)?;
-    let output = unbase64("output", &body.output)?;
-    if output.len() > node.config.max_payload_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "output is over {} bytes",
-            node.config.max_payload_bytes
-        )));
-    }
-    let nonce = unbase64("nonce", &body.nonce)?;
-    if nonce.len() > limits::MAX_LABEL_BYTES {
-        return Err(ApiError::TooLarge(format!(
-            "nonce is over {} bytes",
-            limits::MAX_LABEL_BYTES
-        )));
-    }
-    task_update(
-        &node,
-        Command::Reveal {
-            task,
-            auth,
-            output,
-            nonce,
-        },
-    )
-    .await
+    let command = reveal(&node, task, auth, &body.output, &body.nonce)?;
+    task_update(&node, command).await
 }

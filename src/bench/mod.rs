@@ -147,6 +147,11 @@ pub struct BenchArgs {
     /// Tasks each simulated miner works on at once.
     #[arg(long, default_value_t = 64)]
     pub miner_capacity: u32,
+    /// Lifecycle and mixed modes: each simulated miner steps the assignments due at
+    /// once in one `POST /v1/miners/{id}/steps` call per round (all acks, then all
+    /// precommits, then all reveals) instead of one call per step.
+    #[arg(long)]
+    pub batch_steps: bool,
     /// Give every submitted task a unique idempotency key.
     #[arg(long)]
     pub idempotency_keys: bool,
@@ -230,6 +235,7 @@ fn base(args: &BenchArgs) -> Value {
         "payload_bytes": args.payload,
         "batch_size": if args.mode == Mode::Batch { Some(args.batch_size) } else { None },
         "redundancy": args.redundancy,
+        "batch_steps": matches!(args.mode, Mode::Lifecycle | Mode::Mixed) && args.batch_steps,
     })
 }
 
@@ -325,6 +331,7 @@ async fn lifecycle(client: &Client, args: &BenchArgs) -> anyhow::Result<Value> {
         let spec = MinerSpec {
             name: format!("bench-miner-{i}"),
             capacity: args.miner_capacity,
+            batch_steps: args.batch_steps,
             ..MinerSpec::default()
         };
         // A miner declared gone is replaced, and counted in the report.

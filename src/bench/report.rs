@@ -108,8 +108,13 @@ pub fn print_text(report: &Value) -> std::io::Result<()> {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "mode={} connections={} payload={}B duration={:.1}s",
+        "mode={}{} connections={} payload={}B duration={:.1}s",
         report["mode"].as_str().unwrap_or_default(),
+        if report["batch_steps"] == true {
+            " (batch steps)"
+        } else {
+            ""
+        },
         report["connections"],
         report["payload_bytes"],
         report["duration_s"].as_f64().unwrap_or_default()

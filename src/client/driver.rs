@@ -1,6 +1,6 @@
 //! How a simulated miner drives each of its assignments: what it knows of each one (a
 //! [`Track`], kept in a [`Book`]), what a new assignment list changes in that, and the
-//! steps it takes (ack, precommit, reveal) in one [`drive`].
+//! steps it takes (ack, precommit, reveal); [`super::drive`] takes them over HTTP.
 //!
 //! The rules of a good client live here:
 //! - a step is taken only when the list says it is open (the task's state tells whether
@@ -19,21 +19,15 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
-use super::miner::{infer, is_gone, MinerSpec, MinerStats};
-use super::{b64, unb64, Client};
-use crate::machine::sha256;
+use super::miner::{MinerSpec, MinerStats};
+use super::Client;
 
-/// How long one write may take before the miner gives up on its answer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retries of a refused or failed step: 100 ms, doubling, at most 10 s.
 const STEP_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// An assignment missing from the lists this long is forgotten, even with a secret.
@@ -163,15 +157,15 @@ impl Page {
 
 /// The answer to a step (`TaskUpdated`): the task's state after it.
 #[derive(Debug, Deserialize)]
-struct Updated {
+pub(super) struct Updated {
     #[serde(default)]
-    state: String,
+    pub state: String,
 }
 
 /// The bodies of the steps.
 #[derive(Serialize)]
 #[serde(untagged)]
-enum StepBody {
+pub(super) enum StepBody {
     Ack {},
     Precommit { hash: String },
     Reveal { output: String, nonce: String },
@@ -429,124 +423,29 @@ impl Book {
 /// What every drive of one miner shares.
 pub(super) struct Ctx {
     pub client: Client,
+    /// The miner's id (the path of its steps calls).
+    pub id: String,
     pub token: String,
     pub spec: MinerSpec,
     pub stats: Arc<MinerStats>,
 }
 
-/// Takes the steps open on one assignment, one after the other, until none is open or
-/// one is not answered with success.
-pub(super) async fn drive(ctx: Arc<Ctx>, d: Drive) -> DriveEnd {
-    let Drive {
-        task,
-        slot_ms,
-        mut view,
-        payload,
-        mut secret,
-    } = d;
-    let mut wrote = false;
-    let outcome = loop {
-        let Some(step) = next_step(&view, secret.is_some()) else {
-            break Outcome::Idle;
-        };
-        let (what, body) = match step {
-            Step::Ack => ("ack", StepBody::Ack {}),
-            Step::Precommit => {
-                let (output, nonce) = secret.get_or_insert(compute(&ctx, &payload).await);
-                let hash = hex::encode(sha256(&[output, nonce]));
-                ("precommit", StepBody::Precommit { hash })
-            }
-            Step::Reveal => {
-                let (mut output, nonce) = secret.clone().expect("a reveal needs the secret");
-                let n = ctx.stats.attempted.fetch_add(1, Ordering::Relaxed) + 1;
-                if ctx.spec.wrong_every > 0 && n % ctx.spec.wrong_every == 0 {
-                    output.extend_from_slice(b"-tampered");
-                }
-                (
-                    "commit",
-                    StepBody::Reveal {
-                        output: b64(&output),
-                        nonce: b64(&nonce),
-                    },
-                )
-            }
-        };
-        ctx.stats.writes.fetch_add(1, Ordering::Relaxed);
-        let answer = ctx
-            .client
-            .ok_typed::<_, Updated>(
-                Method::POST,
-                &format!("/v1/tasks/{task}/{what}"),
-                Some(&body),
-                Some(&ctx.token),
-                Some(WRITE_TIMEOUT),
-            )
-            .await;
-        match answer {
-            Ok(v) => {
-                wrote = true;
-                let task_state = v.state.as_str();
-                match step {
-                    Step::Ack => {
-                        ctx.stats.acks.fetch_add(1, Ordering::Relaxed);
-                        view = View::new(Slot::Acked, task_state);
-                        // Infer while the other miners ack: the precommit is ready
-                        // the moment the phase opens.
-                        if secret.is_none() {
-                            secret = Some(compute(&ctx, &payload).await);
-                        }
-                    }
-                    Step::Precommit => {
-                        ctx.stats.precommits.fetch_add(1, Ordering::Relaxed);
-                        view = View::new(Slot::Precommitted, task_state);
-                    }
-                    Step::Reveal => {
-                        ctx.stats.reveals.fetch_add(1, Ordering::Relaxed);
-                        view = View::new(Slot::Committed, task_state);
-                        break Outcome::Finished;
-                    }
-                }
-            }
-            Err(e) if step == Step::Reveal && e.status() == Some(422) => {
-                ctx.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                view = View::new(Slot::Over, &view.task_state);
-                break Outcome::Finished;
-            }
-            Err(e) if is_gone(&e) => break Outcome::Gone(e.to_string()),
-            Err(e) if e.is_transient() => {
-                ctx.stats.errors.fetch_add(1, Ordering::Relaxed);
-                break Outcome::Failed;
-            }
-            Err(_) => {
-                ctx.stats.refused.fetch_add(1, Ordering::Relaxed);
-                break Outcome::Refused;
-            }
+impl Step {
+    /// Its name in the API: the single-step route's last segment, and a steps
+    /// call's `op`.
+    pub(super) fn op(self) -> &'static str {
+        match self {
+            Step::Ack => "ack",
+            Step::Precommit => "precommit",
+            Step::Reveal => "commit",
         }
-    };
-    DriveEnd {
-        task,
-        slot_ms,
-        view,
-        secret,
-        wrote,
-        outcome,
     }
-}
-
-/// The simulated inference: `work` long, then the output and a fresh nonce.
-async fn compute(ctx: &Ctx, payload: &str) -> Secret {
-    if !ctx.spec.work.is_zero() {
-        tokio::time::sleep(ctx.spec.work).await;
-    }
-    let bytes = unb64(payload).unwrap_or_else(|| payload.as_bytes().to_vec());
-    let mut nonce = vec![0u8; 16];
-    rand::rng().fill_bytes(&mut nonce);
-    (infer(&bytes), nonce)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::b64;
 
     fn listed(task: &str, slot_ms: u64, slot: Slot, task_state: &str) -> Listed {
         Listed {

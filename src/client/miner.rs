@@ -12,7 +12,9 @@
 //! - its long poll passes `after=` (the answer's `applied_index`), so it wakes only
 //!   when its own assignment list may have changed;
 //! - each assignment is driven by [`super::driver`]: steps only when open, a refused
-//!   step parked until the list changes, failures retried with backoff;
+//!   step parked until the list changes, failures retried with backoff; with
+//!   [`MinerSpec::batch_steps`], the steps of all assignments due at once go in one
+//!   `POST /v1/miners/{id}/steps` call per round;
 //! - told it is gone (409 "gone", or 401 for a miner the cluster no longer knows), it
 //!   stops heartbeating and polling and returns [`Ended::Gone`] with the reason;
 //!   [`run_replacing`] then registers a replacement;
@@ -30,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
+use super::drive;
 use super::driver::{self, Book, Ctx};
 use super::{string, Client, ClientError};
 use crate::machine::sha256;
@@ -61,6 +64,9 @@ pub struct MinerSpec {
     /// The first this many slots it is given are ignored (never acked), as a miner
     /// that misses acks would; the ones after are served.
     pub ignore_first: u32,
+    /// Steps the assignments of a list together, one `POST /v1/miners/{id}/steps`
+    /// call per round ([`super::drive::drive_many`]), rather than one call per step.
+    pub batch_steps: bool,
 }
 
 impl Default for MinerSpec {
@@ -73,6 +79,7 @@ impl Default for MinerSpec {
             work: Duration::ZERO,
             heartbeat_timeout: None,
             ignore_first: 0,
+            batch_steps: false,
         }
     }
 }
@@ -220,6 +227,7 @@ pub async fn run(
     )));
     let ctx = Arc::new(Ctx {
         client,
+        id: id.clone(),
         token,
         spec,
         stats,
@@ -395,7 +403,8 @@ async fn work(
     gone: &mut watch::Receiver<Option<String>>,
 ) -> Ended {
     let mut book = Book::new(ctx.spec.ignore_first);
-    let mut drives: JoinSet<driver::DriveEnd> = JoinSet::new();
+    // A drive of one assignment, or (batching steps) of all those due at once.
+    let mut drives: JoinSet<Vec<driver::DriveEnd>> = JoinSet::new();
     // At most one poll in flight, whatever the drives are doing.
     let mut polls: JoinSet<Result<driver::Page, ClientError>> = JoinSet::new();
     let mut after: Option<u64> = None;
@@ -413,8 +422,15 @@ async fn work(
         }
         let now = Instant::now();
         let (due, next_retry) = book.due(now.into_std());
-        for d in due {
-            drives.spawn(driver::drive(ctx.clone(), d));
+        if ctx.spec.batch_steps {
+            if !due.is_empty() {
+                drives.spawn(drive::drive_many(ctx.clone(), due));
+            }
+        } else {
+            for d in due {
+                let ctx = ctx.clone();
+                drives.spawn(async move { vec![drive::drive(ctx, d).await] });
+            }
         }
         let mut wake = next_retry.map(Instant::from_std);
         if polls.is_empty() {
@@ -458,13 +474,15 @@ async fn work(
             },
             Ok(()) = gone.changed() => {}
             Some(joined) = drives.join_next() => {
-                let end = match joined {
-                    Ok(end) => end,
+                let ends = match joined {
+                    Ok(ends) => ends,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                     Err(_) => continue,
                 };
-                if let Some(reason) = book.on_end(end, Instant::now().into_std()) {
-                    return Ended::Gone(reason);
+                for end in ends {
+                    if let Some(reason) = book.on_end(end, Instant::now().into_std()) {
+                        return Ended::Gone(reason);
+                    }
                 }
             }
             Some(joined) = polls.join_next() => {

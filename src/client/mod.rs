@@ -10,6 +10,7 @@
 //! across node failures; [`output`] is how the command-line client prints.
 
 pub mod backoff;
+mod drive;
 mod driver;
 pub mod miner;
 pub mod output;
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// Why a call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no node answered: {0}")]
     Unreachable(String),

@@ -15,6 +15,7 @@ from session_queue import (
     ConflictError,
     ForbiddenError,
     Miner,
+    BadRequestError,
     MinerGoneError,
     RevealMismatchError,
     commitment,
@@ -122,6 +123,52 @@ def test_miner_calls_one_by_one(cluster: Cluster, client: Client, tag: str) -> N
         client.leave(r.miner_id, r.token)
     with pytest.raises(MinerGoneError):
         client.assignments(regs[0].miner_id, regs[0].token)
+
+
+def test_steps_in_one_call(cluster: Cluster, client: Client, tag: str) -> None:
+    """A miner acks, precommits and reveals three tasks through ``steps``, one call
+    per round, with a refused step in each: another miner's task, a second
+    precommit, a reveal that does not match. The others are done all the same."""
+    s = client.create_session(redundancy=1, tag=tag)
+    me = client.register_miner("stepper", capacity=3, tags=[tag], miner_key=cluster.miner_key)
+    other = client.register_miner("other", capacity=1, tags=["other-" + tag], miner_key=cluster.miner_key)
+    s2 = client.create_session(redundancy=1, tag="other-" + tag)
+    ids = client.submit_batch(s.id, [b"a", b"b", b"c"]).task_ids
+    foreign = client.submit(s2.id, b"not yours").task_id
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        listed = client.assignments(me.miner_id, me.token, wait_ms=5_000)
+        if len(listed.assignments) == 3:
+            break
+    assert sorted(a.task_id for a in listed.assignments) == sorted(ids)
+    # Malformed: the whole call is refused, nothing written.
+    with pytest.raises(BadRequestError):
+        client.steps(me.miner_id, me.token, [{"task_id": ids[0], "op": "ack"}, {"task_id": ids[1], "op": "precommit"}])
+    assert client.get_task(ids[0], linearizable=True).state == "queued"
+    acks = client.steps(me.miner_id, me.token, [{"task_id": t, "op": "ack"} for t in ids + [foreign]])
+    assert [r.ok for r in acks] == [True, True, True, False], acks
+    assert isinstance(acks[3].error, ConflictError) and acks[3].task_id == foreign
+    nonces = [os.urandom(16) for _ in ids]
+    pre = [{"task_id": t, "op": "precommit", "hash": commitment(t.encode(), n)} for t, n in zip(ids, nonces)]
+    pre.append({"task_id": ids[0], "op": "precommit", "hash": commitment(b"x", nonces[0])})
+    done = client.steps(me.miner_id, me.token, pre)
+    assert [r.state for r in done[:3]] == ["precommitted"] * 3, done
+    assert isinstance(done[3].error, ConflictError) and done[3].status == 409
+    reveals = [{"task_id": t, "op": "commit", "output": t.encode(), "nonce": n} for t, n in zip(ids, nonces)]
+    reveals[2]["output"] = b"a lie"
+    done = client.steps(me.miner_id, me.token, reveals)
+    assert [r.state for r in done[:2]] == ["completed", "completed"], done
+    assert isinstance(done[2].error, RevealMismatchError) and done[2].status == 422
+    for t in ids[:2]:
+        task = client.get_task(t, linearizable=True)
+        assert task.state == "completed" and task.result == t.encode()
+    rejected = client.get_task(ids[2], linearizable=True)
+    assert "rejected" in [a.state for a in rejected.assignments if a.miner_id == me.miner_id], rejected
+    # A miner steps only as itself.
+    with pytest.raises(ForbiddenError):
+        client.steps(other.miner_id, me.token, [{"task_id": foreign, "op": "ack"}])
+    for r in (me, other):
+        client.leave(r.miner_id, r.token)
 
 
 def test_miner_stops_when_declared_gone(cluster: Cluster, tag: str) -> None:

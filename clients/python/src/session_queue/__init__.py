@@ -7,7 +7,7 @@
 """
 
 from .aio import AsyncClient
-from .client import BatchSubmitted, Client, WaitTimeoutError, commitment
+from .client import BatchSubmitted, Client, StepResult, WaitTimeoutError, commitment
 from .errors import (
     ApiError,
     BadRequestError,
@@ -58,6 +58,7 @@ __all__ = [
     "ConflictError",
     "ConnectionLostError",
     "Event",
+    "StepResult",
     "EventStream",
     "ForbiddenError",
     "IdempotencyConflictError",

@@ -110,6 +110,24 @@ class WaitTimeoutError(SessionQueueError, TimeoutError):
 
 
 @dataclass(frozen=True)
+class StepResult:
+    """The outcome of one step of :meth:`Client.steps`: the task's ``state`` after
+    it when done, else ``error``, the typed error its single-step call (``ack``,
+    ``precommit``, ``commit``) would have raised (a
+    :class:`~session_queue.errors.RevealMismatchError` is recorded all the same)."""
+
+    task_id: str
+    op: str
+    status: int
+    state: Optional[str]
+    error: Optional[ApiError]
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
 class BatchSubmitted:
     """The answer to a batch submit: the task ids in the order given, and how many
     of them this call created (the others were named by known idempotency keys)."""
@@ -456,6 +474,41 @@ class Client:
         body = {"output": b64encode(to_bytes(output)), "nonce": b64encode(to_bytes(nonce))}
         v = self.request("POST", f"/v1/tasks/{task_id}/commit", json=body, token=token, retry_for=retry_for)
         return str(v["state"])
+
+    def steps(
+        self,
+        miner_id: str,
+        token: str,
+        steps: Sequence[Mapping[str, Any]],
+        *,
+        retry_for: Optional[float] = None,
+    ) -> List[StepResult]:
+        """Acks, precommits and reveals of this miner in one call (and one log entry):
+        each step is ``{"task_id", "op": "ack"}``, ``{"task_id", "op": "precommit",
+        "hash"}`` or ``{"task_id", "op": "commit", "output", "nonce"}`` (output and
+        nonce as bytes or str; they are base64-encoded here). Steps apply in order;
+        each gets its own :class:`StepResult`, so one refused step (another miner's
+        task, a second precommit) does not fail the others. A malformed step fails
+        the whole call (nothing written) with its typed error."""
+        body = []
+        for step in steps:
+            wire = dict(step)
+            for field in ("output", "nonce"):
+                if field in wire:
+                    wire[field] = b64encode(to_bytes(wire[field]))
+            body.append(wire)
+        v = self.request(
+            "POST", f"/v1/miners/{miner_id}/steps", json={"steps": body}, token=token,
+            retry_for=retry_for,
+        )
+        out = []
+        for r in v["results"]:
+            status = int(r["status"])
+            error = None
+            if status != 200:
+                error = error_from_response(status, {"error": r.get("error") or {}})
+            out.append(StepResult(str(r["task_id"]), str(r["op"]), status, r.get("state"), error))
+        return out
 
     def drain(self, miner_id: str, token: str) -> Dict[str, Any]:
         """The miner takes no new work and leaves when its current work is done."""
