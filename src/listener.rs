@@ -21,7 +21,11 @@
 //!   this failure from others (the API answers 408, and nothing is written: a
 //!   handler acts only on a whole body);
 //! - a failed `accept` (no file descriptors left) backs off instead of ending the
-//!   server.
+//!   server;
+//! - a connection upgraded to a WebSocket keeps its place under the cap until the
+//!   socket closes: hyper hands the upgraded socket to a task of its own and ends the
+//!   connection, so each request carries the connection's [`ConnectionSlot`] and the
+//!   WebSocket's task holds a clone of it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,7 +42,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
@@ -91,7 +95,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Over the cap: close now rather than queue it behind the connections
             // holding the slots.
             metrics::counter!("sq_connections_refused_total", "listener" => name).increment(1);
@@ -103,16 +107,17 @@ pub async fn serve(
         let limits = limits.clone();
         let tls = tls.clone();
         let stop = stop.clone();
+        let slot = ConnectionSlot::new(name, permit);
         connections.spawn(async move {
-            let open = metrics::gauge!("sq_connections_open", "listener" => name);
-            open.increment(1.0);
             match tls {
-                None => serve_connection(name, stream, app, &limits, stop).await,
+                None => serve_connection(name, stream, app, &limits, slot, stop).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
                         .await
                     {
-                        Ok(Ok(stream)) => serve_connection(name, stream, app, &limits, stop).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(name, stream, app, &limits, slot, stop).await
+                        }
                         Ok(Err(e)) => {
                             metrics::counter!("sq_tls_handshake_failures_total", "listener" => name)
                                 .increment(1);
@@ -125,13 +130,43 @@ pub async fn serve(
                     }
                 }
             }
-            open.decrement(1.0);
-            drop(slot);
         });
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// A connection's place under the listener's cap, given back when the last clone
+/// is dropped: by the connection's task, or later by the task of a WebSocket the
+/// connection was upgraded to. Every request carries one in its extensions.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _inner: Arc<SlotInner>,
+}
+
+struct SlotInner {
+    _permit: OwnedSemaphorePermit,
+    open: metrics::Gauge,
+}
+
+impl ConnectionSlot {
+    fn new(name: &'static str, permit: OwnedSemaphorePermit) -> Self {
+        let open = metrics::gauge!("sq_connections_open", "listener" => name);
+        open.increment(1.0);
+        ConnectionSlot {
+            _inner: Arc::new(SlotInner {
+                _permit: permit,
+                open,
+            }),
+        }
+    }
+}
+
+impl Drop for SlotInner {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
 }
 
 /// Serves one connection until the client closes it, it sits idle past the
@@ -141,6 +176,7 @@ async fn serve_connection<I>(
     io: I,
     app: Router,
     limits: &ListenerLimits,
+    slot: ConnectionSlot,
     stop: Shutdown,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -164,6 +200,7 @@ async fn serve_connection<I>(
             }
         });
         request.extensions_mut().insert(deadline);
+        request.extensions_mut().insert(slot.clone());
         async move {
             let response = app
                 .oneshot(request)

@@ -158,18 +158,13 @@ pub async fn start(
             .await
             .context("opening storage")?;
     let state = state_store.reader();
-    let pristine = is_pristine(&mut log_store).await?;
-    let restored = {
-        use openraft::storage::RaftLogStorage;
-        let vote = log_store.read_vote().await.context("reading the vote")?;
-        let last = log_store
-            .get_log_state()
-            .await
-            .context("reading the log state")?
-            .last_log_id
-            .map_or(0, |l| l.index);
-        crate::raft::read::RestoredLeadership::at_start(id, vote.as_ref(), last)
-    };
+    let start = read_start(&mut log_store).await?;
+    let pristine = start.vote.is_none() && start.last_log_index.is_none();
+    let restored = crate::raft::read::RestoredLeadership::at_start(
+        id,
+        start.vote.as_ref(),
+        start.last_log_index.unwrap_or(0),
+    );
     let identity = Arc::new(
         ClusterIdentity::open(id, config.data_dir.clone()).context("reading the cluster id")?,
     );
@@ -312,12 +307,22 @@ pub async fn start(
     })
 }
 
-/// Whether storage holds no vote and no log (a node that never took part).
-async fn is_pristine(log: &mut store::LogStore) -> anyhow::Result<bool> {
+/// What the log store held when the node started: its vote and last entry. No vote
+/// and no log is a node that never took part (pristine); a vote of its own is a
+/// leadership openraft restores ([`crate::raft::read::RestoredLeadership`]).
+struct StartState {
+    vote: Option<crate::raft::types::Vote>,
+    last_log_index: Option<u64>,
+}
+
+async fn read_start(log: &mut store::LogStore) -> anyhow::Result<StartState> {
     use openraft::storage::RaftLogStorage;
     let vote = log.read_vote().await.context("reading the vote")?;
     let state = log.get_log_state().await.context("reading the log state")?;
-    Ok(vote.is_none() && state.last_log_id.is_none())
+    Ok(StartState {
+        vote,
+        last_log_index: state.last_log_id.map(|l| l.index),
+    })
 }
 
 /// The client a node calls other nodes' APIs with (relays to the leader, cluster

@@ -5,7 +5,8 @@
 //! clients again once its idle and header timeouts have closed the flood's
 //! connections, while the flood is still held. And a client that sends its headers
 //! and then trickles the body is answered 408 once the body-read timeout passes,
-//! with nothing written.
+//! with nothing written. WebSockets count toward the connection cap until they
+//! close.
 
 mod common;
 
@@ -287,4 +288,69 @@ async fn submitted(c: &session_queue::client::Client, session: &str) -> u64 {
     .unwrap()["submitted_total"]
         .as_u64()
         .unwrap()
+}
+
+/// A connection upgraded to a WebSocket keeps its place under `--max-connections`
+/// until the socket closes (hyper hands the socket off and ends the connection, so
+/// without this a client could hold any number of sockets past the cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_count_toward_the_connection_cap_until_they_close() {
+    const CAP: usize = 8;
+    let cluster = TestCluster::start_with(Options {
+        flags: vec![format!("--max-connections={CAP}")],
+        ..Options::default()
+    })
+    .await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let other = (leader + 1) % 3;
+    let session = cluster
+        .client_of(leader)
+        .create_session(&session_spec(1, 1))
+        .await
+        .unwrap();
+    // Open sockets on a node the harness barely talks to until one is refused.
+    let url = format!("ws://{}/v1/sessions/{session}/events", cluster.api(other));
+    let mut sockets = Vec::new();
+    let mut refused = false;
+    for _ in 0..4 * CAP {
+        let open = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await;
+        match open {
+            Ok(Ok((socket, _))) => sockets.push(socket),
+            _ => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        refused && sockets.len() <= CAP,
+        "WebSockets past the cap of {CAP} are refused ({} opened, refused: {refused})",
+        sockets.len()
+    );
+    assert!(!sockets.is_empty(), "WebSockets under the cap open");
+    // While they are held, a new client is refused too.
+    let http = fresh_client();
+    let health = format!("{}/health", cluster.url(other));
+    assert!(
+        http.get(&health).send().await.is_err(),
+        "a new connection past the cap, with the WebSockets held, is closed"
+    );
+    // Once they close, new clients get in again.
+    drop(sockets);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = http.get(&health).send().await {
+            assert_eq!(r.status(), StatusCode::OK);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node serves new clients once the WebSockets have closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

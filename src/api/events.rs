@@ -54,6 +54,7 @@ use super::replies::SessionEvent;
 use super::sessions::parse_session;
 use super::waiters::{StreamPermit, WaiterPermit};
 use super::{lookup, ApiError, QueryParams};
+use crate::listener::ConnectionSlot;
 use crate::machine::SessionId;
 use crate::node::Node;
 use crate::store::{EventId, Recorded, WindowRead, WindowStart};
@@ -128,6 +129,7 @@ pub async fn stream(
     QueryParams(query): QueryParams<EventsQuery>,
     headers: HeaderMap,
     permit: Option<Extension<StreamPermit>>,
+    connection: Option<Extension<ConnectionSlot>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let session = parse_session(&id)?;
@@ -146,10 +148,15 @@ pub async fn stream(
         .ok_or_else(|| ApiError::NotFound(format!("unknown session {id}")))?;
     Ok(match upgrade {
         Ok(ws) => {
-            // The socket's task holds the stream's place until the socket ends (also
-            // if the upgrade never completes: the closure is dropped).
+            // The socket's task holds the stream's place, and the connection's place
+            // under `--max-connections`, until the socket ends (also if the upgrade
+            // never completes: the closure is dropped).
             let permit = permit.and_then(|Extension(slot)| slot.take());
-            ws.on_upgrade(move |socket| websocket(socket, feed, permit))
+            let connection = connection.map(|Extension(c)| c);
+            ws.on_upgrade(move |socket| async move {
+                websocket(socket, feed, permit).await;
+                drop(connection);
+            })
         }
         Err(_) => {
             let events = stream::unfold(feed, |mut feed| async move {
