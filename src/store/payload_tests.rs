@@ -13,8 +13,7 @@ use tempfile::TempDir;
 use super::state_store::keys;
 use super::*;
 use crate::machine::{
-    sha256, Batch, Command, MinerAuth, MinerId, NewTask, PayloadAt, SessionId, SessionSpec,
-    TaskId,
+    sha256, Batch, Command, MinerAuth, MinerId, NewTask, PayloadAt, SessionId, SessionSpec, TaskId,
 };
 use crate::raft::types::{Entry, LogId};
 
@@ -68,7 +67,7 @@ impl Log {
             payload: EntryPayload::Normal(Batch {
                 limits: Default::default(),
                 now_ms,
-                commands,
+                commands: commands.into(),
             }),
         };
         self.next += 1;
@@ -132,7 +131,11 @@ async fn store_with_tasks(dir: &TempDir, keep: bool) -> (LogStore, StateStore, L
 /// read after it.
 fn read(sm: &StateStore, ids: &[u64]) -> Vec<Option<Vec<u8>>> {
     let reader = sm.reader();
-    let at = reader.read(|s| ids.iter().map(|&i| (TaskId(i), s.payload_at(TaskId(i)))).collect());
+    let at = reader.read(|s| {
+        ids.iter()
+            .map(|&i| (TaskId(i), s.payload_at(TaskId(i))))
+            .collect()
+    });
     reader.payloads(at).unwrap()
 }
 
@@ -208,14 +211,13 @@ async fn a_finished_task_deletes_its_payload_record() {
     let (_l, mut sm, mut log) = store_with_tasks(&dir, false).await;
     sm.write_group();
     log.apply(&mut sm, 1003, complete(1)).await;
-    log.apply(
-        &mut sm,
-        1004,
-        vec![Command::CancelTask { task: TaskId(2) }],
-    )
-    .await;
+    log.apply(&mut sm, 1004, vec![Command::CancelTask { task: TaskId(2) }])
+        .await;
     sm.write_group();
-    assert_eq!(stored_payloads(&sm), vec![keys::payload(TaskId(3)).to_vec()]);
+    assert_eq!(
+        stored_payloads(&sm),
+        vec![keys::payload(TaskId(3)).to_vec()]
+    );
     assert_eq!(read(&sm, &[1, 2, 3]), vec![None, None, Some(payload(3))]);
 
     // Submitted and finished within one group: never written at all.
@@ -263,7 +265,12 @@ async fn a_payload_deleted_between_look_and_read_is_absent() {
     let (_l, mut sm, mut log) = store_with_tasks(&dir, false).await;
     sm.write_group();
     let reader = sm.reader();
-    let look = reader.read(|s| vec![(TaskId(1), s.payload_at(TaskId(1))), (TaskId(2), s.payload_at(TaskId(2)))]);
+    let look = reader.read(|s| {
+        vec![
+            (TaskId(1), s.payload_at(TaskId(1))),
+            (TaskId(2), s.payload_at(TaskId(2))),
+        ]
+    });
     assert_eq!(look[0].1, PayloadAt::Stored);
     // The task finishes and its group is written before the reader reads.
     log.apply(&mut sm, 1003, complete(1)).await;
