@@ -12,34 +12,13 @@ use tokio::io::AsyncWriteExt;
 
 use super::install::KEY_INSTALLING;
 use super::state_store::keys;
-use super::tests::snapshot_bytes;
+use super::tests::{snapshot_bytes, spec};
 use super::*;
-use crate::machine::{Batch, Command, NewTask, SessionId, SessionSpec};
+use crate::machine::{Batch, Command, NewTask, SessionId};
 use crate::raft::types::{Entry, LogId, Snapshot};
 
 fn log_id(index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(1, 1), index)
-}
-
-fn spec() -> SessionSpec {
-    SessionSpec {
-        owner: "o".into(),
-        redundancy: 1,
-        quorum: 1,
-        priority: 0,
-        tag: None,
-        max_nodes: 4,
-        ack_timeout_ms: 1000,
-        precommit_timeout_ms: 1000,
-        commit_timeout_ms: 1000,
-        max_attempts: 3,
-        retention_ms: 3_600_000,
-        idle_release_ms: 1000,
-        queue_timeout_ms: 0,
-        idempotency_window_ms: 3_600_000,
-        max_queued_tasks: 100_000_000,
-        keep_finished_payloads: false,
-    }
 }
 
 /// A membership, a session, then `batches` submits of 1,000 tasks of 256 bytes

@@ -25,22 +25,15 @@ fn log_id(index: u64) -> LogId {
 
 fn spec(keep_finished_payloads: bool) -> SessionSpec {
     SessionSpec {
-        owner: "o".into(),
-        redundancy: 1,
-        quorum: 1,
-        priority: 0,
-        tag: None,
-        max_nodes: 4,
         ack_timeout_ms: 3_600_000,
         precommit_timeout_ms: 3_600_000,
         commit_timeout_ms: 3_600_000,
-        max_attempts: 3,
         retention_ms: RETENTION_MS,
         idle_release_ms: 3_600_000,
-        queue_timeout_ms: 0,
         idempotency_window_ms: RETENTION_MS,
         max_queued_tasks: 1000,
         keep_finished_payloads,
+        ..super::tests::spec()
     }
 }
 
@@ -53,6 +46,19 @@ fn auth() -> MinerAuth {
 
 fn payload(i: u64) -> Vec<u8> {
     (0..256).map(|j| (i * 7 + j) as u8).collect()
+}
+
+/// The submit of task `i` alone, with its own payload.
+fn submit_one(i: u64) -> Vec<Command> {
+    vec![Command::SubmitTasks {
+        session: SessionId(1),
+        tasks: vec![NewTask {
+            payload: payload(i),
+            priority: None,
+            idempotency_key: None,
+            queue_timeout_ms: None,
+        }],
+    }]
 }
 
 /// Applies entries one at a time, numbering them from where the store is.
@@ -221,20 +227,7 @@ async fn a_finished_task_deletes_its_payload_record() {
     assert_eq!(read(&sm, &[1, 2, 3]), vec![None, None, Some(payload(3))]);
 
     // Submitted and finished within one group: never written at all.
-    log.apply(
-        &mut sm,
-        1005,
-        vec![Command::SubmitTasks {
-            session: SessionId(1),
-            tasks: vec![NewTask {
-                payload: payload(4),
-                priority: None,
-                idempotency_key: None,
-                queue_timeout_ms: None,
-            }],
-        }],
-    )
-    .await;
+    log.apply(&mut sm, 1005, submit_one(4)).await;
     log.apply(&mut sm, 1006, vec![Command::CancelTask { task: TaskId(4) }])
         .await;
     sm.write_group();
@@ -286,20 +279,7 @@ async fn a_snapshot_carries_the_payloads_and_the_installer_holds_none_in_memory(
     // build writes the pending group first.
     leader.write_group();
     log.apply(&mut leader, 1003, complete(1)).await;
-    log.apply(
-        &mut leader,
-        1004,
-        vec![Command::SubmitTasks {
-            session: SessionId(1),
-            tasks: vec![NewTask {
-                payload: payload(4),
-                priority: None,
-                idempotency_key: None,
-                queue_timeout_ms: None,
-            }],
-        }],
-    )
-    .await;
+    log.apply(&mut leader, 1004, submit_one(4)).await;
     let snapshot = leader
         .get_snapshot_builder()
         .await

@@ -26,22 +26,8 @@ fn log_id(index: u64) -> LogId {
 /// Entries 1..=n: a membership, a session, then empty batches.
 fn entries(n: u64) -> Vec<Entry> {
     let spec = SessionSpec {
-        owner: "o".into(),
-        redundancy: 1,
-        quorum: 1,
-        priority: 0,
-        tag: None,
-        max_nodes: 4,
-        ack_timeout_ms: 1000,
-        precommit_timeout_ms: 1000,
-        commit_timeout_ms: 1000,
-        max_attempts: 3,
-        retention_ms: 3_600_000,
-        idle_release_ms: 1000,
-        queue_timeout_ms: 0,
-        idempotency_window_ms: 3_600_000,
         max_queued_tasks: 1_000_000,
-        keep_finished_payloads: false,
+        ..super::tests::spec()
     };
     (1..=n)
         .map(|i| Entry {

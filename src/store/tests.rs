@@ -32,7 +32,8 @@ fn log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, 1), index)
 }
 
-fn spec() -> SessionSpec {
+/// The session every store test creates (tests vary fields by struct update).
+pub(super) fn spec() -> SessionSpec {
     SessionSpec {
         owner: "o".into(),
         redundancy: 1,
