@@ -7,7 +7,8 @@ The CSV has a `seconds` column, one `nodeN_rss_kib` column per node and a
 `tasks_held` column; the chart shows each node's RSS in MiB over minutes, and the
 tasks held (right axis, dashed). Plain SVG, no plotting library needed. Also prints
 each node's RSS after a warm-up of five minutes and at
-the end, and the slope between them.
+the end, and its least-squares slope over that span (and the same for where the
+memory is held, when the CSV has those columns).
 """
 
 import csv
@@ -79,17 +80,40 @@ def main():
     with open(dst, "w") as f:
         f.write("\n".join(out) + "\n")
 
-    # Figures for the text: after warm-up (the first 5 minutes) to the end.
+    # Figures for the text: after warm-up (the first 5 minutes) to the end. The slope
+    # is a least-squares fit over every sample in that span (two end points alone
+    # are at the mercy of a memtable flush).
     warm = next((i for i, v in enumerate(t) if v >= 5), 0)
     for k in nodes:
+        node = k.split("_")[0]
         a, b = series[k][warm], series[k][-1]
-        span = (t[-1] - t[warm]) or 1
         print(
-            f"{k.split('_')[0]}: {a:.0f} MiB at {t[warm]:.1f} min, {b:.0f} MiB at {t[-1]:.1f} min, "
+            f"{node}: {a:.0f} MiB at {t[warm]:.1f} min, {b:.0f} MiB at {t[-1]:.1f} min, "
             f"min {min(series[k][warm:]):.0f}, max {max(series[k][warm:]):.0f}, "
-            f"slope {(b - a) / span:+.2f} MiB/min"
+            f"slope {slope(t[warm:], series[k][warm:]):+.2f} MiB/min"
         )
+        # Where it is held (columns of newer soak.sh runs): anonymous memory, the
+        # allocator's committed bytes, RocksDB's pools.
+        for part in ("anon", "heap", "rocksdb"):
+            col = f"{node}_{part}_kib"
+            if col not in rows[0]:
+                continue
+            v = [int(r[col] or 0) / 1024 for r in rows]
+            print(
+                f"  {part}: {v[warm]:.0f} -> {v[-1]:.0f} MiB, max {max(v[warm:]):.0f}, "
+                f"slope {slope(t[warm:], v[warm:]):+.2f} MiB/min"
+            )
     print(f"tasks held (node 1): {held[warm]} at warm-up, {held[-1]} at the end, max {max(held)}")
+
+
+def slope(xs, ys):
+    """Least-squares slope of ys over xs (0 when there are fewer than two points)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    den = sum((a - mx) ** 2 for a in xs)
+    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / den if den else 0.0
 
 
 if __name__ == "__main__":

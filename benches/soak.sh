@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Soak: a three-node cluster driven at a steady submit-to-complete rate by the bench's
 # simulated miners (`session-queue bench lifecycle --rate`), each node's resident
-# memory (RSS) and the tasks it holds sampled every 10 s into a CSV, then plotted
-# (benches/plot_soak.py writes an SVG). Memory should be flat once finished tasks
+# memory (RSS; also its anonymous part, the allocator's committed bytes and RocksDB's
+# memory pools from /metrics) and the tasks it holds sampled every 10 s into a CSV,
+# then plotted (benches/plot_soak.py writes an SVG). Memory should be flat once finished tasks
 # start to be purged (after the retention, one minute here).
 #
 #   benches/soak.sh [MINUTES=30] [RATE=300]
@@ -71,8 +72,26 @@ done
 [ "$ready" -eq 3 ] || { echo "the cluster did not get ready; see $dir/node*.log" >&2; exit 1; }
 
 csv="$dir/rss.csv"
-echo "seconds,node1_rss_kib,node2_rss_kib,node3_rss_kib,tasks_held" >"$csv"
+echo "seconds,node1_rss_kib,node2_rss_kib,node3_rss_kib,tasks_held,$(
+  for i in 1 2 3; do printf 'node%s_anon_kib,node%s_heap_kib,node%s_rocksdb_kib,' "$i" "$i" "$i"; done
+)leader" >"$csv"
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Per node: its anonymous resident memory (/proc), what the allocator holds
+# committed and what RocksDB holds in memtables, block cache and table readers (its
+# /metrics), in KiB; a node that does not answer counts 0.
+parts() {
+  local anon heap rocks
+  anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0)
+  read -r heap rocks < <(curl -fsS "http://127.0.0.1:$((port + $2))/metrics" 2>/dev/null |
+    awk '/^sq_allocator_committed_bytes\{/ {h = $NF}
+         /^sq_store_(memtable|block_cache|table_readers)_bytes\{/ {r += $NF}
+         END {printf "%d %d\n", h / 1024, r / 1024}')
+  echo "${anon:-0},${heap:-0},${rocks:-0}"
+}
+leader() {
+  curl -fsS "http://127.0.0.1:$((port + 1))/metrics" 2>/dev/null |
+    awk '/^sq_raft_leader_id\{/ {printf "%d", $NF}'
+}
 held() {
   curl -fsS "http://127.0.0.1:$((port + 1))/metrics" 2>/dev/null |
     awk '/^sq_tasks\{/ {s += $NF} END {printf "%d", s}'
@@ -80,7 +99,7 @@ held() {
 (
   start=$SECONDS
   while true; do
-    echo "$((SECONDS - start)),$(rss "${pids[0]}"),$(rss "${pids[1]}"),$(rss "${pids[2]}"),$(held)" >>"$csv"
+    echo "$((SECONDS - start)),$(rss "${pids[0]}"),$(rss "${pids[1]}"),$(rss "${pids[2]}"),$(held),$(parts "${pids[0]}" 1),$(parts "${pids[1]}" 2),$(parts "${pids[2]}" 3),$(leader)" >>"$csv"
     sleep 10
   done
 ) &

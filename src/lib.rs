@@ -7,6 +7,7 @@
 //!   - [`raft`]: openraft types, network client, group commit, linearizable reads;
 //!     - [`store`]: RocksDB log store, state-machine store, snapshots;
 //!       - [`machine`]: the task state machine, pure and deterministic.
+//! - [`allocator`]: what the memory allocator (mimalloc) holds, for `/metrics`.
 //! - [`descriptors`]: the file-descriptor budget (RocksDB, peers, API connections).
 //! - [`huge_pages`]: transparent huge pages off for the process (the allocator's
 //!   fresh memory is then zeroed 4 KiB at a time, not 2 MiB).
@@ -15,6 +16,7 @@
 //!   the load generator ([`bench`]).
 //! - [`tls`]: rustls configurations of the listeners and clients, and a throwaway CA.
 
+pub mod allocator;
 pub mod api;
 pub mod bench;
 pub mod client;

@@ -374,6 +374,15 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
     metrics::gauge!("sq_miners_pooled", &labels).set(pool.pooled as f64);
     metrics::gauge!("sq_pool_scaling_delta", &labels).set(pool.delta as f64);
     metrics::gauge!("sq_sessions", &labels).set(sizes.0 as f64);
+    let store = node.state.store_memory();
+    metrics::gauge!("sq_store_memtable_bytes", &labels).set(store.memtables as f64);
+    metrics::gauge!("sq_store_block_cache_bytes", &labels).set(store.block_cache as f64);
+    metrics::gauge!("sq_store_block_cache_pinned_bytes", &labels)
+        .set(store.block_cache_pinned as f64);
+    metrics::gauge!("sq_store_table_readers_bytes", &labels).set(store.table_readers as f64);
+    let heap = crate::allocator::committed();
+    metrics::gauge!("sq_allocator_committed_bytes", &labels).set(heap.current as f64);
+    metrics::gauge!("sq_allocator_committed_peak_bytes", &labels).set(heap.peak as f64);
     let stats = node.proposer.stats();
     use std::sync::atomic::Ordering::Relaxed;
     metrics::gauge!("sq_proposer_batches_total", &labels).set(stats.batches.load(Relaxed) as f64);

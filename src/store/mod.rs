@@ -36,6 +36,7 @@ mod event_window;
 mod group_write;
 mod install;
 mod log_store;
+mod memory;
 mod miner_changes;
 mod snapshot;
 mod state_store;
@@ -51,6 +52,7 @@ pub use event_window::{
 };
 pub use group_write::Grouping;
 pub use log_store::{EncodedEntries, LogStore};
+pub use memory::StoreMemory;
 pub use state_store::{AppliedState, Published, StateStore};
 
 pub(crate) const CF_LOG: &str = "log";

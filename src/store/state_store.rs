@@ -104,6 +104,11 @@ pub struct AppliedState {
 }
 
 impl AppliedState {
+    /// What RocksDB holds in memory now, by pool (for `/metrics`).
+    pub fn store_memory(&self) -> super::StoreMemory {
+        super::memory::measure(&self.db)
+    }
+
     fn new(state: State, applied: u64, db: Arc<DB>) -> Self {
         let (events, _) = broadcast::channel(16 * 1024);
         AppliedState {
