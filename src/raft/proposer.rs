@@ -3,10 +3,8 @@
 //!
 //! Every write of the node goes through [`Proposer::propose`]. The proposer task
 //! takes whatever proposals are waiting (up to a count and a byte bound) and sends
-//! them as one [`Batch`]: on the leader through `client_write_ff`, whose answer this
-//! task awaits itself (no task per batch: one wake-up from openraft's core to the
-//! callers' answers), on a follower to the leader's peer channel, where they join
-//! the leader's own next batch. The first
+//! them as one [`Batch`]: on the leader through `client_write`, on a follower to the
+//! leader's peer channel, where they join the leader's own next batch. The first
 //! proposal goes out at once; while batches are in flight (at most
 //! `max_inflight`), the next one fills. Each caller gets the results of its own
 //! commands back, in order.
@@ -31,15 +29,10 @@
 //! than waiting on a dead or paused one.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
-use openraft::error::RaftError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -147,7 +140,6 @@ impl Proposer {
             rx,
             pending: VecDeque::new(),
             inflight: JoinSet::new(),
-            local: FuturesUnordered::new(),
             last_tick: Instant::now(),
             retry_at: None,
             clock: ClusterClock::default(),
@@ -209,9 +201,6 @@ enum Route {
     Nowhere,
 }
 
-/// A batch proposed here: its proposals and what became of it.
-type LocalWrite = Pin<Box<dyn Future<Output = (InFlight, Outcome)> + Send>>;
-
 /// How long a batch of nothing but a tick may wait for its commit.
 const TICK_BATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -223,10 +212,7 @@ struct Worker {
     config: ProposerConfig,
     rx: mpsc::Receiver<Proposal>,
     pending: VecDeque<Proposal>,
-    /// Batches forwarded to the leader, each a task of its own (it calls the peer).
     inflight: JoinSet<(InFlight, Outcome)>,
-    /// Batches proposed here, awaiting the core's answer inside this task.
-    local: FuturesUnordered<LocalWrite>,
     last_tick: Instant,
     retry_at: Option<Instant>,
     clock: ClusterClock,
@@ -250,9 +236,6 @@ impl Worker {
                     Some(p) => self.pending.push_back(p),
                     None => open = false,
                 },
-                Some((sent, outcome)) = self.local.next(), if !self.local.is_empty() => {
-                    self.deliver(sent, outcome);
-                }
                 Some(done) = self.inflight.join_next(), if !self.inflight.is_empty() => {
                     match done {
                         Ok((sent, outcome)) => self.deliver(sent, outcome),
@@ -272,7 +255,7 @@ impl Worker {
             while let Ok(p) = self.rx.try_recv() {
                 self.pending.push_back(p);
             }
-            if !open && self.pending.is_empty() && self.in_flight() == 0 {
+            if !open && self.pending.is_empty() && self.inflight.is_empty() {
                 break;
             }
             self.expire();
@@ -287,11 +270,6 @@ impl Worker {
         for p in self.pending.drain(..) {
             p.end("the node stopped", ProposeError::ShuttingDown);
         }
-    }
-
-    /// Batches on their way, proposed here or forwarded.
-    fn in_flight(&self) -> usize {
-        self.local.len() + self.inflight.len()
     }
 
     /// Drops the proposals whose callers gave up and answers those whose deadline
@@ -363,7 +341,7 @@ impl Worker {
     }
 
     fn dispatch(&mut self) {
-        while self.in_flight() < self.config.max_inflight {
+        while self.inflight.len() < self.config.max_inflight {
             let route = self.route();
             if !matches!(route, Route::Local { .. }) {
                 // Forwarded batches run only on the leader.
@@ -447,35 +425,19 @@ impl Worker {
             .map(|p| p.deadline)
             .max()
             .unwrap_or_else(|| Instant::now() + TICK_BATCH_TIMEOUT);
+        let raft = self.raft.clone();
         let sent = InFlight {
             proposals: taken,
             moved: Some((commands, lens)),
         };
-        // Handed to the core here, and its answer awaited by this task itself: no task
-        // of its own per batch, so the core's answer reaches the proposer directly,
-        // which answers the callers (two task hops fewer on every write's path).
-        // `client_write_ff` only queues the request to the core: ready at once unless
-        // the core stopped, when it would wait for the core's error.
-        let receiver = match self.raft.client_write_ff(batch).now_or_never() {
-            Some(Ok(receiver)) => Ok(receiver),
-            Some(Err(fatal)) => Err(outcome::of_local(Err(RaftError::Fatal(fatal)))),
-            None => Err(Outcome::Ambiguous(
-                "raft stopped with the write in flight".into(),
-            )),
-        };
-        self.local.push(Box::pin(async move {
-            let receiver = match receiver {
-                Ok(receiver) => receiver,
-                Err(outcome) => return (sent, outcome),
-            };
-            let outcome = match tokio::time::timeout_at(until.into(), receiver).await {
-                Ok(Ok(result)) => outcome::of_local(result.map_err(RaftError::APIError)),
-                // The core dropped the request unanswered: it stopped.
-                Ok(Err(_)) => Outcome::Ambiguous("raft stopped with the write in flight".into()),
-                Err(_) => Outcome::Ambiguous("timed out waiting for commit".into()),
-            };
+        self.inflight.spawn(async move {
+            let outcome =
+                match tokio::time::timeout_at(until.into(), raft.client_write(batch)).await {
+                    Ok(result) => outcome::of_local(result),
+                    Err(_) => Outcome::Ambiguous("timed out waiting for commit".into()),
+                };
             (sent, outcome)
-        }));
+        });
     }
 
     /// Sends a batch to the leader's peer channel; abandons it if another leader
