@@ -84,6 +84,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut running = start(config, api_listener, peer_listener).await?;
+    // On a worker thread, not on this one (`block_on`'s): the watch wakes on every
+    // change of openraft's metrics, several per entry, and each wake of this
+    // thread is a futex wake and a context switch.
+    let mut failed = tokio::spawn(raft_failed(running.node.raft.clone()));
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         Some(done) = running.servers.join_next() => match done {
@@ -91,8 +95,9 @@ pub async fn serve(
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("server task: {e}")),
         },
-        e = raft_failed(running.node.raft.clone()) => Err(e),
+        e = &mut failed => Err(e.unwrap_or_else(|e| anyhow::anyhow!("raft watch task: {e}"))),
     };
+    failed.abort();
     running.stop().await;
     result
 }
