@@ -1,15 +1,19 @@
 //! What the memory allocator holds, for `/metrics`.
 //!
-//! The binary allocates with mimalloc (see `main.rs`). A node's resident memory is
-//! what its live objects use plus what the allocator keeps committed for reuse
-//! (freed pages are given back to the kernel after a delay). Exporting the
-//! allocator's committed bytes next to the resident size and the store's pools
-//! ([`crate::store::StoreMemory`]) tells a growing node's live data from retained
-//! pages. Where the process allocates with another allocator (the test binaries),
-//! mimalloc holds next to nothing and reports so.
+//! The binary's Rust code allocates with mimalloc (see `main.rs`; RocksDB's C++ code
+//! allocates with the C library's malloc). mimalloc's committed bytes are the
+//! address space it holds for reuse. On Linux that figure still counts pages it
+//! gave back to the kernel (`MADV_DONTNEED`), so it is an upper bound of what
+//! mimalloc keeps resident, not the resident size: read it beside the resident size
+//! and the store's pools ([`crate::store::StoreMemory`]). A committed figure that
+//! keeps rising means the allocator's address space grows (fragmentation); a
+//! resident size that rises while it stays flat points outside mimalloc. Where the
+//! process allocates with another allocator (the test binaries), mimalloc holds
+//! next to nothing and reports so.
 
-/// Bytes mimalloc holds committed (read/write memory it reserved and did not give
-/// back), and the peak of that since the process started.
+/// Bytes mimalloc holds committed (read/write memory it reserved and did not
+/// release, including pages it reset), and the peak of that since the process
+/// started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Committed {
     pub current: u64,
