@@ -213,7 +213,13 @@ pub struct State {
     payloads: payloads::Unwritten,
     idx: Indexes,
     step: Step,
+    /// The keys the command being applied changed (a set: the first touch of a task
+    /// in a command matters, see `touch_task`).
     dirty: BTreeSet<Key>,
+    /// The keys earlier commands changed since [`State::take_dirty`], in the order
+    /// they were applied, repeats included: appending is cheaper than a second set,
+    /// and they are sorted once when taken.
+    changed: Vec<Key>,
     /// The bounds of the batch being applied (never encoded: every batch carries them).
     limits: Limits,
 }
@@ -240,16 +246,16 @@ impl State {
         // footprint looks again at exactly the tasks it touched: the first touch of a
         // task in this command took its old count off (`touch_task`), and its new
         // count is added here.
-        let earlier = mem::take(&mut self.dirty);
+        // Anything marked outside a command belongs to the earlier ones.
+        self.changed.extend(mem::take(&mut self.dirty));
         let result = self.apply_one(cmd, now_ms);
-        let mine = mem::replace(&mut self.dirty, earlier);
-        for key in mine {
+        for key in mem::take(&mut self.dirty) {
             if let Key::Task(id) = key {
                 if let Some(t) = self.tasks.get(&id) {
                     self.idx.footprint.add(t);
                 }
             }
-            self.dirty.insert(key);
+            self.changed.push(key);
         }
         result
     }
@@ -401,9 +407,14 @@ impl State {
         self.idx.deadlines.first().map(|(at, _)| *at)
     }
 
-    /// The keys changed since the last call: the records the store must rewrite.
-    pub fn take_dirty(&mut self) -> BTreeSet<Key> {
-        mem::take(&mut self.dirty)
+    /// The keys changed since the last call, sorted, each once: the records the
+    /// store must rewrite.
+    pub fn take_dirty(&mut self) -> Vec<Key> {
+        let mut keys = mem::take(&mut self.changed);
+        keys.extend(mem::take(&mut self.dirty));
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// The current record under `key`, or `None` if it no longer exists.

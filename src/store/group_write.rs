@@ -34,7 +34,6 @@
 //! node does not keep a group in memory), before a snapshot is built or installed,
 //! and when the store is dropped (a clean stop).
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -78,14 +77,26 @@ impl Default for Grouping {
 
 /// What was applied and not yet written.
 struct Pending {
-    /// Records changed by the entries of the group.
-    keys: BTreeSet<Key>,
+    /// Records changed by the entries of the group: sorted runs, one per apply
+    /// call, so a record changed by several calls is here several times until
+    /// [`Pending::distinct`] merges them (appending beats a set's inserts).
+    keys: Vec<Key>,
     /// The last applied log id and membership: what the state in memory holds.
     applied: Option<LogId>,
     membership: StoredMembership,
     /// Entries applied since the last write, and when the first of them was.
     entries: u64,
     since: Option<Instant>,
+}
+
+impl Pending {
+    /// Sorts the changed keys and keeps each once (RocksDB takes a batch in any
+    /// order; sorted, each record is encoded and written once).
+    fn distinct(&mut self) {
+        // A stable sort merges the sorted runs in about linear time.
+        self.keys.sort();
+        self.keys.dedup();
+    }
 }
 
 /// Collects the changes of applied entries and writes them in groups.
@@ -115,7 +126,7 @@ impl GroupWriter {
             db,
             shared,
             pending: Mutex::new(Pending {
-                keys: BTreeSet::new(),
+                keys: Vec::new(),
                 applied,
                 membership,
                 entries: 0,
@@ -138,7 +149,7 @@ impl GroupWriter {
     /// state in memory. Returns whether the group is full and should be written now.
     pub(super) fn note(
         &self,
-        changed: BTreeSet<Key>,
+        changed: Vec<Key>,
         applied: Option<LogId>,
         membership: &StoredMembership,
         entries: u64,
@@ -153,6 +164,10 @@ impl GroupWriter {
         p.applied = applied;
         if p.membership != *membership {
             p.membership = membership.clone();
+        }
+        if p.keys.len() >= grouping.max_records {
+            // Full, or only repeats: count the distinct records.
+            p.distinct();
         }
         let began = p.entries == 0;
         p.entries += entries;
@@ -193,6 +208,7 @@ impl GroupWriter {
             if p.entries == 0 && p.keys.is_empty() {
                 return (None, 0);
             }
+            p.distinct();
             let keys = std::mem::take(&mut p.keys);
             for &key in &keys {
                 if let Key::Payload(id) = key {
