@@ -117,6 +117,7 @@ async fn authenticate(
         role: header(h, peer_auth::ROLE_HEADER).unwrap_or(""),
         budget: header(h, BUDGET_HEADER).unwrap_or(""),
         body: &body,
+        body_sha256: None,
     };
     let verified = match ctx.auth.verify(
         header(h, peer_auth::SESSION_HEADER),

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod network;
 pub mod outcome;
 pub mod peer_auth;
+pub mod peer_body;
 pub mod proposal;
 pub mod proposer;
 pub mod read;

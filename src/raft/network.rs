@@ -37,7 +37,9 @@
 //! A request's entries are not encoded again for it: the log store keeps the bytes
 //! it wrote each recent entry as ([`EncodedEntries`]), and the request is assembled
 //! from those ([`codec::append_request`]), so a batch is encoded once on the leader
-//! whatever the number of followers. An entry no longer cached is encoded here.
+//! whatever the number of followers. An entry no longer cached is encoded here. The
+//! request's body itself is assembled and hashed once for all followers
+//! ([`super::peer_body`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -59,6 +61,7 @@ use tokio::task::JoinHandle;
 
 use super::identity::ClusterIdentity;
 use super::peer_auth::{self, ClientSession, Handshake, Signed};
+use super::peer_body::{Body, BodyKey, SharedBodies};
 use super::types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 use crate::codec;
 use crate::store::EncodedEntries;
@@ -169,13 +172,14 @@ impl PeerClient {
     }
 
     /// [`PeerClient::call`] with a body already encoded (by [`codec::encode`]): the
-    /// bytes are shared, never copied, however many times the request is sent.
+    /// bytes are shared, never copied, and hashed once, however many times the
+    /// request is sent.
     pub async fn call_encoded<Resp: DeserializeOwned>(
         &self,
         target: NodeId,
         addr: &str,
         path: &str,
-        body: bytes::Bytes,
+        body: Body,
         timeout: Duration,
         budget: Option<Duration>,
     ) -> Result<Resp, PeerError> {
@@ -332,7 +336,7 @@ impl PeerClient {
         target: NodeId,
         addr: &str,
         path: &str,
-        body: bytes::Bytes,
+        body: Body,
         timeout: Duration,
         budget: Option<&str>,
     ) -> Result<bytes::Bytes, Sent> {
@@ -348,7 +352,8 @@ impl PeerClient {
             cluster: &cluster,
             role,
             budget: budget.unwrap_or(""),
-            body: &body,
+            body: body.bytes(),
+            body_sha256: Some(body.sha256()),
         });
         let mut builder = self
             .http
@@ -361,7 +366,7 @@ impl PeerClient {
             .header(peer_auth::ROLE_HEADER, role)
             .header(TARGET_HEADER, target.to_string())
             .timeout(timeout)
-            .body(body);
+            .body(body.bytes().clone());
         if let Some(budget) = budget {
             builder = builder.header(BUDGET_HEADER, budget);
         }
@@ -450,6 +455,7 @@ pub struct Network {
     replication_timeout: Duration,
     max_replication_bytes: usize,
     encoded: Option<EncodedEntries>,
+    bodies: SharedBodies,
 }
 
 impl Network {
@@ -465,6 +471,7 @@ impl Network {
             replication_timeout,
             max_replication_bytes,
             encoded: None,
+            bodies: SharedBodies::default(),
         }
     }
 
@@ -503,6 +510,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             replication_timeout: self.replication_timeout,
             max_replication_bytes: self.max_replication_bytes,
             encoded: self.encoded.clone(),
+            bodies: self.bodies.clone(),
             append: None,
         }
     }
@@ -544,6 +552,7 @@ pub struct Connection {
     replication_timeout: Duration,
     max_replication_bytes: usize,
     encoded: Option<EncodedEntries>,
+    bodies: SharedBodies,
     append: Option<RunningAppend>,
 }
 
@@ -643,7 +652,15 @@ impl Connection {
                 }
                 let (client, target, addr) = (self.client.clone(), self.target, self.addr.clone());
                 let timeout = self.replication_timeout;
-                let body = match encoded {
+                // The other followers' connections take the same body, hashed once.
+                let body_key = BodyKey {
+                    vote: key.vote,
+                    prev: key.prev,
+                    last: key.last,
+                    entries: key.entries,
+                    leader_commit: rpc.leader_commit,
+                };
+                let body = self.bodies.get_or_build(body_key, || match encoded {
                     Some(entries) => codec::append_request(
                         &rpc.vote,
                         &rpc.prev_log_id,
@@ -651,11 +668,11 @@ impl Connection {
                         &rpc.leader_commit,
                     ),
                     None => codec::encode_sized(&rpc),
-                };
+                });
                 drop(rpc);
                 let task = tokio::spawn(async move {
                     client
-                        .call_encoded(target, &addr, paths::APPEND, body.into(), timeout, None)
+                        .call_encoded(target, &addr, paths::APPEND, body, timeout, None)
                         .await
                 });
                 self.append = Some(RunningAppend { key, task });
