@@ -2,9 +2,17 @@
 //!
 //! Every write openraft relies on for safety is synced before it is reported done:
 //! an append's callback fires only after its `WriteBatch` is synced; the vote,
-//! truncation and purge are synced too. Blocking RocksDB calls run in
-//! `block_in_place`, so the runtime moves its other tasks off the waiting thread
-//! without a hop to another thread on the commit path.
+//! truncation and purge are synced too.
+//!
+//! Those writes run in place on the calling worker thread when the runtime has
+//! another worker to carry on meanwhile, and in `block_in_place` only when it has
+//! one ([`synced_write`]). Handing the worker's core to another thread for every
+//! sync cost about four context switches per append on each node and, at one
+//! connection, a tenth of a millisecond per request; at 64 connections the leader
+//! answered a quarter fewer requests (docs/PERFORMANCE.md). Only one append is in
+//! flight at a time (openraft's core awaits its callback), so at most one worker
+//! waits on the disk. Reads that miss the cache (a follower catching up) still use
+//! `block_in_place`: they can be long.
 //!
 //! The newest entries are also kept decoded in memory: openraft reads every entry
 //! back right after appending it (once per follower to replicate it, once to apply
@@ -147,6 +155,21 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Runs a synced write (see the module doc): in place while another worker can run
+/// the node's other tasks, in `block_in_place` on a runtime of one worker, directly
+/// off a multi-threaded runtime.
+fn synced_write<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h)
+            if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && h.metrics().num_workers() < 2 =>
+        {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn synced() -> WriteOptions {
     let mut o = WriteOptions::default();
     o.set_sync(true);
@@ -188,7 +211,7 @@ impl LogStore {
 
     /// Writes a batch, synced or not.
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
-        blocking(|| {
+        synced_write(|| {
             if sync {
                 self.db.write_opt(batch, &synced())
             } else {
