@@ -250,6 +250,7 @@ async fn the_peer_channel_refuses_requests_without_the_secret() {
             role: "",
             budget: "",
             body: &body,
+            body_sha256: None,
         });
         http.post(&url)
             .header(peer_auth::SESSION_HEADER, &session.token)
