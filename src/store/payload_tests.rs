@@ -1,4 +1,4 @@
-//! Payloads live in the `state` family, not in memory: written with the group that
+//! Payloads live in the `payloads` family, not in memory: written with the group that
 //! holds their submit and then dropped from memory, read back from the family, kept
 //! by a restart and a snapshot install, deleted when their task drops them (or, kept
 //! by the session, when it is purged). A payload deleted between a reader's look
@@ -145,13 +145,13 @@ fn read(sm: &StateStore, ids: &[u64]) -> Vec<Option<Vec<u8>>> {
     reader.payloads(at).unwrap()
 }
 
-/// The payload keys in the `state` family.
+/// The keys in the `payloads` family (each a payload's key: nothing else is there).
 fn stored_payloads(sm: &StateStore) -> Vec<Vec<u8>> {
-    let cf = sm.db().cf_handle(CF_STATE).unwrap();
+    let cf = sm.db().cf_handle(CF_PAYLOADS).unwrap();
     sm.db()
-        .prefix_iterator_cf(cf, keys::PAYLOADS)
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
         .map(|item| item.unwrap().0.to_vec())
-        .take_while(|k| keys::is_payload(k))
+        .inspect(|k| assert!(keys::is_payload(k), "not a payload key: {k:?}"))
         .collect()
 }
 
