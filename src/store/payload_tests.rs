@@ -305,3 +305,40 @@ async fn a_snapshot_carries_the_payloads_and_the_installer_holds_none_in_memory(
     );
     assert_eq!(stored_payloads(&follower), stored_payloads(&leader));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_payloads_table_is_refused_at_start() {
+    // The records load without reading a payload, so only the check at start can
+    // see a damaged payloads table before a miner's assignment list does.
+    let dir = TempDir::new().unwrap();
+    drop(store_with_tasks(&dir, false).await);
+    let (_log, sm) = open(dir.path(), 1, "test").await.unwrap();
+    assert_eq!(
+        read(&sm, &[1, 2, 3]),
+        (1..=3).map(|i| Some(payload(i))).collect::<Vec<_>>()
+    );
+    let table = sm
+        .db()
+        .live_files()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.column_family_name == CF_PAYLOADS)
+        .expect("a payloads table (a clean stop flushes the family)");
+    drop((_log, sm));
+
+    // Garbage in its first data block: caught by the block's checksum when read.
+    let path = dir.path().join("db").join(table.name.trim_start_matches('/'));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[16..48].fill(0x5a);
+    std::fs::write(&path, bytes).unwrap();
+    let err = open(dir.path(), 1, "test")
+        .await
+        .err()
+        .expect("a damaged payloads table");
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("payloads") && message.contains("orrupt"),
+        "{message}"
+    );
+}
