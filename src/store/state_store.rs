@@ -331,18 +331,23 @@ impl StateStore {
                 .map_err(|e| format!("finishing an interrupted snapshot install: {e}"))?;
             // The payloads are checked on a thread of their own while the records
             // load: two sequential reads of different files.
+            let started = std::time::Instant::now();
             std::thread::scope(|scope| -> Result<Loaded, String> {
-                let started = std::time::Instant::now();
-                let verified = scope.spawn(|| verify_payloads(&loader));
+                let verified = scope.spawn(|| {
+                    let bytes = verify_payloads(&loader)?;
+                    Ok::<_, String>((bytes, started.elapsed()))
+                });
                 let loaded = load(&loader);
+                let load_ms = started.elapsed().as_millis() as u64;
                 let verified = verified
                     .join()
                     .unwrap_or_else(|_| Err("verifying the payloads panicked".into()));
                 let loaded = loaded?;
-                let bytes = verified?;
+                let (bytes, verify) = verified?;
                 tracing::info!(
+                    load_ms,
                     payload_bytes = bytes,
-                    ms = started.elapsed().as_millis() as u64,
+                    verify_ms = verify.as_millis() as u64,
                     "state loaded, payloads verified"
                 );
                 Ok(loaded)
