@@ -327,7 +327,10 @@ async fn a_damaged_payloads_table_is_refused_at_start() {
     drop((_log, sm));
 
     // Garbage in its first data block: caught by the block's checksum when read.
-    let path = dir.path().join("db").join(table.name.trim_start_matches('/'));
+    let path = dir
+        .path()
+        .join("db")
+        .join(table.name.trim_start_matches('/'));
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[16..48].fill(0x5a);
     std::fs::write(&path, bytes).unwrap();
