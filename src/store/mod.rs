@@ -24,20 +24,23 @@
 //!
 //! Why the state machine lives in RocksDB and in memory both: the in-memory
 //! [`crate::machine::State`] serves reads and applies commands in microseconds; the
-//! records that applied entries changed are written to the `state` family in groups
+//! records that applied entries changed are written to the state families in groups
 //! (the changes of many entries, each record once, in one `WriteBatch` together with
 //! the last applied log id: see [`group_write`]), so the on-disk state is always a
 //! consistent prefix of the log. A restart loads the records
-//! (about a second per million tasks) and replays only the log entries after the last
-//! applied one, never twice. A snapshot is a RocksDB point-in-time view of the
-//! `state` family streamed to a file, so building one never blocks apply nor sees a
+//! (about a second per million tasks), reads the payloads through once beside that
+//! so a damaged payloads table is refused at start like any other table of the state
+//! (the load itself never reads a payload), and replays only the log entries after
+//! the last applied one, never twice. A snapshot is a RocksDB point-in-time view of
+//! the state families streamed to a file, so building one never blocks apply nor sees a
 //! half-applied entry.
 //!
 //! Durability: log appends, vote, truncate and purge are written with `sync`; the
 //! completion callback of an append fires only after that sync. State-machine writes
 //! skip the write-ahead log (half the bytes on the fsync path): a crash loses at most
 //! the newest applied state (the unwritten group and the memtables), consistently
-//! (whole batches, the three state families flushed atomically), and openraft replays it from the synced log. The
+//! (whole batches, the three state families flushed atomically), and openraft
+//! replays it from the synced log. The
 //! log is purged only up to a snapshot, and building a snapshot writes the pending
 //! group before it takes its view and flushes the state families right after, so
 //! the durable state is never older than a snapshot and a replay never needs a
