@@ -18,9 +18,12 @@ use crate::machine::Record;
 /// cluster-wide limits its leader enforces. Version 5: a task's record carries its
 /// payload's length, not its bytes; the bytes are a value of their own in the `state`
 /// family and in snapshots (raw, under a key of their own: see
-/// `crate::store::state_store::keys`). A store or peer of an older version is
-/// refused, not misread.
-pub const FORMAT_VERSION: u8 = 5;
+/// `crate::store::state_store::keys`). Version 6: the state is kept in three
+/// RocksDB families instead of one (tasks and payloads apart from the small, often
+/// rewritten records: see `crate::store`); the values are as in version 5, but a
+/// version-5 store keeps tasks and payloads where this one does not look for them.
+/// A store or peer of an older version is refused, not misread.
+pub const FORMAT_VERSION: u8 = 6;
 
 /// Decoding refuses values larger than this (1 GiB), whatever a length prefix claims.
 const DECODE_LIMIT: usize = 1 << 30;

@@ -367,16 +367,31 @@ impl Tmpfs {
         })
     }
 
-    /// Fills the file system; returns the filler file.
-    fn fill(&self) -> PathBuf {
-        let path = self.dir.join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
+    /// Fills the file system: the filler file grows by whatever space is free now.
+    /// Called again, it takes what was freed since: a disk filled once does not
+    /// stay full by itself, as RocksDB deletes the files it no longer needs (a
+    /// flushed write-ahead log, with the space it preallocated), so a test that
+    /// means a full disk tops it up while it writes.
+    fn fill(&self) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.filler())
+            .unwrap();
         for chunk in [1 << 20, 4096, 64] {
             let bytes = vec![0xa5u8; chunk];
             while f.write_all(&bytes).is_ok() {}
         }
         let _ = f.flush();
-        path
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.dir.join("filler")
+    }
+
+    /// Frees the space the filler took.
+    fn free(&self) {
+        std::fs::remove_file(self.filler()).unwrap();
     }
 }
 
@@ -444,11 +459,12 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
         ));
     }
 
-    // The disk fills up. RocksDB has preallocated some write-ahead log, so writes go
-    // on for a while (durably: into space reserved before); then each node's next
-    // append fails and the node exits, saying why. Until the majority is gone, every
-    // answer is a success or a server error, never a 4xx or a success not kept.
-    let filler = fs.fill();
+    // The disk fills up, and stays full (topped up after every write). RocksDB has
+    // preallocated some write-ahead log, so writes go on for a while (durably: into
+    // space reserved before); then each node's next append fails and the node exits,
+    // saying why. Until the majority is gone, every answer is a success or a server
+    // error, never a 4xx or a success not kept.
+    fs.fill();
     // Refused keys, with the error code they were answered (empty: no answer).
     let mut refused: Vec<(String, String)> = Vec::new();
     let mut i = 0;
@@ -482,6 +498,7 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
         for n in 0..3 {
             let _ = cluster.exited(n);
         }
+        fs.fill();
         i += 1;
     }
     assert!(!refused.is_empty(), "no write was refused on the full disk");
@@ -501,7 +518,7 @@ async fn a_full_disk_turns_writes_into_errors_and_loses_nothing() {
     }
 
     // Space is freed; the nodes restart on their data and everything answered is there.
-    std::fs::remove_file(&filler).unwrap();
+    fs.free();
     for i in 0..3 {
         cluster.restart(i);
     }
@@ -572,9 +589,10 @@ async fn a_full_disk_on_one_node_stops_only_that_node() {
     assert_eq!(cluster.nodes[2].data_dir, fs.dir);
     let c = Client::new(&[cluster.api(0), cluster.api(1)], None);
     let session = c.create_session(&session_spec(1, 1)).await.unwrap();
-    let filler = fs.fill();
+    fs.fill();
 
-    // Writes through nodes 1 and 2 go on; node 3 fills up and exits, saying why.
+    // Writes through nodes 1 and 2 go on; node 3 fills up (kept full) and exits,
+    // saying why.
     let mut ids = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut i = 0;
@@ -591,6 +609,7 @@ async fn a_full_disk_on_one_node_stops_only_that_node() {
         }
         i += 1;
         let _ = cluster.exited(2);
+        fs.fill();
     }
     let log = std::fs::read_to_string(&cluster.nodes[2].log).unwrap();
     assert!(
@@ -626,7 +645,7 @@ async fn a_full_disk_on_one_node_stops_only_that_node() {
     }
 
     // Freed and restarted, node 3 catches up with everything.
-    std::fs::remove_file(&filler).unwrap();
+    fs.free();
     cluster.restart(2);
     catches_up(
         &cluster,

@@ -1,6 +1,7 @@
 //! Grouped persistence of the applied state: apply changes the in-memory
-//! [`State`] at once, and the records it changed are written to the `state` family
-//! later, the changes of many entries in one RocksDB write.
+//! [`State`] at once, and the records it changed are written to the state families
+//! (`state`, `tasks`, `payloads`: see [`crate::store`]) later, the changes of many
+//! entries in one RocksDB write.
 //!
 //! Why: writing every applied batch of entries on its own encodes and writes the
 //! records it changed each time, so a record changed by every entry (the header, a
@@ -8,17 +9,17 @@
 //! entry, and every write pays RocksDB's fixed cost. Grouped, such a record is
 //! encoded and written once per group.
 //!
-//! Why it is safe: the `state` family is written without a write-ahead log anyway
-//! (see [`crate::store`]); the synced Raft log is the durable record, and the state
-//! family only spares a restart the replay of the whole log. Each group is one
-//! `WriteBatch` holding every record changed since the previous group *and* the
-//! applied log id and membership they correspond to, so what is on disk is always
-//! the state after some applied entry. A crash loses the unwritten group (and, as
-//! before, the memtable), and openraft re-applies the log from the persisted applied
-//! id: the same entries give the same state. The log keeps those entries: openraft
-//! purges only up to a snapshot's last entry, a snapshot is a view of the `state`
-//! family, and the state store writes the pending group before a build takes its
-//! view (and flushes the family after it).
+//! Why it is safe: the state families are written without a write-ahead log anyway
+//! and flushed atomically (see [`crate::store`]); the synced Raft log is the
+//! durable record, and the state families only spare a restart the replay of the
+//! whole log. Each group is one `WriteBatch` holding every record changed since the
+//! previous group *and* the applied log id and membership they correspond to, so
+//! what is on disk is always the state after some applied entry. A crash loses the
+//! unwritten group (and, as before, the memtables), and openraft re-applies the log
+//! from the persisted applied id: the same entries give the same state. The log
+//! keeps those entries: openraft purges only up to a snapshot's last entry, a
+//! snapshot is a view of the state families, and the state store writes the pending
+//! group before a build takes its view (and flushes the families after it).
 //!
 //! Payloads: a task's payload is written by the group that holds its submit, from
 //! the in-memory copy the state keeps until then, and that copy is dropped once the
@@ -42,7 +43,7 @@ use rocksdb::{WriteBatch, DB};
 use tokio::sync::Notify;
 
 use super::state_store::{keys, AppliedState};
-use super::CF_STATE;
+use super::{CF_PAYLOADS, CF_STATE, CF_TASKS};
 use crate::codec;
 use crate::machine::{Key, TaskId};
 use crate::raft::types::{LogId, StorageError, StoredMembership};
@@ -198,6 +199,11 @@ impl GroupWriter {
     pub(super) fn write(&self) -> Result<(), StorageError> {
         let _writing = self.writing.lock().expect("writing lock");
         let cf = self.db.cf_handle(CF_STATE).expect("state column family");
+        let tasks = self.db.cf_handle(CF_TASKS).expect("tasks column family");
+        let payloads = self
+            .db
+            .cf_handle(CF_PAYLOADS)
+            .expect("payloads column family");
         let mut batch = WriteBatch::default();
         // Under the state's read lock, so no entry is applied between taking the
         // group and encoding its records: they are the state after `applied`.
@@ -212,12 +218,17 @@ impl GroupWriter {
             let keys = std::mem::take(&mut p.keys);
             for &key in &keys {
                 if let Key::Payload(id) = key {
-                    payload_change(state, id, &mut batch, cf, &mut written);
+                    payload_change(state, id, &mut batch, payloads, &mut written);
                     continue;
                 }
+                let k = keys::record(key);
+                let family = match keys::family(&k) {
+                    CF_TASKS => tasks,
+                    _ => cf,
+                };
                 match state.record_bytes(key) {
-                    Some(v) => batch.put_cf(cf, keys::record(key), v),
-                    None => batch.delete_cf(cf, keys::record(key)),
+                    Some(v) => batch.put_cf(family, k, v),
+                    None => batch.delete_cf(family, k),
                 }
             }
             batch.put_cf(cf, keys::APPLIED, codec::encode(&p.applied));

@@ -6,15 +6,16 @@
 //!    decoding every record straight into a new [`State`] (payloads, values of their
 //!    own, are only checked: the state never holds them). Nothing on disk is touched,
 //!    so a corrupted, truncated or undecodable snapshot changes nothing.
-//! 2. [`begin`] and [`fill`]: replace the `state` family with the frames, in write batches
+//! 2. [`begin`] and [`fill`]: replace the state families with the frames, in write batches
 //!    of a few MiB. The replacement cannot be one atomic batch without holding every
 //!    record in memory, so it is made crash-safe by a marker instead: one synced
 //!    write deletes the old records and sets the marker `installing` (in the `raft`
 //!    family) naming the snapshot file; the records follow (without write-ahead log,
-//!    as every state write); the family is flushed; a synced write clears the marker.
+//!    as every state write); the families are flushed (atomically); a synced write
+//!    clears the marker.
 //!    A node that stops with the marker set redoes the replacement from the named
 //!    file when it opens ([`resume`]), before it loads its state, so it never starts
-//!    on a half-written state. While the family is half written, snapshot builds
+//!    on a half-written state. While the families are half written, snapshot builds
 //!    wait to take their view (the snapshot files' lock), so no snapshot copies it.
 //!
 //! Memory at the peak: the old state (still serving reads until it is swapped out at
@@ -31,12 +32,12 @@ use sha2::{Digest, Sha256};
 
 use super::snapshot::{io_err, END, MAGIC};
 use super::state_store::keys;
-use super::{CF_RAFT, CF_STATE};
+use super::{CF_RAFT, STATE_FAMILIES};
 use crate::codec;
 use crate::machine::{Record, State};
 use crate::raft::types::{LogId, SnapshotMeta, StoredMembership};
 
-/// In the `raft` family while the `state` family is being replaced: the snapshot's
+/// In the `raft` family while the state families are being replaced: the snapshot's
 /// meta and file name, as the current-snapshot pointer holds them.
 pub(super) const KEY_INSTALLING: &[u8] = b"installing";
 
@@ -187,30 +188,35 @@ fn synced() -> WriteOptions {
     opts
 }
 
-/// Pass two, first step: deletes the records of the `state` family and sets the
+/// Pass two, first step: deletes the records of the state families and sets the
 /// marker (`marker` is what [`KEY_INSTALLING`] holds meanwhile), in one synced write.
 /// The caller keeps snapshot builds from taking a view until [`fill`] is done.
 pub(super) fn begin(db: &DB, marker: &[u8]) -> std::io::Result<()> {
-    let state = db.cf_handle(CF_STATE).expect("state column family");
     let raft = db.cf_handle(CF_RAFT).expect("raft column family");
     let mut batch = WriteBatch::default();
-    batch.delete_range_cf(state, keys::FIRST, keys::END);
+    for name in STATE_FAMILIES {
+        let family = db.cf_handle(name).expect("state column family");
+        batch.delete_range_cf(family, keys::FIRST, keys::END);
+    }
     batch.put_cf(raft, KEY_INSTALLING, marker);
     db.write_opt(batch, &synced()).map_err(io_err)
 }
 
 /// Pass two, second step: writes the frames of the (already checked) snapshot file at
-/// `path` into the emptied `state` family, makes them durable, clears the marker.
+/// `path` into the emptied state families (each key into its own, see
+/// `keys::family`), makes them durable, clears the marker.
 pub(super) fn fill(db: &DB, path: &Path) -> std::io::Result<()> {
     let mut frames = Frames::open(File::open(path)?)?;
-    let state = db.cf_handle(CF_STATE).expect("state column family");
     let raft = db.cf_handle(CF_RAFT).expect("raft column family");
     let mut unlogged = WriteOptions::default();
     unlogged.disable_wal(true);
     let (mut key, mut value) = (Vec::new(), Vec::new());
     let mut batch = WriteBatch::default();
     while frames.next(&mut key, &mut value)? {
-        batch.put_cf(state, &key, &value);
+        let family = db
+            .cf_handle(keys::family(&key))
+            .expect("state column family");
+        batch.put_cf(family, &key, &value);
         if batch.size_in_bytes() >= BATCH_BYTES {
             db.write_opt(std::mem::take(&mut batch), &unlogged)
                 .map_err(io_err)?;
@@ -218,7 +224,7 @@ pub(super) fn fill(db: &DB, path: &Path) -> std::io::Result<()> {
     }
     db.write_opt(batch, &unlogged).map_err(io_err)?;
     // The records were written without write-ahead log: on disk before the marker goes.
-    db.flush_cf(state).map_err(io_err)?;
+    super::flush_state(db).map_err(io_err)?;
     db.delete_cf_opt(raft, KEY_INSTALLING, &synced())
         .map_err(io_err)?;
     Ok(())

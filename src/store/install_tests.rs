@@ -147,16 +147,19 @@ async fn an_install_cut_short_by_a_stop_is_finished_at_open() {
             .unwrap()
             .expect("current pointer");
         db.put_cf(raft, KEY_INSTALLING, &current).unwrap();
-        let state = db.cf_handle(CF_STATE).unwrap();
-        let written: Vec<Box<[u8]>> = db
-            .iterator_cf(state, rocksdb::IteratorMode::Start)
-            .map(|item| item.unwrap().0)
-            .collect();
-        for key in written.iter().skip(written.len() / 2) {
-            db.delete_cf(state, key).unwrap();
+        for name in STATE_FAMILIES {
+            let family = db.cf_handle(name).unwrap();
+            let written: Vec<Box<[u8]>> = db
+                .iterator_cf(family, rocksdb::IteratorMode::Start)
+                .map(|item| item.unwrap().0)
+                .collect();
+            for key in written.iter().skip(written.len() / 2) {
+                db.delete_cf(family, key).unwrap();
+            }
         }
+        let state = db.cf_handle(CF_STATE).unwrap();
         db.delete_cf(state, keys::APPLIED).unwrap();
-        db.flush_cf(state).unwrap();
+        flush_state(&db).unwrap();
         db.flush_cf(raft).unwrap();
     }
     let (_flog, mut follower) = open(dir.path(), 2, "test").await.unwrap();

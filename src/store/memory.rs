@@ -6,7 +6,7 @@
 
 use rocksdb::DB;
 
-use super::{CF_LOG, CF_RAFT, CF_STATE};
+use super::{CF_LOG, CF_PAYLOADS, CF_RAFT, CF_STATE, CF_TASKS};
 
 /// Bytes RocksDB holds in memory, by pool (RocksDB's own estimates).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub(crate) fn measure(db: &DB) -> StoreMemory {
             .and_then(|h| db.property_int_value_cf(&h, name).ok().flatten())
             .unwrap_or(0)
     };
-    for cf in [CF_LOG, CF_RAFT, CF_STATE] {
+    for cf in [CF_LOG, CF_RAFT, CF_STATE, CF_TASKS, CF_PAYLOADS] {
         m.memtables += int(cf, "rocksdb.cur-size-all-mem-tables");
         m.table_readers += int(cf, "rocksdb.estimate-table-readers-mem");
     }

@@ -4,29 +4,45 @@
 //! Column families:
 //! - `log`: log index (big-endian u64) → encoded entry;
 //! - `raft`: the vote, the committed and purged log ids, the current snapshot's meta;
-//! - `state`: the state machine's records (header, sessions, miners, tasks,
-//!   idempotency keys), the payloads of tasks (raw, after every record: the state in
-//!   memory keeps only their lengths, see [`crate::machine::PayloadAt`]) and, in the
-//!   same write, the last applied log id and membership.
+//! - `state`: the state machine's small records (header, sessions, miners,
+//!   idempotency keys) and, in the same write, the last applied log id and membership;
+//! - `tasks`: the records of tasks, by id;
+//! - `payloads`: the payloads of tasks, raw, by id (the state in memory keeps only
+//!   their lengths, see [`crate::machine::PayloadAt`]).
+//!
+//! Why three families for the state: the header, the sessions and the applied id
+//! change with every group write, tasks and payloads arrive in id order. In one
+//! family the few hot keys sorted before every task, so each flushed file spanned the
+//! whole key range and every compaction into the base level rewrote all of it,
+//! payloads included (about a fifth of a follower's CPU under batch submits). Apart,
+//! a flush of the `tasks` and `payloads` families holds a range of new ids after
+//! everything below it, and RocksDB moves such files down without rewriting them;
+//! only the small `state` family is rewritten. The families are written together
+//! (one `WriteBatch` per group) and flushed together (`atomic_flush`: they have no
+//! write-ahead log, so a crash must never find one flushed without the others), so
+//! the applied id in `state` always describes `tasks` and `payloads` too.
 //!
 //! Why the state machine lives in RocksDB and in memory both: the in-memory
 //! [`crate::machine::State`] serves reads and applies commands in microseconds; the
-//! records that applied entries changed are written to the `state` family in groups
+//! records that applied entries changed are written to the state families in groups
 //! (the changes of many entries, each record once, in one `WriteBatch` together with
 //! the last applied log id: see [`group_write`]), so the on-disk state is always a
 //! consistent prefix of the log. A restart loads the records
-//! (about a second per million tasks) and replays only the log entries after the last
-//! applied one, never twice. A snapshot is a RocksDB point-in-time view of the
-//! `state` family streamed to a file, so building one never blocks apply nor sees a
+//! (about a second per million tasks), reads the payloads through once beside that
+//! so a damaged payloads table is refused at start like any other table of the state
+//! (the load itself never reads a payload), and replays only the log entries after
+//! the last applied one, never twice. A snapshot is a RocksDB point-in-time view of
+//! the state families streamed to a file, so building one never blocks apply nor sees a
 //! half-applied entry.
 //!
 //! Durability: log appends, vote, truncate and purge are written with `sync`; the
 //! completion callback of an append fires only after that sync. State-machine writes
 //! skip the write-ahead log (half the bytes on the fsync path): a crash loses at most
-//! the newest applied state (the unwritten group and the memtable), consistently (one
-//! column family, whole batches), and openraft replays it from the synced log. The
+//! the newest applied state (the unwritten group and the memtables), consistently
+//! (whole batches, the three state families flushed atomically), and openraft
+//! replays it from the synced log. The
 //! log is purged only up to a snapshot, and building a snapshot writes the pending
-//! group before it takes its view and flushes the state family right after, so
+//! group before it takes its view and flushes the state families right after, so
 //! the durable state is never older than a snapshot and a replay never needs a
 //! purged entry. Every rename (identity file, snapshot files) is followed by an fsync
 //! of its directory, so a power loss cannot undo it after it was relied upon.
@@ -58,6 +74,22 @@ pub use state_store::{AppliedState, Published, StateStore};
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT: &str = "raft";
 pub(crate) const CF_STATE: &str = "state";
+pub(crate) const CF_TASKS: &str = "tasks";
+pub(crate) const CF_PAYLOADS: &str = "payloads";
+/// The families of the applied state, written without write-ahead log and flushed
+/// together (see the module documentation).
+pub(crate) const STATE_FAMILIES: [&str; 3] = [CF_STATE, CF_TASKS, CF_PAYLOADS];
+
+/// Flushes the memtables of the state families to table files, atomically (one
+/// point of the write sequence for all three).
+pub(crate) fn flush_state(db: &DB) -> Result<(), rocksdb::Error> {
+    let cfs: Vec<_> = STATE_FAMILIES
+        .iter()
+        .map(|name| db.cf_handle(name).expect("state column family"))
+        .collect();
+    let refs: Vec<_> = cfs.iter().collect();
+    db.flush_cfs_opt(&refs, &rocksdb::FlushOptions::default())
+}
 
 /// Identifies this data directory: written at creation, checked at every open.
 const IDENTITY_FILE: &str = "IDENTITY";
@@ -232,6 +264,10 @@ fn open_db(path: &Path, tuning: Tuning) -> Result<DB, OpenError> {
     // middle of the WAL: a node would restart without entries it had acknowledged.
     // Refuse to open instead.
     opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+    // The state families are written without write-ahead log: every flush, manual or
+    // automatic, writes all of them at one point of the write sequence, so a crash
+    // never finds tasks flushed with an older applied id, or the reverse.
+    opts.set_atomic_flush(true);
     // Bounded memory (see `memory` in docs/PERFORMANCE.md): the state is also held
     // decoded in memory, so what RocksDB keeps is overhead. All memtables together
     // are capped (a full one is flushed when the sum passes the cap), and every
@@ -250,15 +286,22 @@ fn open_db(path: &Path, tuning: Tuning) -> Result<DB, OpenError> {
     log_opts.set_block_based_table_factory(&table());
     let mut raft_opts = Options::default();
     raft_opts.set_block_based_table_factory(&table());
-    let mut state_opts = Options::default();
-    state_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    state_opts.set_write_buffer_size(MEMTABLE_BYTES);
-    state_opts.set_block_based_table_factory(&table());
-    let cfs = vec![
+    let state_opts = || {
+        let mut o = Options::default();
+        o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        o.set_write_buffer_size(MEMTABLE_BYTES);
+        o.set_block_based_table_factory(&table());
+        o
+    };
+    let mut cfs = vec![
         ColumnFamilyDescriptor::new(CF_LOG, log_opts),
         ColumnFamilyDescriptor::new(CF_RAFT, raft_opts),
-        ColumnFamilyDescriptor::new(CF_STATE, state_opts),
     ];
+    cfs.extend(
+        STATE_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, state_opts())),
+    );
     DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| OpenError::Rocks {
         path: path.to_path_buf(),
         source,

@@ -1,4 +1,4 @@
-//! Payloads live in the `state` family, not in memory: written with the group that
+//! Payloads live in the `payloads` family, not in memory: written with the group that
 //! holds their submit and then dropped from memory, read back from the family, kept
 //! by a restart and a snapshot install, deleted when their task drops them (or, kept
 //! by the session, when it is purged). A payload deleted between a reader's look
@@ -145,13 +145,13 @@ fn read(sm: &StateStore, ids: &[u64]) -> Vec<Option<Vec<u8>>> {
     reader.payloads(at).unwrap()
 }
 
-/// The payload keys in the `state` family.
+/// The keys in the `payloads` family (each a payload's key: nothing else is there).
 fn stored_payloads(sm: &StateStore) -> Vec<Vec<u8>> {
-    let cf = sm.db().cf_handle(CF_STATE).unwrap();
+    let cf = sm.db().cf_handle(CF_PAYLOADS).unwrap();
     sm.db()
-        .prefix_iterator_cf(cf, keys::PAYLOADS)
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
         .map(|item| item.unwrap().0.to_vec())
-        .take_while(|k| keys::is_payload(k))
+        .inspect(|k| assert!(keys::is_payload(k), "not a payload key: {k:?}"))
         .collect()
 }
 
@@ -304,4 +304,44 @@ async fn a_snapshot_carries_the_payloads_and_the_installer_holds_none_in_memory(
         vec![None, Some(payload(2)), Some(payload(3)), Some(payload(4))]
     );
     assert_eq!(stored_payloads(&follower), stored_payloads(&leader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_payloads_table_is_refused_at_start() {
+    // The records load without reading a payload, so only the check at start can
+    // see a damaged payloads table before a miner's assignment list does.
+    let dir = TempDir::new().unwrap();
+    drop(store_with_tasks(&dir, false).await);
+    let (_log, sm) = open(dir.path(), 1, "test").await.unwrap();
+    assert_eq!(
+        read(&sm, &[1, 2, 3]),
+        (1..=3).map(|i| Some(payload(i))).collect::<Vec<_>>()
+    );
+    let table = sm
+        .db()
+        .live_files()
+        .unwrap()
+        .into_iter()
+        .find(|f| f.column_family_name == CF_PAYLOADS)
+        .expect("a payloads table (a clean stop flushes the family)");
+    drop((_log, sm));
+
+    // Garbage in its first data block: caught by the block's checksum when read.
+    let path = dir
+        .path()
+        .join("db")
+        .join(table.name.trim_start_matches('/'));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[16..48].fill(0x5a);
+    std::fs::write(&path, bytes).unwrap();
+    let err = open(dir.path(), 1, "test")
+        .await
+        .err()
+        .expect("a damaged payloads table");
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("payloads") && message.contains("orrupt"),
+        "{message}"
+    );
 }

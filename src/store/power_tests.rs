@@ -270,13 +270,91 @@ async fn a_crash_between_groups_replays_the_log_to_the_same_state() {
         open_db(&image.path().join("db"), Tuning::default()).unwrap(),
         open_db(&reference_dir.path().join("db"), Tuning::default()).unwrap(),
     );
-    let family = |db: &rocksdb::DB| -> Vec<(Box<[u8]>, Box<[u8]>)> {
-        let cf = db.cf_handle(CF_STATE).unwrap();
-        db.iterator_cf(cf, rocksdb::IteratorMode::Start)
-            .map(Result::unwrap)
-            .collect()
+    assert_eq!(families(&ours), families(&want));
+}
+
+/// The contents of the state families, family by family.
+fn families(db: &rocksdb::DB) -> Vec<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    STATE_FAMILIES
+        .iter()
+        .map(|name| {
+            let cf = db.cf_handle(name).unwrap();
+            db.iterator_cf(cf, rocksdb::IteratorMode::Start)
+                .map(Result::unwrap)
+                .collect()
+        })
+        .collect()
+}
+
+/// Entries 1..=n: a membership, a session, then one task a entry with a 1 MiB
+/// payload (so a few dozen fill a memtable).
+fn large_submits(n: u64) -> Vec<Entry> {
+    let mut all = entries(2);
+    all.extend((3..=n).map(|i| {
+        Entry {
+            log_id: log_id(i),
+            payload: EntryPayload::Normal(Batch {
+                limits: Default::default(),
+                now_ms: 1000 + i,
+                commands: vec![Command::SubmitTasks {
+                    session: crate::machine::SessionId(1),
+                    tasks: vec![crate::machine::NewTask {
+                        payload: (0..1u32 << 20).map(|j| (j * 31 + i as u32) as u8).collect(),
+                        priority: None,
+                        idempotency_key: None,
+                        queue_timeout_ms: None,
+                    }],
+                }]
+                .into(),
+            }),
+        }
+    }));
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_rocksdb_starts_itself_writes_the_state_families_at_one_entry() {
+    // Every entry is a group of its own; nothing is flushed by hand. The payloads
+    // family's memtable fills first (a 1 MiB payload, a short task record, a few
+    // hot keys a group), and RocksDB flushes it on its own: without an atomic flush
+    // the payloads would reach the disk without the tasks and applied id that
+    // describe them (or, the other way round, an applied id without its tasks).
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
+    sm.set_grouping(grouping(1, std::time::Duration::from_secs(3600)));
+    let all = large_submits(48);
+    for entry in &all {
+        sm.apply(vec![entry.clone()]).await.unwrap();
+    }
+    let payloads_flushed = |db: &rocksdb::DB| {
+        db.live_files()
+            .unwrap()
+            .iter()
+            .any(|f| f.column_family_name == CF_PAYLOADS)
     };
-    assert_eq!(family(&ours), family(&want));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !payloads_flushed(sm.db()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RocksDB did not flush the payloads family"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let image = TempDir::new().unwrap();
+    let crashed = crash_image(&dir.path().join("db"), image.path());
+    let durable = durable_applied(&crashed).expect("the flush wrote an applied id");
+    assert!(durable.index < 48, "everything was flushed: {durable:?}");
+
+    // A store that applied exactly the entries up to the durable applied id holds,
+    // family by family, what the crash image holds.
+    let reference_dir = TempDir::new().unwrap();
+    let (_rlog, mut reference) = open(reference_dir.path(), 1, "test").await.unwrap();
+    reference
+        .apply(all[..durable.index as usize].to_vec())
+        .await
+        .unwrap();
+    reference.write_group();
+    assert_eq!(families(&crashed), families(reference.db()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,11 @@
-//! Snapshots: a point-in-time copy of the `state` family in a file, built without
-//! stopping apply, streamed to lagging nodes and installed atomically.
+//! Snapshots: a point-in-time copy of the state families (`state`, `tasks`,
+//! `payloads`) in a file, built without stopping apply, streamed to lagging nodes and
+//! installed atomically.
 //!
 //! File format: the magic `SQSNAP\0\x01`; then frames `[u32 key len][key][u32 value
-//! len][value]` in key order (the applied log id and membership are frames too); then
+//! len][value]`, family by family, each in key order (the applied log id and
+//! membership are frames too; a key's first byte names its family, see
+//! `keys::family`); then
 //! `[u32 0xffffffff][u64 frame count][sha256 of everything before]`. A receiver checks
 //! the count and the digest before it touches its state, so a truncated or corrupted
 //! transfer is refused rather than installed.
@@ -21,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::install;
 use super::state_store::keys;
-use super::{CF_RAFT, CF_STATE};
+use super::{CF_RAFT, CF_STATE, STATE_FAMILIES};
 use crate::codec;
 use crate::machine::State;
 use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
@@ -39,7 +42,7 @@ pub struct SnapshotFiles {
     receiving: Mutex<Option<PathBuf>>,
     /// Held while the current snapshot is compared and replaced, so a build that
     /// began before an install cannot put its older snapshot back over it; and while
-    /// an install replaces the `state` family, so no build takes a view of it then.
+    /// an install replaces the state families, so no build takes a view of them then.
     current_lock: Mutex<()>,
     /// Tests run this between taking a build's view and flushing the state, where
     /// apply may write concurrently.
@@ -245,7 +248,7 @@ impl SnapshotFiles {
         if let Some(hook) = self.between_view_and_flush.lock().expect("hook").take() {
             hook(&self.db);
         }
-        self.db.flush_cf(cf).map_err(io_err).map_err(err)?;
+        super::flush_state(&self.db).map_err(io_err).map_err(err)?;
         let get = |key: &[u8]| view.get_cf(cf, key).map_err(io_err);
         let last_applied: Option<LogId> = match get(keys::APPLIED).map_err(err)? {
             Some(b) => codec::decode(&b).map_err(io_err).map_err(err)?,
@@ -269,12 +272,15 @@ impl SnapshotFiles {
         out.put(MAGIC).map_err(err)?;
         let mut count = 0u64;
         // Read once, front to back: keep the block cache for what is read often.
-        let mut read = rocksdb::ReadOptions::default();
-        read.fill_cache(false);
-        for item in view.iterator_cf_opt(cf, read, IteratorMode::Start) {
-            let (k, v) = item.map_err(io_err).map_err(err)?;
-            out.frame(&k, &v).map_err(err)?;
-            count += 1;
+        for name in STATE_FAMILIES {
+            let family = self.db.cf_handle(name).expect("state column family");
+            let mut read = rocksdb::ReadOptions::default();
+            read.fill_cache(false);
+            for item in view.iterator_cf_opt(family, read, IteratorMode::Start) {
+                let (k, v) = item.map_err(io_err).map_err(err)?;
+                out.frame(&k, &v).map_err(err)?;
+                count += 1;
+            }
         }
         let digest = out.hash.clone().finalize();
         let mut inner = out.inner;
@@ -304,7 +310,7 @@ impl SnapshotFiles {
         Ok((meta, file))
     }
 
-    /// Checks a received snapshot, replaces the `state` family with it, makes it the
+    /// Checks a received snapshot, replaces the state families with it, makes it the
     /// current snapshot and returns the state it holds. Streams: neither the file nor
     /// the records are ever held whole (see [`super::install`]).
     pub(super) async fn install(

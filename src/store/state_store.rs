@@ -22,19 +22,22 @@ use super::event_window::{self, EventId, EventWindow, Recorded};
 use super::group_write::{GroupWriter, Grouping};
 use super::miner_changes::{self, MinerChanges};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
-use super::{OpenError, CF_STATE};
+use super::{OpenError, CF_PAYLOADS, CF_STATE, CF_TASKS};
 use crate::codec;
 use crate::machine::{Event, Key, MinerId, MinerState, PayloadAt, Record, State, TaskId};
 use crate::raft::types::{
     BatchResult, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
-/// Keys of the `state` family. Records sort as header, sessions, miners, tasks,
+/// Keys of the state families. Records sort as header, sessions, miners, tasks,
 /// idempotency keys, then the payloads of tasks: raw bytes, not records, under keys
-/// of their own after every record, so loading the state reads up to
-/// [`keys::PAYLOADS`] and never reads a payload (see `crate::machine::PayloadAt`).
+/// of their own after every record. Each key lives in the family [`keys::family`]
+/// names by its first byte: tasks in `tasks`, payloads in `payloads` (so loading the
+/// state never reads a payload: see `crate::machine::PayloadAt`), the rest in `state`.
+/// Snapshots hold the keys of all three (their tags tell them apart).
 pub(super) mod keys {
     use crate::machine::{Key, TaskId};
+    use crate::store::{CF_PAYLOADS, CF_STATE, CF_TASKS};
 
     pub const APPLIED: &[u8] = &[0, b'a'];
     pub const MEMBERSHIP: &[u8] = &[0, b'm'];
@@ -54,6 +57,15 @@ pub(super) mod keys {
 
     pub fn is_payload(key: &[u8]) -> bool {
         key.first() == Some(&PAYLOADS[0])
+    }
+
+    /// The family a key of the state is kept in.
+    pub fn family(key: &[u8]) -> &'static str {
+        match key.first() {
+            Some(4) => CF_TASKS,
+            Some(6) => CF_PAYLOADS,
+            _ => CF_STATE,
+        }
     }
 
     pub fn record(key: Key) -> Vec<u8> {
@@ -139,8 +151,8 @@ impl AppliedState {
     }
 
     /// The payloads of tasks, given where [`State::payload_at`] found each under the
-    /// read lock: the copies taken then, the written ones read from the `state` family
-    /// (one batched read, outside the lock). `None` for a task without a payload,
+    /// read lock: the copies taken then, the written ones read from the `payloads`
+    /// family (one batched read, outside the lock). `None` for a task without a payload,
     /// including one that finished or was purged (deleting its payload) since.
     pub fn payloads(&self, at: Vec<(TaskId, PayloadAt)>) -> Result<Vec<Option<Vec<u8>>>, String> {
         let stored: Vec<[u8; 9]> = at
@@ -151,7 +163,10 @@ impl AppliedState {
         let mut read = if stored.is_empty() {
             Vec::new()
         } else {
-            let cf = self.db.cf_handle(CF_STATE).expect("state column family");
+            let cf = self
+                .db
+                .cf_handle(CF_PAYLOADS)
+                .expect("payloads column family");
             self.db.batched_multi_get_cf(cf, &stored, false)
         }
         .into_iter();
@@ -213,25 +228,30 @@ pub struct StateStore {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     files: Arc<SnapshotFiles>,
-    /// Writes the changed records to the `state` family, in groups of entries.
+    /// Writes the changed records to the state families, in groups of entries.
     writer: Arc<GroupWriter>,
 }
 
 type Loaded = (State, Option<LogId>, StoredMembership);
 
-/// Reads the applied state from the `state` family.
+/// Reads the applied state from the `state` and `tasks` families.
 pub(super) fn load(db: &DB) -> Result<Loaded, String> {
-    let cf = db.cf_handle(CF_STATE).expect("state column family");
     let mut last_applied = None;
     let mut membership = StoredMembership::default();
     let mut failed = None;
     // Read once, front to back, past the block cache; each record is decoded
     // straight into the state, never all held decoded (or encoded) beside it. The
-    // payloads (after every record) are not read: they stay in the family.
-    let mut read = rocksdb::ReadOptions::default();
-    read.fill_cache(false);
-    read.set_iterate_upper_bound(keys::PAYLOADS);
-    let mut items = db.iterator_cf_opt(cf, read, IteratorMode::Start);
+    // payloads (a family of their own) are not read: they stay on disk.
+    let read = || {
+        let mut read = rocksdb::ReadOptions::default();
+        read.fill_cache(false);
+        read
+    };
+    let state = db.cf_handle(CF_STATE).expect("state column family");
+    let tasks = db.cf_handle(CF_TASKS).expect("tasks column family");
+    let mut items = db
+        .iterator_cf_opt(state, read(), IteratorMode::Start)
+        .chain(db.iterator_cf_opt(tasks, read(), IteratorMode::Start));
     let records = std::iter::from_fn(|| loop {
         let mut step = |item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>| -> Result<Option<Record>, String> {
             let (key, value) = item.map_err(|e| e.to_string())?;
@@ -263,6 +283,38 @@ pub(super) fn load(db: &DB) -> Result<Loaded, String> {
     }
 }
 
+/// Reads every payload once, front to back, with RocksDB's checksums on, and
+/// returns how many bytes they hold.
+///
+/// Why: [`load`] never reads the `payloads` family (the state in memory keeps only
+/// payload lengths), so without this a damaged payloads table would go unnoticed
+/// until a miner's assignment list met it, long after the node had started and
+/// reported itself ready. Reading the family at start refuses such a store, as a
+/// damaged `state` or `tasks` table is refused. Past the block cache, with a large
+/// readahead: the reads are sequential, and they run beside [`load`] (see
+/// [`StateStore::open`]).
+pub(super) fn verify_payloads(db: &DB) -> Result<u64, String> {
+    let cf = db.cf_handle(CF_PAYLOADS).expect("payloads column family");
+    let mut read = rocksdb::ReadOptions::default();
+    read.fill_cache(false);
+    read.set_verify_checksums(true);
+    read.set_readahead_size(VERIFY_READAHEAD);
+    let mut items = db.raw_iterator_cf_opt(cf, read);
+    items.seek_to_first();
+    let mut bytes = 0u64;
+    while items.valid() {
+        bytes += items.value().map_or(0, |v| v.len() as u64);
+        items.next();
+    }
+    items
+        .status()
+        .map_err(|e| format!("payloads family: {e}"))?;
+    Ok(bytes)
+}
+
+/// Readahead of [`verify_payloads`]: large reads of a sequential scan.
+const VERIFY_READAHEAD: usize = 2 << 20;
+
 impl StateStore {
     pub(super) async fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, OpenError> {
         let files = SnapshotFiles::open(db.clone(), snapshot_dir.clone()).map_err(|source| {
@@ -277,7 +329,29 @@ impl StateStore {
             resumer
                 .resume_install()
                 .map_err(|e| format!("finishing an interrupted snapshot install: {e}"))?;
-            load(&loader)
+            // The payloads are checked on a thread of their own while the records
+            // load: two sequential reads of different files.
+            let started = std::time::Instant::now();
+            std::thread::scope(|scope| -> Result<Loaded, String> {
+                let verified = scope.spawn(|| {
+                    let bytes = verify_payloads(&loader)?;
+                    Ok::<_, String>((bytes, started.elapsed()))
+                });
+                let loaded = load(&loader);
+                let load_ms = started.elapsed().as_millis() as u64;
+                let verified = verified
+                    .join()
+                    .unwrap_or_else(|_| Err("verifying the payloads panicked".into()));
+                let loaded = loaded?;
+                let (bytes, verify) = verified?;
+                tracing::info!(
+                    load_ms,
+                    payload_bytes = bytes,
+                    verify_ms = verify.as_millis() as u64,
+                    "state loaded, payloads verified"
+                );
+                Ok(loaded)
+            })
         })
         .await
         .expect("load task panicked")
@@ -469,8 +543,7 @@ impl Drop for StateStore {
         if let Err(e) = self.writer.write() {
             tracing::warn!(error = %e, "writing the applied state on stop");
         }
-        let cf = self.db.cf_handle(CF_STATE).expect("state column family");
-        if let Err(e) = self.db.flush_cf(cf) {
+        if let Err(e) = super::flush_state(&self.db) {
             tracing::warn!(error = %e, "flushing the state on stop");
         }
     }
@@ -489,7 +562,7 @@ impl StateStore {
         self.files.clone()
     }
 
-    /// Entries applied and not yet written to the `state` family.
+    /// Entries applied and not yet written to the state families.
     #[cfg(test)]
     pub(super) fn pending_entries(&self) -> u64 {
         self.writer.pending_entries()
@@ -503,16 +576,15 @@ impl StateStore {
         codec::decode(&bytes).expect("decode applied")
     }
 
-    /// Flushes the `state` family's memtable to its files (as RocksDB does when it
-    /// fills), so a crash image holds what was written.
+    /// Flushes the state families' memtables to their files (as RocksDB does when
+    /// one fills), so a crash image holds what was written.
     #[cfg(test)]
     pub(super) fn flush_state_family(&self) {
-        let cf = self.db.cf_handle(CF_STATE).expect("state column family");
-        self.db.flush_cf(cf).expect("flush state family");
+        super::flush_state(&self.db).expect("flush state families");
     }
 
     /// The records of the current state and the payloads of its tasks (wherever
-    /// they are: in memory or in the `state` family), for tests comparing replicas.
+    /// they are: in memory or in the `payloads` family), for tests comparing replicas.
     pub fn state_bytes(&self) -> Vec<u8> {
         let (mut out, at) = self.shared.read(|s| (s.encode(), s.every_payload_at()));
         let ids: Vec<TaskId> = at.iter().map(|(id, _)| *id).collect();
@@ -526,7 +598,7 @@ impl StateStore {
         out
     }
 
-    /// The store's RocksDB, for tests that look at the `state` family.
+    /// The store's RocksDB, for tests that look at the state families.
     #[cfg(test)]
     pub(super) fn db(&self) -> &DB {
         &self.db

@@ -280,8 +280,8 @@ async fn a_foreign_or_unknown_data_directory_is_refused() {
     }
     {
         let db = open_db(&dir2.path().join("db"), Tuning::default()).unwrap();
-        let cf = db.cf_handle(CF_STATE).unwrap();
-        db.put_cf(cf, [4u8, 0, 0, 0, 0, 0, 0, 0, 1], b"\x01garbage")
+        let cf = db.cf_handle(CF_TASKS).unwrap();
+        db.put_cf(cf, [4u8, 0, 0, 0, 0, 0, 0, 0, 1], b"\x06garbage")
             .unwrap();
     }
     let err = open(dir2.path(), 1, "alpha")
