@@ -250,6 +250,26 @@ fn check_identity(dir: &Path, node_id: u64, cluster: &str) -> Result<(), OpenErr
 }
 
 fn open_db(path: &Path, tuning: Tuning) -> Result<DB, OpenError> {
+    // Damage RocksDB would take for a torn tail (see `wal_check`).
+    match wal_check::damaged_wal(path) {
+        Ok(None) => {}
+        Ok(Some((log, at, next))) => {
+            return Err(OpenError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "write-ahead log {} is corrupt at byte {at}, and intact records follow at \
+                     byte {next}: entries after the damage would be lost",
+                    log.display()
+                ),
+            })
+        }
+        Err(source) => {
+            return Err(OpenError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
     let mut opts = Options::default();
     opts.set_max_open_files(tuning.max_open_files.max(16));
     opts.create_if_missing(true);
@@ -319,6 +339,8 @@ const BLOCK_CACHE_BYTES: usize = 16 << 20;
 pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
+
+mod wal_check;
 
 #[cfg(test)]
 mod install_tests;
