@@ -77,7 +77,9 @@ pub(super) fn check(bytes: &[u8]) -> Wal {
                 damaged => damaged,
             };
         }
-        if recyclable(kind) {
+        if pos == 0 && recyclable(kind) {
+            // The other format, told by the first record (a damaged header later
+            // on is damage, whatever its type byte says).
             return Wal::Intact;
         }
         if !intact_at(bytes, pos) {
@@ -220,6 +222,10 @@ mod tests {
         let mut body = bytes.clone();
         body[tenth + HEADER + 3] ^= 1;
         assert_eq!(check(&body), Wal::Damaged { at: tenth, next });
+        // A header garbled into a type of the recyclable format: still damage.
+        let mut recyclable_type = bytes.clone();
+        recyclable_type[tenth + 6] = 5;
+        assert_eq!(check(&recyclable_type), Wal::Damaged { at: tenth, next });
         // Zeroes over a record in the middle: not the end of the log.
         let mut zeroed = bytes;
         zeroed[tenth..next].fill(0);
