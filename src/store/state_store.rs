@@ -44,13 +44,17 @@ pub(super) mod keys {
     /// Everything of the family lies in `[FIRST, END)`.
     pub const FIRST: &[u8] = &[0];
     pub const END: &[u8] = &[0xff];
+    /// The first byte of a task's record key, and of a payload key: what
+    /// [`family`] sorts keys by.
+    const TASK_TAG: u8 = 4;
+    const PAYLOAD_TAG: u8 = 6;
     /// Every payload key lies in `[PAYLOADS, END)`, after every record.
-    pub const PAYLOADS: &[u8] = &[6];
+    pub const PAYLOADS: &[u8] = &[PAYLOAD_TAG];
 
     /// The key of a task's payload: the task's id, in order, so a miner's
     /// assignments (tasks of nearby ids) read nearby keys.
     pub fn payload(id: TaskId) -> [u8; 9] {
-        let mut out = [6u8; 9];
+        let mut out = [PAYLOAD_TAG; 9];
         out[1..].copy_from_slice(&id.0.to_be_bytes());
         out
     }
@@ -62,8 +66,8 @@ pub(super) mod keys {
     /// The family a key of the state is kept in.
     pub fn family(key: &[u8]) -> &'static str {
         match key.first() {
-            Some(4) => CF_TASKS,
-            Some(6) => CF_PAYLOADS,
+            Some(&TASK_TAG) => CF_TASKS,
+            Some(&PAYLOAD_TAG) => CF_PAYLOADS,
             _ => CF_STATE,
         }
     }
@@ -73,7 +77,7 @@ pub(super) mod keys {
             Key::Header => return vec![1],
             Key::Session(id) => (2, id.0),
             Key::Miner(id) => (3, id.0),
-            Key::Task(id) => (4, id.0),
+            Key::Task(id) => (TASK_TAG, id.0),
             Key::Payload(id) => return payload(id).to_vec(),
             Key::Idempotency(session, hash) => {
                 let mut out = Vec::with_capacity(41);
