@@ -1,10 +1,10 @@
 //! The HTTP API against real node processes: a task's whole life with every write
 //! sent to a different node, reads from every node, every error status, queue
-//! deadlines and idempotency conflicts, and the leader killed mid-stream.
+//! deadlines and idempotency conflicts. (Writes without a quorum and the leader
+//! killed mid-stream are in `cluster.rs`.)
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{session_spec, Options, TestCluster};
@@ -602,150 +602,6 @@ async fn reads_wait_for_completion_and_events_stream_every_transition() {
             "{what} missing from {seen:?}"
         );
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_quorum_writes_answer_503_with_retry_after() {
-    let mut cluster = TestCluster::start_with(Options {
-        nodes: 3,
-        flags: vec!["--write-timeout-ms=1500".into()],
-        ..Options::default()
-    })
-    .await;
-    let session = cluster
-        .client()
-        .create_session(&session_spec(1, 1))
-        .await
-        .unwrap();
-    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let survivor = (leader + 1) % 3;
-    // The survivor must have applied the session before the others die: its reads
-    // below are local, and it cannot learn of the commit alone.
-    cluster
-        .wait_caught_up(survivor, leader, Duration::from_secs(10))
-        .await;
-    for i in 0..3 {
-        if i != survivor {
-            cluster.kill(i);
-        }
-    }
-    let started = Instant::now();
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/sessions/{session}/tasks",
-            cluster.url(survivor)
-        ))
-        .json(&json!({"payload": "aGk="}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(r.headers().get("retry-after").is_some());
-    let v: Value = r.json().await.unwrap();
-    assert!(
-        v["error"]["code"] == "unavailable" || v["error"]["code"] == "outcome_unknown",
-        "{v}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(10), "bounded wait");
-    // Reads of the survivor's applied state still work.
-    let (s, _) = cluster
-        .client_of(survivor)
-        .call(Method::GET, &format!("/v1/sessions/{session}"), None, None)
-        .await
-        .unwrap();
-    assert_eq!(s, StatusCode::OK);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_killed_mid_stream_loses_no_acknowledged_task() {
-    let mut cluster = TestCluster::start(3).await;
-    let session = cluster
-        .client()
-        .create_session(&session_spec(1, 1))
-        .await
-        .unwrap();
-    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-
-    // Eight writers, one per node in turn, each retrying with its idempotency key.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = tokio::task::JoinSet::new();
-    for w in 0..8 {
-        let c = cluster.client().pinned(w);
-        let (session, stop) = (session.clone(), stop.clone());
-        writers.spawn(async move {
-            let mut acknowledged = Vec::new();
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("w{w}-{n}");
-                // Retry until answered: the key makes retries safe.
-                loop {
-                    match c.submit(&session, key.as_bytes(), Some(&key)).await {
-                        Ok(id) => {
-                            acknowledged.push((key.clone(), id));
-                            break;
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-                n += 1;
-            }
-            acknowledged
-        });
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    cluster.kill(leader);
-    let new_leader = cluster.wait_for_leader(Duration::from_secs(20)).await;
-    assert_ne!(new_leader, leader);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    while let Some(done) = writers.join_next().await {
-        acknowledged.extend(done.unwrap());
-    }
-    assert!(
-        acknowledged.len() > 50,
-        "only {} writes",
-        acknowledged.len()
-    );
-    let ids: BTreeSet<&String> = acknowledged.iter().map(|(_, id)| id).collect();
-    assert_eq!(ids.len(), acknowledged.len(), "a key created two tasks");
-
-    // Every acknowledged task is on every survivor...
-    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
-    for &i in &survivors {
-        let c = cluster.client_of(i);
-        for (key, id) in &acknowledged {
-            let v = c
-                .task(id, "?consistency=linearizable")
-                .await
-                .unwrap_or_else(|e| panic!("{id} on node {i}: {e}"));
-            assert_eq!(v["idempotency_key"], key.as_str());
-        }
-    }
-    // ...and on the killed node once it is back and caught up.
-    cluster.restart(leader);
-    let v = cluster
-        .client_of(new_leader)
-        .ok(Method::GET, "/v1/cluster?local=true", None, None)
-        .await
-        .unwrap();
-    let target = v["applied_index"].as_u64().unwrap();
-    cluster
-        .wait_applied(leader, target, Duration::from_secs(30))
-        .await;
-    let c = cluster.client_of(leader);
-    for (_, id) in &acknowledged {
-        let v = c.task(id, "").await.unwrap();
-        assert_eq!(v["state"], "queued");
-    }
-    let v = c
-        .ok(Method::GET, &format!("/v1/sessions/{session}"), None, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        v["submitted_total"].as_u64().unwrap(),
-        acknowledged.len() as u64
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
