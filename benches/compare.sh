@@ -52,6 +52,17 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/session-queue/target}
 bin="$CARGO_TARGET_DIR/release/session-queue"
 amqp_load=$(ls -t "$CARGO_TARGET_DIR"/release/deps/amqp-* | grep -v '\.d$' | sed -n 1p)
 
+# Before each system: the previous one's processes gone, its dirty pages written
+# back (`sync`), then a few quiet seconds. Each system then starts from the same
+# quiet machine the first one had; without it, the row after RabbitMQ ran while
+# the kernel still wrote back what the two brokers had left, and its one-connection
+# tail paid for it (p99 8.7 ms against 1.8-2.3 ms on a quiet machine).
+settle() { # pattern of the previous system's command lines
+  for _ in $(seq 150); do pgrep -f "$1" >/dev/null || break; sleep 0.2; done
+  sync
+  sleep 3
+}
+
 # wrk with one of our load scripts plus the JSON reporter; prints the JSON line.
 run_wrk() { # script url conns
   cat "$root/benches/wrk/$1" "$root/benches/wrk/report.lua" >"$work/load.lua"
@@ -96,6 +107,7 @@ done
 for p in "${etcd_pids[@]}"; do kill "$p" 2>/dev/null || true; done
 wait "${etcd_pids[@]}" 2>/dev/null || true
 etcd_pids=()
+settle "$work/etcd"
 
 # ---- RabbitMQ ----
 echo "== RabbitMQ: three nodes on loopback, a quorum queue"
@@ -111,6 +123,7 @@ for c in $conns; do
   echo "{\"system\":\"rabbitmq\",\"connections\":$c,\"wrk\":$r}" >>"$work/rabbitmq.jsonl"
 done
 "$root/benches/rabbitmq.sh" stop "$work/rabbitmq" >/dev/null 2>&1 || true
+settle "$work/rabbitmq"
 
 # ---- Session Queue ----
 echo "== Session Queue: three nodes on loopback"
