@@ -55,8 +55,8 @@ amqp_load=$(ls -t "$CARGO_TARGET_DIR"/release/deps/amqp-* | grep -v '\.d$' | sed
 # Before each system: the previous one's processes gone, its dirty pages written
 # back (`sync`), then a few quiet seconds. Each system then starts from the same
 # quiet machine the first one had; without it, the row after RabbitMQ ran while
-# the kernel still wrote back what the two brokers had left, and its one-connection
-# tail paid for it (p99 8.7 ms against 1.8-2.3 ms on a quiet machine).
+# the kernel was likely still writing back what the brokers had left, and its
+# one-connection tail paid for it (p99 8.7 ms against 1.8-2.3 ms on a quiet machine).
 settle() { # pattern of the previous system's command lines
   for _ in $(seq 150); do pgrep -f "$1" >/dev/null || break; sleep 0.2; done
   sync
