@@ -84,7 +84,7 @@ fn report(what: &str, total: usize, (rss0, live0): (f64, f64)) {
 /// What the node's store does when it writes a group: takes the changed keys and
 /// drops the in-memory copies of the payloads it wrote.
 fn written(s: &mut State) {
-    let payloads: Vec<_> = s
+    let mut payloads: Vec<_> = s
         .take_dirty()
         .into_iter()
         .filter_map(|k| match k {
@@ -92,7 +92,9 @@ fn written(s: &mut State) {
             _ => None,
         })
         .collect();
-    s.release_payloads(payloads);
+    payloads.sort_unstable();
+    payloads.dedup();
+    s.release_payloads(&payloads);
 }
 
 fn main() {

@@ -38,6 +38,27 @@ impl Unwritten {
         self.bytes.remove(&id);
     }
 
+    /// Removes `ids`, given in ascending order (a group writes its payloads in id
+    /// order). A group has usually written every payload held up to its last one,
+    /// so the map is split there once instead of searched and shifted per id; any
+    /// payload below the split that is not in `ids` is put back.
+    pub(super) fn remove_ascending(&mut self, ids: &[TaskId]) {
+        debug_assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not ascending");
+        let Some(&last) = ids.last() else {
+            return;
+        };
+        let mut above = self.bytes.split_off(&last);
+        above.remove(&last);
+        let upto = std::mem::replace(&mut self.bytes, above);
+        let mut ids = ids.iter().peekable();
+        for (id, bytes) in upto {
+            while ids.next_if(|&&i| i < id).is_some() {}
+            if ids.next_if_eq(&&id).is_none() {
+                self.bytes.insert(id, bytes);
+            }
+        }
+    }
+
     pub(super) fn get(&self, id: TaskId) -> Option<&[u8]> {
         self.bytes.get(&id).map(|b| &**b)
     }
@@ -81,12 +102,10 @@ impl State {
         }
     }
 
-    /// Drops the in-memory copy of these payloads: the store has written them. The
-    /// logical state does not change.
-    pub fn release_payloads(&mut self, ids: impl IntoIterator<Item = TaskId>) {
-        for id in ids {
-            self.payloads.remove(id);
-        }
+    /// Drops the in-memory copy of these payloads (`ids` ascending): the store has
+    /// written them. The logical state does not change.
+    pub fn release_payloads(&mut self, ids: &[TaskId]) {
+        self.payloads.remove_ascending(ids);
     }
 
     /// How many payloads are held in memory, waiting to be written.
@@ -102,5 +121,54 @@ impl State {
             .filter(|t| t.payload_len.is_some())
             .map(|t| (t.id, self.payload_at(t.id)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn held(ids: &[u64]) -> Unwritten {
+        let mut u = Unwritten::default();
+        for &id in ids {
+            u.insert(TaskId(id), vec![id as u8; 3].into_boxed_slice());
+        }
+        u
+    }
+
+    #[test]
+    fn removing_ascending_ids_keeps_the_others_and_their_bytes() {
+        let mut u = held(&[1, 2, 3, 5, 7, 9]);
+        // 6 is not held; 1 is below the first removed; 7 and 9 are above.
+        u.remove_ascending(&[TaskId(2), TaskId(3), TaskId(5), TaskId(6)]);
+        assert_eq!(u.ids().collect::<Vec<_>>(), [1, 7, 9].map(TaskId));
+        assert_eq!(u.get(TaskId(7)), Some(&[7u8, 7, 7][..]));
+        u.remove_ascending(&[]);
+        assert_eq!(u.len(), 3);
+    }
+
+    proptest! {
+        /// The same as removing the ids one by one.
+        #[test]
+        fn removing_ascending_is_removing_each(
+            held_ids in proptest::collection::btree_set(0u64..64, 0..40),
+            removed in proptest::collection::btree_set(0u64..64, 0..40),
+        ) {
+            let held_ids: Vec<u64> = held_ids.into_iter().collect();
+            let removed: Vec<TaskId> = removed.into_iter().map(TaskId).collect();
+            let mut u = held(&held_ids);
+            u.remove_ascending(&removed);
+            let gone: BTreeSet<TaskId> = removed.iter().copied().collect();
+            let expected: Vec<TaskId> = held_ids
+                .iter()
+                .map(|&i| TaskId(i))
+                .filter(|i| !gone.contains(i))
+                .collect();
+            prop_assert_eq!(u.ids().collect::<Vec<_>>(), expected);
+        }
     }
 }

@@ -48,6 +48,10 @@ use crate::codec;
 use crate::machine::{Key, TaskId};
 use crate::raft::types::{LogId, StorageError, StoredMembership};
 
+/// The most a group's batch reserves up front (a group of large payloads may still
+/// grow past it).
+const MAX_RESERVED_BYTES: usize = 64 << 20;
+
 /// When a group of applied entries is written.
 #[derive(Clone, Copy, Debug)]
 pub struct Grouping {
@@ -107,8 +111,11 @@ pub(super) struct GroupWriter {
     pending: Mutex<Pending>,
     /// Held from taking a group until its write is done: groups reach RocksDB in
     /// the order they were taken, so a later group is never overwritten by an
-    /// earlier one. Taken before the state lock and the pending lock.
-    writing: Mutex<()>,
+    /// earlier one. Taken before the state lock and the pending lock. It holds the
+    /// size of the last group's batch: the next batch starts with that capacity, as
+    /// groups under a steady load are alike, instead of regrowing (and copying) its
+    /// buffer while payloads are put.
+    writing: Mutex<usize>,
     /// Wakes the timer task when a group begins.
     wake: Arc<Notify>,
     grouping: Mutex<Grouping>,
@@ -133,7 +140,7 @@ impl GroupWriter {
                 entries: 0,
                 since: None,
             }),
-            writing: Mutex::new(()),
+            writing: Mutex::new(0),
             wake: Arc::new(Notify::new()),
             grouping: Mutex::new(Grouping::default()),
         });
@@ -197,14 +204,14 @@ impl GroupWriter {
     /// Writes the pending group, if any: every record it changed as the state in
     /// memory holds it now, with the applied id and membership, in one batch.
     pub(super) fn write(&self) -> Result<(), StorageError> {
-        let _writing = self.writing.lock().expect("writing lock");
+        let mut last_bytes = self.writing.lock().expect("writing lock");
         let cf = self.db.cf_handle(CF_STATE).expect("state column family");
         let tasks = self.db.cf_handle(CF_TASKS).expect("tasks column family");
         let payloads = self
             .db
             .cf_handle(CF_PAYLOADS)
             .expect("payloads column family");
-        let mut batch = WriteBatch::default();
+        let mut batch = WriteBatch::with_capacity_bytes((*last_bytes).min(MAX_RESERVED_BYTES));
         // Under the state's read lock, so no entry is applied between taking the
         // group and encoding its records: they are the state after `applied`.
         // The payloads written from memory, whose copies are dropped once written.
@@ -240,6 +247,7 @@ impl GroupWriter {
         let Some(keys) = keys else {
             return Ok(());
         };
+        *last_bytes = batch.size_in_bytes();
         // No write-ahead log for the state (see the module documentation).
         let mut opts = rocksdb::WriteOptions::default();
         opts.disable_wal(true);

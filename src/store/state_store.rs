@@ -192,7 +192,7 @@ impl AppliedState {
             self.state
                 .write()
                 .expect("state lock")
-                .release_payloads(ids);
+                .release_payloads(&ids);
         }
     }
 

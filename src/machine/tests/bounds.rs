@@ -114,7 +114,7 @@ fn a_session_may_keep_finished_payloads() {
     assert_eq!(w.task(t).payload_len, Some(4));
     assert_eq!(w.s.unwritten_payload(t), Some(&b"kept"[..]));
     // Written by the store, the bytes leave memory; the task still has a payload.
-    w.s.release_payloads([t]);
+    w.s.release_payloads(&[t]);
     assert_eq!(w.s.payload_at(t), PayloadAt::Stored);
     // Until retention purges the task, whose payload record goes with it.
     w.s.take_dirty();
