@@ -126,6 +126,74 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// Decodes an `AppendEntriesRequest` written by [`encode`] (or assembled by
+/// [`append_request`]) and gives, beside it, each entry's own encoding (as
+/// [`encode`] writes it, version byte first): a follower stores those bytes in its
+/// log instead of encoding each entry again. The request decoded is the one
+/// [`decode`] gives; the same errors refuse the same inputs.
+pub fn decode_append_request(
+    bytes: &[u8],
+) -> Result<
+    (
+        openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig>,
+        Vec<Vec<u8>>,
+    ),
+    CodecError,
+> {
+    use crate::raft::types::{Entry, LogId, Vote};
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::Version(version));
+    }
+    if body.len() > DECODE_LIMIT {
+        return Err(CodecError::Malformed("value over the decode limit".into()));
+    }
+    let mut at = 0;
+    // Field by field, in the order serde derives for openraft's struct (as
+    // `append_request` writes them), each from where the previous one ended.
+    fn next<T: DeserializeOwned>(body: &[u8], at: &mut usize) -> Result<T, CodecError> {
+        let (value, used) = bincode::serde::decode_from_slice::<T, _>(
+            &body[*at..],
+            config().with_limit::<DECODE_LIMIT>(),
+        )
+        .map_err(|e| match e {
+            bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
+            other => CodecError::Malformed(other.to_string()),
+        })?;
+        *at += used;
+        Ok(value)
+    }
+    let vote: Vote = next(body, &mut at)?;
+    let prev_log_id: Option<LogId> = next(body, &mut at)?;
+    let count: u64 = next(body, &mut at)?;
+    // A count is only a claim: never reserve more than the bytes could hold.
+    let room = usize::try_from(count).unwrap_or(usize::MAX).min(body.len() - at);
+    let mut entries = Vec::with_capacity(room);
+    let mut encoded = Vec::with_capacity(room);
+    for _ in 0..count {
+        let start = at;
+        let entry: Entry = next(body, &mut at)?;
+        let mut own = Vec::with_capacity(1 + at - start);
+        own.push(FORMAT_VERSION);
+        own.extend_from_slice(&body[start..at]);
+        entries.push(entry);
+        encoded.push(own);
+    }
+    let leader_commit: Option<LogId> = next(body, &mut at)?;
+    if at != body.len() {
+        return Err(CodecError::Trailing);
+    }
+    Ok((
+        openraft::raft::AppendEntriesRequest {
+            vote,
+            prev_log_id,
+            entries,
+            leader_commit,
+        },
+        encoded,
+    ))
+}
+
 /// One record of the state machine.
 pub fn encode_record(record: &Record) -> Vec<u8> {
     encode(record)
@@ -187,7 +255,28 @@ mod tests {
             let assembled =
                 append_request(&rpc.vote, &rpc.prev_log_id, &encoded, &rpc.leader_commit);
             assert_eq!(assembled, encode(&rpc));
+            // A follower's decode gives the request and each entry's own bytes.
+            let (decoded, own) = decode_append_request(&assembled).expect("decodes");
+            assert_eq!(encode(&decoded), assembled);
+            let own: Vec<bytes::Bytes> = own.into_iter().map(Into::into).collect();
+            assert_eq!(own, encoded);
+            // Whatever decode refuses, this refuses; nothing panics.
+            for cut in 0..assembled.len() {
+                assert!(decode_append_request(&assembled[..cut]).is_err());
+            }
+            let mut longer = assembled.clone();
+            longer.push(0);
+            assert_eq!(
+                decode_append_request(&longer).map(|_| ()),
+                Err(CodecError::Trailing)
+            );
         }
+        // A count no body could hold is refused without reserving for it.
+        let mut claim = vec![FORMAT_VERSION];
+        claim.extend_from_slice(&encode(&Vote::new_committed(3, 2))[1..]);
+        claim.extend_from_slice(&encode(&None::<crate::raft::types::LogId>)[1..]);
+        claim.extend_from_slice(&encode(&u64::MAX)[1..]);
+        assert!(decode_append_request(&claim).is_err());
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub async fn start(
     }
     state.event_window().set_capacity(config.event_window);
     let raft_config = Arc::new(config.raft_config()?);
+    let encoded_entries = log_store.encoded_entries();
     let raft = Raft::new(
         id,
         raft_config,
@@ -187,7 +188,7 @@ pub async fn start(
             config.replication_timeout(),
             config.max_replication_bytes,
         )
-        .with_encoded_entries(log_store.encoded_entries()),
+        .with_encoded_entries(encoded_entries.clone()),
         log_store,
         state_store,
     )
@@ -244,6 +245,7 @@ pub async fn start(
         raft: raft.clone(),
         proposer,
         auth: PeerAuth::new(id, &config.cluster_secret),
+        encoded: encoded_entries,
         identity: identity.clone(),
         write_timeout: config.write_timeout(),
         restored,

@@ -24,7 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -36,6 +36,7 @@ use crate::raft::peer_auth::{self, Hello, PeerAuth, Signed};
 use crate::raft::proposer::Proposer;
 use crate::raft::read::leader_read_index;
 use crate::raft::types::{NodeId, Raft, TypeConfig};
+use crate::store::EncodedEntries;
 
 /// Largest peer request: one replication request of up to 16 full batches, or a
 /// snapshot chunk.
@@ -47,6 +48,8 @@ pub struct PeerContext {
     pub raft: Raft,
     pub proposer: Proposer,
     pub auth: PeerAuth,
+    /// The log store's cache, offered the bytes replicated entries arrive in.
+    pub encoded: EncodedEntries,
     pub identity: Arc<ClusterIdentity>,
     pub write_timeout: Duration,
     /// Read index floor of a leadership restored at start (see `raft::read`).
@@ -274,10 +277,15 @@ async fn append(
     if let Err(refused) = admit_replication(&ctx, &headers, from) {
         return refused;
     }
-    let req: AppendEntriesRequest<TypeConfig> = match decode(&body) {
+    let (req, own) = match codec::decode_append_request(&body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("undecodable body: {e}")).into_response()
+        }
     };
+    // The log stores the entries as they arrived, rather than encoding them again.
+    let ids = req.entries.iter().map(|e| e.log_id);
+    let _offered = ctx.encoded.offer(ids.zip(own.into_iter().map(Bytes::from)));
     encoded(&ctx.raft.append_entries(req).await)
 }
 

@@ -19,7 +19,8 @@
 //! it), and serving those reads from memory saves a RocksDB read and a decode each.
 //! Their encoded bytes (as written to the log) are kept beside them: the network
 //! sends those to the followers ([`EncodedEntries`]) instead of encoding each entry
-//! again for every follower.
+//! again for every follower. A follower, in turn, writes the bytes the entries
+//! arrived in ([`EncodedEntries::offer`]) instead of encoding them again.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -33,7 +34,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{index_key, CF_LOG, CF_RAFT};
+use super::{index_key, BATCH_HEADER, BATCH_RECORD_OVERHEAD, CF_LOG, CF_RAFT};
 use crate::codec;
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -49,6 +50,11 @@ const KEY_PURGED: &[u8] = b"purged";
 struct EntryCache {
     entries: BTreeMap<u64, (Entry, Bytes, usize)>,
     bytes: usize,
+    /// On a follower: the bytes entries arrived in from the leader (each as
+    /// [`codec::encode`] writes it), offered for the append that follows to write
+    /// instead of encoding the entries again ([`EncodedEntries::offer`]). Held only
+    /// while the peer channel's request is handled.
+    received: BTreeMap<u64, (LogId, Bytes)>,
 }
 
 /// At most this many bytes of entries (by their encoded size) are cached: enough
@@ -135,6 +141,42 @@ impl EncodedEntries {
     pub fn get(&self, log_id: &LogId) -> Option<Bytes> {
         self.0.lock().expect("cache lock").encoded(log_id)
     }
+
+    /// Offers the bytes these entries arrived in (each exactly as [`codec::encode`]
+    /// writes the entry with that log id), so that appending them writes those
+    /// bytes instead of encoding each entry again; withdrawn when the returned
+    /// guard drops, once openraft has handled the request. A log id names one
+    /// entry, so an offer can never stand for another entry.
+    pub fn offer(&self, entries: impl IntoIterator<Item = (LogId, Bytes)>) -> Offered {
+        let mut cache = self.0.lock().expect("cache lock");
+        let mut ids = Vec::new();
+        for (log_id, bytes) in entries {
+            cache.received.insert(log_id.index, (log_id, bytes));
+            ids.push(log_id);
+        }
+        Offered {
+            cache: self.0.clone(),
+            ids,
+        }
+    }
+}
+
+/// Entries offered to the next append ([`EncodedEntries::offer`]); dropping it
+/// withdraws those the append did not take.
+pub struct Offered {
+    cache: Arc<Mutex<EntryCache>>,
+    ids: Vec<LogId>,
+}
+
+impl Drop for Offered {
+    fn drop(&mut self) {
+        let mut cache = self.cache.lock().expect("cache lock");
+        for id in &self.ids {
+            if cache.received.get(&id.index).is_some_and(|(l, _)| l == id) {
+                cache.received.remove(&id.index);
+            }
+        }
+    }
 }
 
 /// The log store. Cheap to clone: clones share the database and the cache.
@@ -184,6 +226,12 @@ impl LogStore {
         let cache = self.cache.lock().expect("cache lock");
         let (bytes, encoded) = cache.accounting();
         (bytes, encoded, cache.entries.len())
+    }
+
+    /// How many offered entry bytes are held.
+    #[cfg(test)]
+    pub(super) fn offers_held(&self) -> usize {
+        self.cache.lock().expect("cache lock").received.len()
     }
 
     pub(super) fn new(db: Arc<DB>) -> Self {
@@ -334,12 +382,37 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let cf = self.db.cf_handle(CF_LOG).expect("log column family");
-        let mut batch = WriteBatch::default();
-        let mut appended = Vec::new();
-        for entry in entries {
-            let bytes = Bytes::from(codec::encode_sized(&entry));
-            batch.put_cf(cf, index_key(entry.log_id.index), &bytes);
-            appended.push((entry, bytes));
+        // The bytes a follower received the entries in, where offered (taken under
+        // the lock); the others are encoded outside it.
+        let offered: Vec<(Entry, Option<Bytes>)> = {
+            let mut cache = self.cache.lock().expect("cache lock");
+            entries
+                .into_iter()
+                .map(|entry| {
+                    let bytes = match cache.received.remove(&entry.log_id.index) {
+                        Some((log_id, bytes)) if log_id == entry.log_id => Some(bytes),
+                        _ => None,
+                    };
+                    (entry, bytes)
+                })
+                .collect()
+        };
+        let appended: Vec<(Entry, Bytes)> = offered
+            .into_iter()
+            .map(|(entry, bytes)| {
+                let bytes = bytes.unwrap_or_else(|| Bytes::from(codec::encode_sized(&entry)));
+                (entry, bytes)
+            })
+            .collect();
+        let size: usize = appended
+            .iter()
+            .map(|(_, bytes)| 8 + bytes.len() + BATCH_RECORD_OVERHEAD)
+            .sum();
+        // Sized up front (an 8-byte index key, the entry, the put's own bytes): a
+        // batch of large entries would otherwise regrow and copy RocksDB's buffer.
+        let mut batch = WriteBatch::with_capacity_bytes(BATCH_HEADER + size);
+        for (entry, bytes) in &appended {
+            batch.put_cf(cf, index_key(entry.log_id.index), bytes);
         }
         // The callback fires only once the batch is on disk.
         let result = self.write(batch, true).await;

@@ -67,7 +67,7 @@ pub use event_window::{
     DEFAULT_CAPACITY as DEFAULT_EVENT_WINDOW,
 };
 pub use group_write::Grouping;
-pub use log_store::{EncodedEntries, LogStore};
+pub use log_store::{EncodedEntries, LogStore, Offered};
 pub use memory::StoreMemory;
 pub use state_store::{AppliedState, Published, StateStore};
 
@@ -79,6 +79,13 @@ pub(crate) const CF_PAYLOADS: &str = "payloads";
 /// The families of the applied state, written without write-ahead log and flushed
 /// together (see the module documentation).
 pub(crate) const STATE_FAMILIES: [&str; 3] = [CF_STATE, CF_TASKS, CF_PAYLOADS];
+
+/// The bytes of an empty RocksDB `WriteBatch` (its sequence number and count), and
+/// an upper bound of what one put adds beside its key and value (a type tag, the
+/// column family id and three varint lengths): for sizing a batch up front, so that
+/// RocksDB does not regrow and copy its buffer while a large batch is filled.
+pub(crate) const BATCH_HEADER: usize = 12;
+pub(crate) const BATCH_RECORD_OVERHEAD: usize = 16;
 
 /// Flushes the memtables of the state families to table files, atomically (one
 /// point of the write sequence for all three).

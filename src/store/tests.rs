@@ -10,6 +10,7 @@ use openraft::{CommittedLeaderId, EntryPayload, Membership, RaftLogReader, RaftS
 use tempfile::TempDir;
 
 use super::*;
+use crate::codec;
 use crate::machine::{Batch, Command, NewTask, Response, SessionSpec};
 use crate::raft::types::{Entry, LogId, StorageError, TypeConfig};
 
@@ -229,6 +230,43 @@ async fn a_corrupted_snapshot_is_refused_and_changes_nothing() {
         "a truncated snapshot"
     );
     assert_eq!(follower.state_bytes(), before);
+}
+
+/// A follower's log writes the bytes its entries arrived in when they are offered
+/// under their log id, encodes the others itself (an offer under another log id is
+/// not theirs), and holds no offer once the request is done.
+#[tokio::test]
+async fn offered_entry_bytes_are_written_as_they_arrived() {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = TempDir::new().unwrap();
+    let (mut log, _sm) = open(dir.path(), 1, "test").await.unwrap();
+    let entries = workload(3);
+    let encoded = log.encoded_entries();
+    let arrived: Vec<bytes::Bytes> = entries.iter().map(|e| codec::encode(e).into()).collect();
+    {
+        let _offered = encoded.offer([
+            (entries[2].log_id, arrived[2].clone()),
+            // Another term's entry at index 4: not entry 4.
+            (log_id(7, 4), bytes::Bytes::from_static(b"not this entry")),
+            // Never appended.
+            (log_id(1, 99), arrived[0].clone()),
+        ]);
+        log.blocking_append(entries.clone()).await.unwrap();
+        assert_eq!(log.offers_held(), 1, "the append took its own offers");
+    }
+    assert_eq!(log.offers_held(), 0, "withdrawn with the request");
+    let cached = encoded.get(&entries[2].log_id).unwrap();
+    assert_eq!(cached.as_ptr(), arrived[2].as_ptr(), "the bytes as they arrived");
+    for (entry, bytes) in entries.iter().zip(&arrived) {
+        assert_eq!(encoded.get(&entry.log_id).unwrap(), bytes);
+    }
+    drop((log, _sm));
+    // On disk too: a reopened store reads every entry back.
+    let (mut log, _sm) = open(dir.path(), 1, "test").await.unwrap();
+    let read = log.try_get_log_entries(1..6).await.unwrap();
+    let read: Vec<Vec<u8>> = read.iter().map(codec::encode).collect();
+    let want: Vec<Vec<u8>> = arrived.iter().map(|b| b.to_vec()).collect();
+    assert_eq!(read, want);
 }
 
 #[tokio::test]
