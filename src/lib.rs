@@ -11,6 +11,8 @@
 //! - [`descriptors`]: the file-descriptor budget (RocksDB, peers, API connections).
 //! - [`huge_pages`]: transparent huge pages off for the process (the allocator's
 //!   fresh memory is then zeroed 4 KiB at a time, not 2 MiB).
+//! - [`cpu`]: the instruction sets the build uses (hardware CRC32C for RocksDB),
+//!   checked at start.
 //! - [`codec`]: every binary encoding (used by store and the peer channel).
 //! - [`client`]: the HTTP client behind the command-line tools, simulated miners and
 //!   the load generator ([`bench`]).
@@ -22,6 +24,7 @@ pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod cpu;
 pub mod descriptors;
 pub mod huge_pages;
 pub mod listener;

@@ -266,6 +266,9 @@ fn main() -> ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
+    if let Some(refusal) = session_queue::cpu::refusal() {
+        anyhow::bail!(refusal);
+    }
     // Before any thread starts: see the module for why.
     session_queue::huge_pages::disable_transparent_huge_pages();
     let args = args_with_config_file(std::env::args().collect())?;

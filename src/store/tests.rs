@@ -232,6 +232,23 @@ async fn a_corrupted_snapshot_is_refused_and_changes_nothing() {
     assert_eq!(follower.state_bytes(), before);
 }
 
+/// RocksDB computes its CRC32C checksums in hardware when the build uses SSE4.2
+/// (`.cargo/config.toml`), and says so in its LOG: the flags reached its C++ build.
+#[tokio::test]
+async fn rocksdb_checksums_in_hardware_when_the_build_uses_sse42() {
+    let dir = TempDir::new().unwrap();
+    let _store = open(dir.path(), 1, "test").await.unwrap();
+    let log = std::fs::read_to_string(dir.path().join("db").join("LOG")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Fast CRC32 supported"))
+        .expect("RocksDB logs how it computes CRC32C");
+    if cfg!(target_arch = "x86_64") {
+        let hardware = cfg!(target_feature = "sse4.2");
+        assert_eq!(line.contains("Supported on x86"), hardware, "{line}");
+    }
+}
+
 /// A follower's log writes the bytes its entries arrived in when they are offered
 /// under their log id, encodes the others itself (an offer under another log id is
 /// not theirs), and holds no offer once the request is done.
