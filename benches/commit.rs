@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
                     let cmd = Command::SubmitTasks {
                         session,
                         tasks: vec![NewTask {
-                            payload: vec![b'x'; 256],
+                            payload: vec![b'x'; 256].into(),
                             priority: None,
                             idempotency_key: None,
                             queue_timeout_ms: None,

@@ -42,7 +42,7 @@ fn submit(session: SessionId, n: usize) -> Command {
         session,
         tasks: (0..n)
             .map(|_| NewTask {
-                payload: vec![b'x'; 256],
+                payload: vec![b'x'; 256].into(),
                 priority: None,
                 idempotency_key: None,
                 queue_timeout_ms: None,

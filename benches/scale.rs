@@ -139,7 +139,7 @@ fn main() {
             session,
             tasks: (0..1000)
                 .map(|_| NewTask {
-                    payload: vec![b'p'; 256],
+                    payload: vec![b'p'; 256].into(),
                     priority: None,
                     idempotency_key: None,
                     queue_timeout_ms: None,

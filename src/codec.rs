@@ -226,7 +226,7 @@ mod tests {
                         .map(|i| Command::SubmitTasks {
                             session: SessionId(9),
                             tasks: vec![NewTask {
-                                payload: vec![i as u8; 300 + i],
+                                payload: vec![i as u8; 300 + i].into(),
                                 priority: None,
                                 idempotency_key: None,
                                 queue_timeout_ms: Some(5),
@@ -287,7 +287,7 @@ mod tests {
             commands: vec![Command::SubmitTasks {
                 session: SessionId(1),
                 tasks: vec![NewTask {
-                    payload: vec![1, 2, 3],
+                    payload: vec![1, 2, 3].into(),
                     priority: Some(-4),
                     idempotency_key: Some("k".into()),
                     queue_timeout_ms: None,
@@ -300,6 +300,21 @@ mod tests {
         assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(encoded_len(&batch), bytes.len());
         assert_eq!(decode::<Batch>(&bytes), Ok(batch.clone()));
+        // A task's payload encodes as bytes (a length, then the bytes), as the
+        // `serde_bytes` vector it was before it became shared `Bytes`.
+        let Command::SubmitTasks { tasks, .. } = &batch.commands[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            encode(&tasks[0]),
+            encode(&(
+                serde_bytes::ByteBuf::from(vec![1u8, 2, 3]),
+                Some(-4i32),
+                Some("k"),
+                None::<u64>
+            ))
+        );
+        assert_eq!(decode::<NewTask>(&encode(&tasks[0])).as_ref(), Ok(&tasks[0]));
         // The shared list of commands encodes as a plain list would.
         assert_eq!(
             &bytes[1..],

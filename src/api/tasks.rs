@@ -48,7 +48,7 @@ fn new_task(node: &Node, t: SubmitTask<'_>) -> Result<NewTask, ApiError> {
         }
     }
     Ok(NewTask {
-        payload,
+        payload: payload.into(),
         priority: t.priority,
         idempotency_key: t.idempotency_key,
         queue_timeout_ms: t.queue_timeout_ms,

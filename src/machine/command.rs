@@ -109,8 +109,9 @@ pub struct SessionSpec {
 /// One task of a submit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewTask {
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
+    /// Shared, not copied, by the state's unwritten payloads when applied (see
+    /// `payloads`); encoded as bytes, exactly as a `serde_bytes` vector was.
+    pub payload: bytes::Bytes,
     /// Defaults to the session's priority.
     pub priority: Option<i32>,
     pub idempotency_key: Option<String>,

@@ -20,17 +20,20 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
+
 use super::ids::TaskId;
 use super::State;
 
-/// Payloads not yet written by the store, by task.
+/// Payloads not yet written by the store, by task: each shares the bytes of the
+/// submit command it came in (applying copies nothing).
 #[derive(Clone, Debug, Default)]
 pub(super) struct Unwritten {
-    bytes: BTreeMap<TaskId, Box<[u8]>>,
+    bytes: BTreeMap<TaskId, Bytes>,
 }
 
 impl Unwritten {
-    pub(super) fn insert(&mut self, id: TaskId, payload: Box<[u8]>) {
+    pub(super) fn insert(&mut self, id: TaskId, payload: Bytes) {
         self.bytes.insert(id, payload);
     }
 
@@ -135,7 +138,7 @@ mod tests {
     fn held(ids: &[u64]) -> Unwritten {
         let mut u = Unwritten::default();
         for &id in ids {
-            u.insert(TaskId(id), vec![id as u8; 3].into_boxed_slice());
+            u.insert(TaskId(id), vec![id as u8; 3].into());
         }
         u
     }

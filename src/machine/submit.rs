@@ -198,7 +198,7 @@ impl State {
             self.idx.depth.add(TaskState::Queued, 1);
             self.tasks.insert(id, Box::new(task));
             self.touch_task(id, true);
-            self.payloads.insert(id, new.payload.as_slice().into());
+            self.payloads.insert(id, new.payload.clone());
             self.mark(Key::Payload(id));
             self.idx.unfinished.entry(session).or_default().insert(id);
             self.sync_queue(id);

@@ -120,7 +120,7 @@ mod tests {
 
     fn task(key: Option<&str>) -> NewTask {
         NewTask {
-            payload: b"p".to_vec(),
+            payload: bytes::Bytes::from_static(b"p"),
             priority: None,
             idempotency_key: key.map(str::to_string),
             queue_timeout_ms: None,

@@ -67,7 +67,7 @@ fn a_full_batch_encodes_to_an_entry_no_larger_than_max_batch_bytes() {
     let submit = |n: usize| Command::SubmitTasks {
         session,
         tasks: vec![crate::machine::NewTask {
-            payload: vec![7; n],
+            payload: vec![7; n].into(),
             priority: Some(i32::MIN),
             idempotency_key: Some("k".repeat(256)),
             queue_timeout_ms: Some(u64::MAX),

@@ -44,7 +44,7 @@ fn workload(batches: u64) -> Vec<Entry> {
     for b in 0..batches {
         let tasks = (0..1000u64)
             .map(|i| NewTask {
-                payload: vec![(b + i) as u8; 256],
+                payload: vec![(b + i) as u8; 256].into(),
                 priority: Some((i % 3) as i32),
                 idempotency_key: (i % 3 == 0).then(|| format!("k-{b}-{i}")),
                 queue_timeout_ms: None,

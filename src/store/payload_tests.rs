@@ -53,7 +53,7 @@ fn submit_one(i: u64) -> Vec<Command> {
     vec![Command::SubmitTasks {
         session: SessionId(1),
         tasks: vec![NewTask {
-            payload: payload(i),
+            payload: payload(i).into(),
             priority: None,
             idempotency_key: None,
             queue_timeout_ms: None,
@@ -115,7 +115,7 @@ async fn store_with_tasks(dir: &TempDir, keep: bool) -> (LogStore, StateStore, L
     .await;
     let tasks = (1..=3)
         .map(|i| NewTask {
-            payload: payload(i),
+            payload: payload(i).into(),
             priority: None,
             idempotency_key: None,
             queue_timeout_ms: None,

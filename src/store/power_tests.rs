@@ -299,7 +299,10 @@ fn large_submits(n: u64) -> Vec<Entry> {
                 commands: vec![Command::SubmitTasks {
                     session: crate::machine::SessionId(1),
                     tasks: vec![crate::machine::NewTask {
-                        payload: (0..1u32 << 20).map(|j| (j * 31 + i as u32) as u8).collect(),
+                        payload: (0..1u32 << 20)
+                            .map(|j| (j * 31 + i as u32) as u8)
+                            .collect::<Vec<u8>>()
+                            .into(),
                         priority: None,
                         idempotency_key: None,
                         queue_timeout_ms: None,

@@ -73,7 +73,7 @@ fn submit(batch: u64, n: usize) -> Command {
         session: crate::machine::SessionId(1),
         tasks: (0..n)
             .map(|i| NewTask {
-                payload: vec![i as u8; 256],
+                payload: vec![i as u8; 256].into(),
                 priority: None,
                 idempotency_key: (i % 2 == 0).then(|| format!("k-{batch}-{i}")),
                 queue_timeout_ms: None,

@@ -63,7 +63,7 @@ fn nonce(m: MinerId) -> Vec<u8> {
 
 fn new_task(payload: &str, priority: Option<i32>, key: Option<&str>) -> NewTask {
     NewTask {
-        payload: payload.as_bytes().to_vec(),
+        payload: payload.as_bytes().to_vec().into(),
         priority,
         idempotency_key: key.map(|k| k.to_string()),
         queue_timeout_ms: None,

@@ -183,7 +183,7 @@ impl Driver {
                 // both retries and conflicts happen.
                 tasks: (0..n)
                     .map(|j| NewTask {
-                        payload: vec![j as u8; j],
+                        payload: vec![j as u8; j].into(),
                         priority: (priority != 0).then_some(priority),
                         idempotency_key: key.map(|k| format!("key-{}", k as usize + j)),
                         queue_timeout_ms: queue_timeout,
