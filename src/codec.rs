@@ -167,7 +167,9 @@ pub fn decode_append_request(
     let prev_log_id: Option<LogId> = next(body, &mut at)?;
     let count: u64 = next(body, &mut at)?;
     // A count is only a claim: never reserve more than the bytes could hold.
-    let room = usize::try_from(count).unwrap_or(usize::MAX).min(body.len() - at);
+    let room = usize::try_from(count)
+        .unwrap_or(usize::MAX)
+        .min(body.len() - at);
     let mut entries = Vec::with_capacity(room);
     let mut encoded = Vec::with_capacity(room);
     for _ in 0..count {
@@ -314,7 +316,10 @@ mod tests {
                 None::<u64>
             ))
         );
-        assert_eq!(decode::<NewTask>(&encode(&tasks[0])).as_ref(), Ok(&tasks[0]));
+        assert_eq!(
+            decode::<NewTask>(&encode(&tasks[0])).as_ref(),
+            Ok(&tasks[0])
+        );
         // The shared list of commands encodes as a plain list would.
         assert_eq!(
             &bytes[1..],

@@ -273,7 +273,11 @@ async fn offered_entry_bytes_are_written_as_they_arrived() {
     }
     assert_eq!(log.offers_held(), 0, "withdrawn with the request");
     let cached = encoded.get(&entries[2].log_id).unwrap();
-    assert_eq!(cached.as_ptr(), arrived[2].as_ptr(), "the bytes as they arrived");
+    assert_eq!(
+        cached.as_ptr(),
+        arrived[2].as_ptr(),
+        "the bytes as they arrived"
+    );
     for (entry, bytes) in entries.iter().zip(&arrived) {
         assert_eq!(encoded.get(&entry.log_id).unwrap(), bytes);
     }
