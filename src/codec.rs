@@ -107,6 +107,17 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
 
 /// Decodes a value written by [`encode`]; the whole input must be consumed.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let body = versioned_body(bytes)?;
+    let (value, used) = decode_prefix(body)?;
+    if used != body.len() {
+        return Err(CodecError::Trailing);
+    }
+    Ok(value)
+}
+
+/// What follows the version byte of a value written by [`encode`], once the version
+/// is known and the size within the decode limit.
+fn versioned_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(CodecError::Version(version));
@@ -114,16 +125,18 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if body.len() > DECODE_LIMIT {
         return Err(CodecError::Malformed("value over the decode limit".into()));
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice::<T, _>(body, config().with_limit::<DECODE_LIMIT>())
-            .map_err(|e| match e {
-                bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
-                other => CodecError::Malformed(other.to_string()),
-            })?;
-    if used != body.len() {
-        return Err(CodecError::Trailing);
-    }
-    Ok(value)
+    Ok(body)
+}
+
+/// Decodes one value from the start of `body` (no version byte): the value and the
+/// number of bytes it took.
+fn decode_prefix<T: DeserializeOwned>(body: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::decode_from_slice::<T, _>(body, config().with_limit::<DECODE_LIMIT>()).map_err(
+        |e| match e {
+            bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
+            other => CodecError::Malformed(other.to_string()),
+        },
+    )
 }
 
 /// Decodes an `AppendEntriesRequest` written by [`encode`] (or assembled by
@@ -141,25 +154,12 @@ pub fn decode_append_request(
     CodecError,
 > {
     use crate::raft::types::{Entry, LogId, Vote};
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::Version(version));
-    }
-    if body.len() > DECODE_LIMIT {
-        return Err(CodecError::Malformed("value over the decode limit".into()));
-    }
+    let body = versioned_body(bytes)?;
     let mut at = 0;
     // Field by field, in the order serde derives for openraft's struct (as
     // `append_request` writes them), each from where the previous one ended.
     fn next<T: DeserializeOwned>(body: &[u8], at: &mut usize) -> Result<T, CodecError> {
-        let (value, used) = bincode::serde::decode_from_slice::<T, _>(
-            &body[*at..],
-            config().with_limit::<DECODE_LIMIT>(),
-        )
-        .map_err(|e| match e {
-            bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
-            other => CodecError::Malformed(other.to_string()),
-        })?;
+        let (value, used) = decode_prefix(&body[*at..])?;
         *at += used;
         Ok(value)
     }

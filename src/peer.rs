@@ -260,8 +260,11 @@ fn admit_replication(ctx: &PeerContext, headers: &HeaderMap, from: NodeId) -> Re
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    codec::decode(body)
-        .map_err(|e| (StatusCode::BAD_REQUEST, format!("undecodable body: {e}")).into_response())
+    codec::decode(body).map_err(undecodable)
+}
+
+fn undecodable(e: codec::CodecError) -> Response {
+    (StatusCode::BAD_REQUEST, format!("undecodable body: {e}")).into_response()
 }
 
 fn encoded<T: Serialize>(value: &T) -> Response {
@@ -279,9 +282,7 @@ async fn append(
     }
     let (req, own) = match codec::decode_append_request(&body) {
         Ok(r) => r,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("undecodable body: {e}")).into_response()
-        }
+        Err(e) => return undecodable(e),
     };
     // The log stores the entries as they arrived, rather than encoding them again.
     let ids = req.entries.iter().map(|e| e.log_id);
