@@ -53,17 +53,41 @@ fn entries(n: u64) -> Vec<Entry> {
 }
 
 /// Copies the database files as they are now (a crash image) and opens the copy.
+///
+/// RocksDB may flush while the files are copied. A crash leaves every table its
+/// MANIFEST names (a table is synced before it is named), but a copy could take a
+/// MANIFEST naming a table written after the directory was listed. So each pass
+/// copies tables and logs first and the files that name them (MANIFEST, CURRENT)
+/// last, and passes repeat until no file appeared during one.
 fn crash_image(db_dir: &Path, into: &Path) -> rocksdb::DB {
     std::fs::create_dir_all(into).unwrap();
-    for entry in std::fs::read_dir(db_dir).unwrap() {
-        let entry = entry.unwrap();
-        match std::fs::copy(entry.path(), into.join(entry.file_name())) {
-            Ok(_) => {}
-            // RocksDB deleted an obsolete file (a flushed WAL, a compacted table)
-            // between the listing and the copy: the image is as if it went first.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("copying {}: {e}", entry.path().display()),
+    let list = || -> std::collections::BTreeSet<std::ffi::OsString> {
+        std::fs::read_dir(db_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let names_others = |n: &std::ffi::OsString| {
+        let n = n.to_string_lossy();
+        n.starts_with("MANIFEST") || n == "CURRENT"
+    };
+    let mut listed = list();
+    loop {
+        let (last, first): (Vec<_>, Vec<_>) = listed.iter().partition(|n| names_others(n));
+        for name in first.into_iter().chain(last) {
+            match std::fs::copy(db_dir.join(name), into.join(name)) {
+                Ok(_) => {}
+                // RocksDB deleted an obsolete file (a flushed WAL, a compacted
+                // table) between the listing and the copy: as if it went first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("copying {}: {e}", db_dir.join(name).display()),
+            }
         }
+        let now = list();
+        if now.is_subset(&listed) {
+            break;
+        }
+        listed = now;
     }
     open_db(into, Tuning::default()).unwrap()
 }
