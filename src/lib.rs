@@ -13,6 +13,7 @@
 //!   fresh memory is then zeroed 4 KiB at a time, not 2 MiB).
 //! - [`cpu`]: the instruction sets the build uses (hardware CRC32C for RocksDB),
 //!   checked at start.
+//! - [`recorder`]: the Prometheus recorder behind `/metrics`, and its upkeep.
 //! - [`codec`]: every binary encoding (used by store and the peer channel).
 //! - [`client`]: the HTTP client behind the command-line tools, simulated miners and
 //!   the load generator ([`bench`]).
@@ -32,6 +33,7 @@ pub mod machine;
 pub mod node;
 pub mod peer;
 pub mod raft;
+pub mod recorder;
 pub mod shutdown;
 pub mod store;
 pub mod tls;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -40,26 +40,6 @@ pub struct Node {
     pub started: Instant,
     /// Triggered when the node stops: long polls and event streams end.
     pub stop: shutdown::Shutdown,
-}
-
-/// The process-wide Prometheus recorder (installed once, shared by in-process nodes).
-fn prometheus() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
-                    5.0, 10.0,
-                ])
-                .expect("buckets")
-                .build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (tests); ours still renders.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 /// Starts a node and runs it until `shutdown` resolves.
@@ -196,6 +176,12 @@ pub async fn start(
     .context("starting raft")?;
 
     let mut tasks = JoinSet::new();
+    // Histogram samples are held until folded into buckets; without this a node
+    // nobody scrapes keeps every one.
+    tasks.spawn(crate::recorder::keep_up(
+        crate::recorder::prometheus(),
+        crate::recorder::UPKEEP_PERIOD,
+    ));
     tasks.spawn(crate::raft::identity::follow_membership(
         identity.clone(),
         raft.clone(),
@@ -236,7 +222,7 @@ pub async fn start(
         proposer: proposer.clone(),
         peers,
         http: relay_client(tls.api_client.clone())?,
-        metrics: prometheus(),
+        metrics: crate::recorder::prometheus(),
         started: Instant::now(),
         stop: stop.clone(),
     });
