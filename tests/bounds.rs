@@ -1,6 +1,8 @@
 //! Bounds of what a client can grow, against real node processes: a session's queue
 //! (`max_queued_tasks`, 429 `queue_full` with nothing written), through a follower so
-//! the refusal is seen to come from the replicated rule, not one node's guess.
+//! the refusal is seen to come from the replicated rule, not one node's guess; pages
+//! of assignments; and the request metrics' labels, which a client's methods and
+//! paths must not grow.
 
 mod common;
 
@@ -237,4 +239,53 @@ async fn an_unknown_miner_token_is_refused_before_the_body_is_read() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_label_only_known_methods_and_routes() {
+    let cluster = TestCluster::start(1).await;
+    let url = cluster.url(0);
+    let http = reqwest::Client::new();
+    // Any token is a valid HTTP method; each distinct one must not become a series.
+    for i in 0..40 {
+        let method = reqwest::Method::from_bytes(format!("SQPROBE{i}").as_bytes()).unwrap();
+        let r = http
+            .request(method.clone(), format!("{url}/health"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_client_error(),
+            "{method} /health: {}",
+            r.status()
+        );
+        let r = http
+            .request(method, format!("{url}/no/such/path/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+    }
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains("SQPROBE"),
+        "a client's method became a label"
+    );
+    assert!(
+        !text.contains("/no/such/path"),
+        "a client's path became a label"
+    );
+    let others: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("sq_http_requests_total{") && l.contains(r#"method="other""#))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(others, 80.0, "{text}");
 }

@@ -171,7 +171,7 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| intern(p.as_str()));
-    let method = intern(request.method().as_str());
+    let method = method_label(request.method());
     let start = Instant::now();
     let response = next.run(request).await;
     let status = intern(response.status().as_str());
@@ -181,8 +181,25 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
-/// A `'static` copy of a label value, made once per distinct value. Routes, methods
-/// and statuses are few, so this bounds itself, and labels then cost no allocation
+/// The method's label: one of the methods the API serves or `other`. A client may
+/// send any token as a method; each distinct one would otherwise become a label
+/// value (and a series in `/metrics`) held for the life of the process.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A `'static` copy of a label value, made once per distinct value. Routes (the
+/// route table's patterns) and statuses are few, so this bounds itself, and labels then cost no allocation
 /// per request.
 fn intern(value: &str) -> &'static str {
     use std::collections::HashSet;
