@@ -107,8 +107,25 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
 
 /// Decodes a value written by [`encode`]; the whole input must be consumed.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_within::<T, DECODE_LIMIT>(bytes)
+}
+
+/// Decoding of a small value from a sender not yet authenticated (the peer
+/// channel's hello) claims at most this much memory.
+const SMALL_DECODE_LIMIT: usize = 4096;
+
+/// [`decode`] for a small value from a sender not yet authenticated: no length
+/// prefix may claim more than [`SMALL_DECODE_LIMIT`] bytes. bincode sizes a string
+/// or byte vector by its length prefix before reading it, so under the general
+/// limit a 30-byte body claiming a 1 GiB string would make the node allocate 1 GiB
+/// before finding the input short.
+pub fn decode_small<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_within::<T, SMALL_DECODE_LIMIT>(bytes)
+}
+
+fn decode_within<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, CodecError> {
     let body = versioned_body(bytes)?;
-    let (value, used) = decode_prefix(body)?;
+    let (value, used) = decode_prefix::<T, LIMIT>(body)?;
     if used != body.len() {
         return Err(CodecError::Trailing);
     }
@@ -130,13 +147,15 @@ fn versioned_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
 
 /// Decodes one value from the start of `body` (no version byte): the value and the
 /// number of bytes it took.
-fn decode_prefix<T: DeserializeOwned>(body: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice::<T, _>(body, config().with_limit::<DECODE_LIMIT>()).map_err(
-        |e| match e {
+fn decode_prefix<T: DeserializeOwned, const LIMIT: usize>(
+    body: &[u8],
+) -> Result<(T, usize), CodecError> {
+    bincode::serde::decode_from_slice::<T, _>(body, config().with_limit::<LIMIT>()).map_err(|e| {
+        match e {
             bincode::error::DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
             other => CodecError::Malformed(other.to_string()),
-        },
-    )
+        }
+    })
 }
 
 /// Decodes an `AppendEntriesRequest` written by [`encode`] (or assembled by
@@ -159,7 +178,7 @@ pub fn decode_append_request(
     // Field by field, in the order serde derives for openraft's struct (as
     // `append_request` writes them), each from where the previous one ended.
     fn next<T: DeserializeOwned>(body: &[u8], at: &mut usize) -> Result<T, CodecError> {
-        let (value, used) = decode_prefix(&body[*at..])?;
+        let (value, used) = decode_prefix::<_, DECODE_LIMIT>(&body[*at..])?;
         *at += used;
         Ok(value)
     }
@@ -209,6 +228,38 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, CodecError> {
 mod tests {
     use super::*;
     use crate::machine::{Batch, Command, NewTask, SessionId};
+
+    #[test]
+    fn a_small_decode_refuses_a_length_prefix_over_its_bound_before_allocating() {
+        use crate::raft::peer_auth::Hello;
+        // A hello whose cluster id claims a string of 256 MiB but carries none.
+        let mut body = vec![FORMAT_VERSION, 1, 2, 1]; // from 1, to 2, Some(
+        body.push(252); // a varint u32 follows
+        body.extend_from_slice(&(1u32 << 28).to_le_bytes());
+        // The general decode sizes the string from its prefix, then finds the input
+        // short (after asking for the memory); the small one refuses the claim.
+        assert_eq!(decode::<Hello>(&body).unwrap_err(), CodecError::Truncated);
+        match decode_small::<Hello>(&body).unwrap_err() {
+            CodecError::Malformed(why) => assert!(why.contains("imit"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A real hello decodes the same both ways.
+        let hello = Hello {
+            from: 1,
+            to: 2,
+            cluster: Some("c-1f2e3d".into()),
+            nonce: [7; 16],
+        };
+        let bytes = encode(&hello);
+        let (a, b) = (
+            decode::<Hello>(&bytes).unwrap(),
+            decode_small::<Hello>(&bytes).unwrap(),
+        );
+        assert_eq!(
+            (a.from, a.to, a.cluster, a.nonce),
+            (b.from, b.to, b.cluster, b.nonce)
+        );
+    }
 
     #[test]
     fn an_append_request_assembled_from_encoded_entries_is_the_request_encoded() {

@@ -42,6 +42,9 @@ use crate::store::EncodedEntries;
 /// snapshot chunk.
 const MAX_PEER_BODY: usize = 512 << 20;
 
+/// Largest hello body (the only request read from a sender not yet proven).
+const HELLO_BODY_LIMIT: usize = 4096;
+
 /// What the peer handlers need.
 pub struct PeerContext {
     pub id: NodeId,
@@ -72,7 +75,8 @@ pub fn router(ctx: Arc<PeerContext>) -> Router {
         .route(paths::READ_INDEX, post(read_index))
         .route(paths::STATUS, post(status))
         .layer(middleware::from_fn_with_state(ctx.clone(), authenticate))
-        // Open to anyone: it reveals no secret and changes nothing.
+        // Open to anyone: it reveals no secret and changes nothing. Its body is a
+        // few dozen bytes, so it is read (and decoded) within a small bound.
         .route(paths::HELLO, post(hello))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY))
         .with_state(ctx)
@@ -99,18 +103,16 @@ async fn authenticate(
         )
             .into_response();
     }
-    let deadline = parts
-        .extensions
-        .get::<crate::listener::BodyDeadline>()
-        .cloned();
-    let body = match axum::body::to_bytes(body, MAX_PEER_BODY).await {
+    // Only a sender with a proven session gets its body read (up to MAX_PEER_BODY).
+    if let Err(refusal) = ctx.auth.check_session(
+        header(&parts.headers, peer_auth::SESSION_HEADER),
+        header(&parts.headers, peer_auth::FROM_HEADER),
+    ) {
+        return refused(&path, refusal);
+    }
+    let body = match read_body(&parts.extensions, body, MAX_PEER_BODY).await {
         Ok(b) => b,
-        // Too slow (--body-read-timeout-ms), not too large.
-        Err(_) if deadline.as_ref().is_some_and(|d| d.expired()) => {
-            let why = deadline.map(|d| d.error().to_string()).unwrap_or_default();
-            return (StatusCode::REQUEST_TIMEOUT, why).into_response();
-        }
-        Err(e) => return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+        Err(refused) => return refused,
     };
     let h = &parts.headers;
     let cluster = header(h, peer_auth::CLUSTER_HEADER).unwrap_or("");
@@ -130,15 +132,7 @@ async fn authenticate(
         &signed,
     ) {
         Ok(v) => v,
-        Err(refusal) if refusal == peer_auth::Refusal::UnknownSession => {
-            // Usually a peer whose session predates this process: it says hello again.
-            tracing::info!(path = %path, "peer request {refusal}; refused");
-            return (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response();
-        }
-        Err(refusal) => {
-            tracing::warn!(path = %path, "peer request {refusal}; refused");
-            return (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response();
-        }
+        Err(refusal) => return refused(&path, refusal),
     };
     // A node of another cluster is refused; a node without an id yet may only ask
     // for the status (it is bootstrapping).
@@ -176,11 +170,52 @@ async fn authenticate(
     Response::from_parts(parts, Body::from(body))
 }
 
+/// Reads a request's body of at most `limit` bytes; one announced larger is
+/// refused before any of it is read.
+async fn read_body(
+    extensions: &axum::http::Extensions,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, Response> {
+    use axum::body::HttpBody;
+    if body.size_hint().lower() > limit as u64 {
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a body of at most {limit} bytes is read here"),
+        )
+            .into_response());
+    }
+    let deadline = extensions.get::<crate::listener::BodyDeadline>().cloned();
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        match deadline.filter(|d| d.expired()) {
+            // Too slow (--body-read-timeout-ms), not too large.
+            Some(d) => (StatusCode::REQUEST_TIMEOUT, d.error().to_string()).into_response(),
+            None => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+        }
+    })
+}
+
+/// The answer to a request whose session, MAC or sequence number failed.
+fn refused(path: &str, refusal: peer_auth::Refusal) -> Response {
+    if refusal == peer_auth::Refusal::UnknownSession {
+        // Usually a peer whose session predates this process: it says hello again.
+        tracing::info!(path = %path, "peer request {refusal}; refused");
+    } else {
+        tracing::warn!(path = %path, "peer request {refusal}; refused");
+    }
+    (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response()
+}
+
 /// Answers a hello meant for this node with proof that it holds the secret.
-async fn hello(State(ctx): State<Arc<PeerContext>>, body: Bytes) -> Response {
-    let hello: Hello = match decode(&body) {
+async fn hello(State(ctx): State<Arc<PeerContext>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match read_body(&parts.extensions, body, HELLO_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let hello: Hello = match codec::decode_small(&body) {
         Ok(h) => h,
-        Err(e) => return e,
+        Err(e) => return undecodable(e),
     };
     let ours = ctx.identity.id();
     if let (Some(ours), Some(theirs)) = (&ours, &hello.cluster) {

@@ -3,7 +3,8 @@
 //! of another cluster is refused; a node whose data directory was wiped and which is
 //! restarted as `cluster/up.sh` (or a container) would does not vote, and the
 //! cluster loses nothing; and docs/DEPLOY.md's replace-a-node procedure, run with the
-//! binary's own `cluster remove` / `cluster add`, works end to end.
+//! binary's own `cluster remove` / `cluster add`, works end to end. And the peer
+//! channel reads no body from a sender without a proven session.
 
 mod common;
 
@@ -351,4 +352,60 @@ async fn the_deploy_md_replace_a_node_procedure_works_end_to_end() {
     let stored = std::fs::read_to_string(cluster.nodes[fresh].data_dir.join("CLUSTER_ID")).unwrap();
     let kept_id = std::fs::read_to_string(cluster.nodes[kept].data_dir.join("CLUSTER_ID")).unwrap();
     assert_eq!(stored, kept_id);
+}
+
+/// Sends a request's head to `addr` with a body announced as `announced` bytes but
+/// only a few sent, and waits up to 20 s for the answer's status line.
+fn status_before_the_body(addr: &str, head: &str, announced: usize) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let request = format!("{head}content-length: {announced}\r\n\r\nsome bytes");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = [0u8; 256];
+    let n = stream.read(&mut answer).ok()?;
+    let text = String::from_utf8_lossy(&answer[..n]);
+    text.lines().next().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_channel_reads_no_body_from_a_sender_without_a_session() {
+    // The body-read timeout is longer than the client waits: an answer can only
+    // come from a refusal made before the body was read.
+    let cluster = TestCluster::start_with(Options {
+        nodes: 1,
+        flags: vec!["--body-read-timeout-ms=60000".into()],
+        ..Options::default()
+    })
+    .await;
+    let addr = cluster.peer(0);
+    let host = format!("host: {addr}\r\n");
+    // A replication request of 256 MiB from a sender with no session, and one with
+    // a made-up session: refused at once, the body never read.
+    let no_session = format!("POST /peer/append HTTP/1.1\r\n{host}");
+    let status = status_before_the_body(&addr, &no_session, 256 << 20);
+    assert!(
+        status.as_deref().is_some_and(|s| s.contains(" 401 ")),
+        "{status:?}"
+    );
+    let made_up = format!(
+        "POST /peer/append HTTP/1.1\r\n{host}x-sq-session: {}\r\nx-sq-from: 2\r\n",
+        "ab".repeat(32)
+    );
+    let status = status_before_the_body(&addr, &made_up, 256 << 20);
+    assert!(
+        status.as_deref().is_some_and(|s| s.contains(" 401 ")),
+        "{status:?}"
+    );
+    // A hello (open to anyone) larger than a hello can be is refused unread too.
+    let hello = format!("POST /peer/hello HTTP/1.1\r\n{host}");
+    let status = status_before_the_body(&addr, &hello, 1 << 20);
+    assert!(
+        status.as_deref().is_some_and(|s| s.contains(" 413 ")),
+        "{status:?}"
+    );
+    // The node still serves.
+    let client = cluster.client_of(0);
+    client.create_session(&session_spec(1, 1)).await.unwrap();
 }

@@ -392,6 +392,31 @@ impl PeerAuth {
         }
     }
 
+    /// Whether the session and sender headers name a session this node proved in
+    /// a hello: its token and the sender. Costs one HMAC and needs no body, so the
+    /// peer channel checks it before reading one; [`PeerAuth::verify`] checks it
+    /// again with the rest.
+    pub fn check_session(
+        &self,
+        session: Option<&str>,
+        from: Option<&str>,
+    ) -> Result<([u8; 32], NodeId), Refusal> {
+        let (Some(session), Some(from)) = (session, from) else {
+            return Err(Refusal::Missing);
+        };
+        let token: [u8; 32] = hex::decode(session)
+            .ok()
+            .and_then(|t| t.try_into().ok())
+            .ok_or(Refusal::Missing)?;
+        let from: NodeId = from.parse().map_err(|_| Refusal::Missing)?;
+        let c: [u8; 16] = token[..16].try_into().expect("16 bytes");
+        let s: [u8; 16] = token[16..].try_into().expect("16 bytes");
+        if !bool::from(self.server_nonce(from, &c).as_slice().ct_eq(s.as_slice())) {
+            return Err(Refusal::UnknownSession);
+        }
+        Ok((token, from))
+    }
+
     /// Verifies a request: its session, its MAC and that it is no replay.
     pub fn verify(
         &self,
@@ -401,21 +426,14 @@ impl PeerAuth {
         mac: Option<&str>,
         signed: &Signed<'_>,
     ) -> Result<Verified, Refusal> {
-        let (Some(session), Some(from), Some(seq), Some(mac)) = (session, from, seq, mac) else {
+        let (Some(seq), Some(mac)) = (seq, mac) else {
             return Err(Refusal::Missing);
         };
-        let token: [u8; 32] = hex::decode(session)
-            .ok()
-            .and_then(|t| t.try_into().ok())
-            .ok_or(Refusal::Missing)?;
-        let from: NodeId = from.parse().map_err(|_| Refusal::Missing)?;
+        let (token, from) = self.check_session(session, from)?;
         let seq: u64 = seq.parse().map_err(|_| Refusal::Missing)?;
         let mac = hex::decode(mac).map_err(|_| Refusal::Missing)?;
         let c: [u8; 16] = token[..16].try_into().expect("16 bytes");
         let s: [u8; 16] = token[16..].try_into().expect("16 bytes");
-        if !bool::from(self.server_nonce(from, &c).as_slice().ct_eq(s.as_slice())) {
-            return Err(Refusal::UnknownSession);
-        }
         let key = session_key(&self.secret, from, self.me, &c, &s);
         if !bool::from(request_mac(&key, seq, signed).as_slice().ct_eq(&mac)) {
             return Err(Refusal::BadMac);
