@@ -289,3 +289,51 @@ async fn request_metrics_label_only_known_methods_and_routes() {
         .sum();
     assert_eq!(others, 80.0, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_refuses_new_sessions_with_a_429_and_writes_nothing() {
+    // Room for a few sessions (2 KiB each in the state's count) and nothing more.
+    let cluster = TestCluster::start_with(common::Options {
+        nodes: 1,
+        flags: vec!["--max-state-bytes=10000".into()],
+        ..common::Options::default()
+    })
+    .await;
+    let url = cluster.url(0);
+    let http = reqwest::Client::new();
+    let create = || {
+        http.post(format!("{url}/v1/sessions"))
+            .json(&session_spec(1, 1))
+            .send()
+    };
+    let mut created = 0;
+    let refused = loop {
+        let r = create().await.unwrap();
+        if r.status() == StatusCode::CREATED {
+            created += 1;
+            assert!(created < 10, "the state's bound never refused a session");
+            continue;
+        }
+        break r;
+    };
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "state_full", "{body}");
+    assert!(created >= 1, "no session fit at all");
+    // Refused again, and the sessions listed are the ones created.
+    assert_eq!(
+        create().await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let listed: Value = http
+        .get(format!("{url}/v1/sessions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let n = listed["sessions"].as_array().map_or(0, Vec::len);
+    assert_eq!(n, created, "{listed}");
+}

@@ -30,6 +30,8 @@ use crate::node::Node;
             )),
         (status = 400, description = "A name, capacity or tag out of range (`invalid`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong miner key (or API key), when the node has one (`unauthorized`)", body = ErrorBody),
+        (status = 429, description = "The pool holds 65,536 miners (gone ones until forgotten), the most it may (`state_full`); nothing written", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),
     security(("miner_key" = []), ("api_key" = [])))]
 pub async fn register(

@@ -60,6 +60,8 @@ pub(crate) fn parse_session(id: &str) -> Result<SessionId, ApiError> {
                 ("close" = (operation_id = "close_session", parameters(("id" = "$response.body#/id"))))
             )),
         (status = 400, description = "A setting out of range (`invalid`)", body = ErrorBody),
+        (status = 429, description = "The cluster's state is at `--max-state-bytes` (`state_full`); nothing written", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "Created, but this node could not catch up with the leader to read it back (`unavailable`)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
     ),

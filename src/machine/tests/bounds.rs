@@ -1,7 +1,8 @@
 //! Bounds the machine keeps on what a client can grow: a session's queue
 //! (`max_queued_tasks`, refused as `queue_full` by every replica alike), and the
-//! payloads of finished tasks (dropped unless the session keeps them); and the work of
-//! closing a session (only its own unfinished tasks are visited).
+//! payloads of finished tasks (dropped unless the session keeps them); the work of
+//! closing a session (only its own unfinished tasks are visited); and the state's
+//! bound on tasks and sessions, and the pool's on miners.
 
 use super::*;
 
@@ -232,4 +233,67 @@ fn the_state_bound_comes_from_the_batch_and_the_count_survives_a_restore() {
     );
     let taken = replica.apply_batch(&batch(u64::MAX));
     assert!(taken[0].is_ok(), "{taken:?}");
+}
+
+#[test]
+fn the_state_bound_refuses_new_sessions_alike_in_check_and_apply() {
+    let mut w = World::new();
+    let s = w.session(1, 1);
+    w.submit(s, &"p".repeat(1000));
+    // Room for half a session: refused, nothing written.
+    w.s.limits = Limits {
+        max_state_bytes: w.s.state_bytes() + footprint::SESSION_BYTES / 2,
+    };
+    let full = w.refused(Command::CreateSession(spec(1, 1)));
+    assert_eq!(full.code(), "state_full");
+    assert!(full.to_string().contains("--max-state-bytes"), "{full}");
+    // A bad spec is still refused as bad, whatever the room.
+    let mut bad = spec(1, 1);
+    bad.quorum = 2;
+    assert_eq!(w.refused(Command::CreateSession(bad)).code(), "invalid");
+    // Room for one: taken, then full again.
+    w.s.limits = Limits {
+        max_state_bytes: w.s.state_bytes() + footprint::SESSION_BYTES,
+    };
+    w.session(1, 1);
+    assert_eq!(
+        w.refused(Command::CreateSession(spec(1, 1))).code(),
+        "state_full"
+    );
+}
+
+#[test]
+fn the_pool_takes_at_most_max_miners_whatever_the_state_bound() {
+    let mut w = World::new();
+    // The state bound does not apply to miners: a full state must still take the
+    // miners that finish its tasks.
+    w.s.limits = Limits { max_state_bytes: 0 };
+    for _ in 0..limits::MAX_MINERS {
+        w.miner(1);
+    }
+    let next = MinerId(w.s.header.next_miner + 1);
+    let register = Command::RegisterMiner {
+        name: "one-too-many".into(),
+        capacity: 1,
+        tags: vec![],
+        token_hash: token(next),
+        heartbeat_timeout_ms: 60_000,
+    };
+    let full = w.refused(register.clone());
+    assert_eq!(full.code(), "state_full");
+    assert!(full.to_string().contains("65536 miners"), "{full}");
+    // One deregistered (gone, then forgotten an hour later): room again.
+    w.ok(Command::DeregisterMiner {
+        auth: auth(MinerId(1)),
+    });
+    w.advance(limits::GONE_MINER_RETENTION_MS + 1);
+    // (The others' heartbeats lapsed by then too: a tick fires a bounded number.)
+    for _ in 0..200 {
+        if w.s.miner(MinerId(1)).is_none() {
+            break;
+        }
+        w.advance(1);
+    }
+    assert!(w.s.miner(MinerId(1)).is_none());
+    w.ok(register);
 }
