@@ -12,7 +12,9 @@
 //! a poll with an older `after` answers at once, never misses a change.
 //!
 //! Each miner has a `watch` channel, so a waiting poll sleeps until its own miner
-//! changes instead of waking on every applied entry.
+//! changes instead of waking on every applied entry. Only miners the state holds
+//! are tracked: a forgotten miner's entry goes when it is forgotten, and a snapshot
+//! install drops those the new state lacks, so the map is bounded by the pool.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -90,13 +92,21 @@ impl MinerChanges {
             .remove(&miner);
     }
 
-    /// The whole state was replaced at `index`: every miner may have changed.
-    pub fn reset(&self, index: u64) {
+    /// The whole state was replaced at `index`: every miner may have changed, and
+    /// those the new state does not hold (`holds` says which it does) are forgotten.
+    pub fn reset(&self, index: u64, holds: impl Fn(MinerId) -> bool) {
         let mut inner = self.inner.lock().expect("miner changes lock");
         inner.floor = index;
+        inner.miners.retain(|miner, _| holds(*miner));
         for tx in inner.miners.values() {
             tx.send_replace(index);
         }
+    }
+
+    /// How many miners are tracked.
+    #[cfg(test)]
+    pub(super) fn tracked(&self) -> usize {
+        self.inner.lock().expect("miner changes lock").miners.len()
     }
 
     /// Whether no miner is tracked.
@@ -111,7 +121,10 @@ impl MinerChanges {
 }
 
 /// The miners a transition concerns: the one it names, and every miner holding or
-/// having held a slot of its task (read from `state` after the transition).
+/// having held a slot of its task (read from `state` after the transition), of
+/// those the state still holds. A task keeps its past slots for its whole life
+/// (up to 30 days), while a gone miner is forgotten an hour after it went: tracking
+/// a forgotten one would keep its entry here for the life of the process.
 pub fn concerned(state: &State, event: &Event) -> Vec<MinerId> {
     let mut out: Vec<MinerId> = event.miner.into_iter().collect();
     if let Some(task) = state.task(event.task) {
@@ -121,6 +134,7 @@ pub fn concerned(state: &State, event: &Event) -> Vec<MinerId> {
             }
         }
     }
+    out.retain(|m| state.miner(*m).is_some());
     out
 }
 
@@ -167,13 +181,91 @@ mod tests {
     async fn a_reset_wakes_everyone_and_raises_the_floor() {
         let changes = MinerChanges::new(0);
         let mut rx = changes.subscribe(MinerId(4));
-        changes.reset(40);
+        let mut gone = changes.subscribe(MinerId(6));
+        changes.reset(40, |m| m != MinerId(6));
+        assert!(
+            gone.changed().await.is_err(),
+            "a miner the new state lacks is forgotten"
+        );
+        assert_eq!(changes.tracked(), 1);
         tokio::time::timeout(Duration::from_secs(5), rx.changed())
             .await
             .expect("woken by the reset")
             .expect("open");
         assert_eq!(changes.changed_at(MinerId(4)), 40);
         assert_eq!(changes.changed_at(MinerId(5)), 40);
+    }
+
+    #[test]
+    fn a_forgotten_miner_that_held_a_slot_of_a_live_task_is_not_tracked_again() {
+        use crate::machine::{limits, Command, NewTask, Response, TaskState};
+        let mut state = State::new();
+        let mut now = 1_000_000;
+        let mut run = |state: &mut State, now: u64, c: Command| {
+            state
+                .apply(&c, now)
+                .unwrap_or_else(|e| panic!("{c:?}: {e}"))
+        };
+        let session = match run(
+            &mut state,
+            now,
+            Command::CreateSession(super::super::tests::spec()),
+        )
+        .response
+        {
+            Response::SessionCreated { session } => session,
+            r => panic!("{r:?}"),
+        };
+        let token = crate::machine::sha256(&[b"m1"]);
+        run(
+            &mut state,
+            now,
+            Command::RegisterMiner {
+                name: "m1".into(),
+                capacity: 1,
+                tags: vec![],
+                token_hash: token,
+                heartbeat_timeout_ms: 1000,
+            },
+        );
+        let miner = MinerId(1);
+        run(
+            &mut state,
+            now,
+            Command::SubmitTasks {
+                session,
+                tasks: vec![NewTask {
+                    payload: b"p".to_vec().into(),
+                    priority: None,
+                    idempotency_key: None,
+                    queue_timeout_ms: None,
+                }],
+            },
+        );
+        let task = state
+            .assignments_of(miner)
+            .first()
+            .expect("assigned at submit")
+            .0
+            .id;
+        // The miner misses its heartbeats: gone, its slot back in the queue; an hour
+        // later it is forgotten, while the task (no queue timeout) lives on.
+        now += 2_000;
+        run(&mut state, now, Command::Tick);
+        now += limits::GONE_MINER_RETENTION_MS + 1;
+        run(&mut state, now, Command::Tick);
+        assert!(state.miner(miner).is_none());
+        let t = state.task(task).expect("the task lives on");
+        assert!(t.assignments.iter().any(|a| a.miner == miner));
+        let event = Event {
+            task,
+            session,
+            state: TaskState::Queued,
+            miner: None,
+            what: crate::machine::EventKind::Submitted,
+            at_ms: now,
+        };
+        assert!(concerned(&state, &event).is_empty());
     }
 
     #[tokio::test]
