@@ -215,10 +215,13 @@ async fn serve_connection<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    // Streams per HTTP/2 connection: hyper's default of 200 would multiply the
+    // connection cap (`--max-connections`) by 200 in requests held at once.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(None);
+        .keep_alive_interval(None)
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let stopped = stop.wait();
@@ -266,6 +269,9 @@ async fn serve_connection<I>(
         }
     }
 }
+
+/// Most requests one HTTP/2 connection may have open at once.
+const H2_MAX_STREAMS: u32 = 64;
 
 /// How long an idle connection may take to close gracefully before it is dropped.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);

@@ -6,7 +6,7 @@
 //! connections, while the flood is still held. And a client that sends its headers
 //! and then trickles the body is answered 408 once the body-read timeout passes,
 //! with nothing written. WebSockets count toward the connection cap until they
-//! close.
+//! close, and an HTTP/2 connection may hold at most 64 requests at once.
 
 mod common;
 
@@ -353,4 +353,24 @@ async fn websockets_count_toward_the_connection_cap_until_they_close() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_may_hold_64_requests_at_once() {
+    let cluster = TestCluster::start(1).await;
+    let tcp = TcpStream::connect(cluster.api(0)).await.unwrap();
+    let (client, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(format!("http://{}/health", cluster.api(0)))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::select! {
+        r = response => r.unwrap(),
+        r = &mut connection => panic!("connection ended first: {r:?}"),
+    };
+    assert_eq!(response.status(), 200);
+    // The node's SETTINGS: streams per connection bounded, so `--max-connections`
+    // bounds the requests held at once.
+    assert_eq!(connection.max_concurrent_send_streams(), 64);
 }

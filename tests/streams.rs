@@ -1,6 +1,7 @@
 //! Event streams against real node processes: SSE ids, resuming with
 //! `Last-Event-ID` or `?after=` on another node, `resync` past the window, the same
-//! events over WebSocket, refused ids, and the `?key=` of browsers.
+//! events over WebSocket, refused ids, the `?key=` of browsers, and the bound on
+//! what a WebSocket client may send.
 
 mod common;
 
@@ -342,4 +343,28 @@ async fn bad_ids_are_refused_with_400_and_the_key_may_come_as_a_query_parameter(
         .await
         .unwrap();
     assert_eq!(v["counts"]["queued"], json!(1), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_message_over_4_kib_ends_the_socket() {
+    let cluster = TestCluster::start(1).await;
+    let c = cluster.client_of(0);
+    let session = c.create_session(&session_spec(1, 1)).await.unwrap();
+    // Small messages from the client are read and ignored: the socket stays.
+    let mut ws = open_ws(&cluster.api(0), &session, "").await;
+    ws.send(Message::text("x".repeat(1000))).await.unwrap();
+    submit(&cluster, 0, &session, 1).await;
+    assert_eq!(ws_next(&mut ws).await.event, "transition");
+    // One over the bound is not buffered: the node ends the socket.
+    let _ = ws.send(Message::text("x".repeat(64 << 10))).await;
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the socket stayed open");
 }

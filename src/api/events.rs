@@ -63,6 +63,10 @@ use crate::store::{EventId, Recorded, WindowRead, WindowStart};
 /// proxies and clients can tell a quiet stream from a dead one.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// Largest message or frame a WebSocket client may send (it has nothing to send but
+/// pings and a close; anything larger ends the socket).
+const WS_CLIENT_MESSAGE_LIMIT: usize = 4096;
+
 #[derive(Deserialize)]
 pub struct EventsQuery {
     /// Resume after this event id (`Last-Event-ID` wins when both are given).
@@ -153,10 +157,14 @@ pub async fn stream(
             // never completes: the closure is dropped).
             let permit = permit.and_then(|Extension(slot)| slot.take());
             let connection = connection.map(|Extension(c)| c);
-            ws.on_upgrade(move |socket| async move {
-                websocket(socket, feed, permit).await;
-                drop(connection);
-            })
+            // A client has nothing to send but pings and a close: a few KiB is
+            // plenty (tungstenite would buffer up to 64 MiB a message).
+            ws.max_message_size(WS_CLIENT_MESSAGE_LIMIT)
+                .max_frame_size(WS_CLIENT_MESSAGE_LIMIT)
+                .on_upgrade(move |socket| async move {
+                    websocket(socket, feed, permit).await;
+                    drop(connection);
+                })
         }
         Err(_) => {
             let events = stream::unfold(feed, |mut feed| async move {
