@@ -266,14 +266,7 @@ async fn request_metrics_label_only_known_methods_and_routes() {
             .unwrap();
         assert!(r.status().is_client_error(), "{}", r.status());
     }
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cluster.metrics_text(0).await;
     assert!(
         !text.contains("SQPROBE"),
         "a client's method became a label"

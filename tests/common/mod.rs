@@ -310,10 +310,9 @@ impl TestCluster {
         format!("{scheme}://{}", self.api(i))
     }
 
-    /// A metric's value from node `i`'s Prometheus text (0 when absent).
-    pub async fn metric(&self, i: usize, name: &str) -> f64 {
-        let text = self
-            .client_of(i)
+    /// Node `i`'s Prometheus text (`GET /metrics`).
+    pub async fn metrics_text(&self, i: usize) -> String {
+        self.client_of(i)
             .http()
             .get(format!("{}/metrics", self.url(i)))
             .send()
@@ -321,7 +320,12 @@ impl TestCluster {
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A metric's value from node `i`'s Prometheus text (0 when absent).
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let text = self.metrics_text(i).await;
         text.lines()
             .find(|l| l.starts_with(name) && !l.starts_with('#'))
             .and_then(|l| l.rsplit(' ').next())
