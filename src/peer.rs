@@ -104,12 +104,13 @@ async fn authenticate(
             .into_response();
     }
     // Only a sender with a proven session gets its body read (up to MAX_PEER_BODY).
-    if let Err(refusal) = ctx.auth.check_session(
+    let proven = match ctx.auth.check_session(
         header(&parts.headers, peer_auth::SESSION_HEADER),
         header(&parts.headers, peer_auth::FROM_HEADER),
     ) {
-        return refused(&path, refusal);
-    }
+        Ok(proven) => proven,
+        Err(refusal) => return refused(&path, refusal),
+    };
     let body = match read_body(&parts.extensions, body, MAX_PEER_BODY).await {
         Ok(b) => b,
         Err(refused) => return refused,
@@ -125,8 +126,7 @@ async fn authenticate(
         body_sha256: None,
     };
     let verified = match ctx.auth.verify(
-        header(h, peer_auth::SESSION_HEADER),
-        header(h, peer_auth::FROM_HEADER),
+        proven,
         header(h, peer_auth::SEQ_HEADER),
         header(h, peer_auth::MAC_HEADER),
         &signed,

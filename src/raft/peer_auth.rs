@@ -335,6 +335,14 @@ pub struct PeerAuth {
     sessions: Mutex<(u64, HashMap<[u8; 32], ServerSession>)>,
 }
 
+/// A session token this node proved in a hello, and who holds it: made only by
+/// [`PeerAuth::check_session`].
+#[derive(Clone, Copy, Debug)]
+pub struct ProvenSession {
+    token: [u8; 32],
+    from: NodeId,
+}
+
 /// A request that verified: what signing its answer needs.
 pub struct Verified {
     pub from: NodeId,
@@ -393,14 +401,13 @@ impl PeerAuth {
     }
 
     /// Whether the session and sender headers name a session this node proved in
-    /// a hello: its token and the sender. Costs one HMAC and needs no body, so the
-    /// peer channel checks it before reading one; [`PeerAuth::verify`] checks it
-    /// again with the rest.
+    /// a hello. Costs one HMAC and needs no body, so the peer channel checks it
+    /// before reading one, then hands it to [`PeerAuth::verify`] with the rest.
     pub fn check_session(
         &self,
         session: Option<&str>,
         from: Option<&str>,
-    ) -> Result<([u8; 32], NodeId), Refusal> {
+    ) -> Result<ProvenSession, Refusal> {
         let (Some(session), Some(from)) = (session, from) else {
             return Err(Refusal::Missing);
         };
@@ -414,14 +421,13 @@ impl PeerAuth {
         if !bool::from(self.server_nonce(from, &c).as_slice().ct_eq(s.as_slice())) {
             return Err(Refusal::UnknownSession);
         }
-        Ok((token, from))
+        Ok(ProvenSession { token, from })
     }
 
-    /// Verifies a request: its session, its MAC and that it is no replay.
+    /// Verifies a request of a proven session: its MAC and that it is no replay.
     pub fn verify(
         &self,
-        session: Option<&str>,
-        from: Option<&str>,
+        session: ProvenSession,
         seq: Option<&str>,
         mac: Option<&str>,
         signed: &Signed<'_>,
@@ -429,7 +435,7 @@ impl PeerAuth {
         let (Some(seq), Some(mac)) = (seq, mac) else {
             return Err(Refusal::Missing);
         };
-        let (token, from) = self.check_session(session, from)?;
+        let ProvenSession { token, from } = session;
         let seq: u64 = seq.parse().map_err(|_| Refusal::Missing)?;
         let mac = hex::decode(mac).map_err(|_| Refusal::Missing)?;
         let c: [u8; 16] = token[..16].try_into().expect("16 bytes");
@@ -512,9 +518,9 @@ mod tests {
         let (session, cluster) = hs.finish(b"the-secret-0123456789", &reply).unwrap();
         assert_eq!(cluster.as_deref(), Some("c1"));
         let verify = |server: &PeerAuth, from: &str, seq: u64, mac: &str, body: &[u8]| {
+            let proven = server.check_session(Some(session.token.as_str()), Some(from))?;
             server.verify(
-                Some(session.token.as_str()),
-                Some(from),
+                proven,
                 Some(seq.to_string().as_str()),
                 Some(mac),
                 &signed(body),
@@ -557,8 +563,13 @@ mod tests {
         let stale = verify(&restarted, "1", s3, &m3, b"c");
         assert_eq!(stale.err(), Some(Refusal::UnknownSession));
         // No headers at all.
-        let none = server.verify(None, None, None, None, &signed(b"c"));
+        let none = server.check_session(None, None);
         assert_eq!(none.err(), Some(Refusal::Missing));
+        let proven = server
+            .check_session(Some(session.token.as_str()), Some("1"))
+            .unwrap();
+        let unsigned = server.verify(proven, None, None, &signed(b"c"));
+        assert_eq!(unsigned.err(), Some(Refusal::Missing));
     }
 
     #[test]

@@ -201,7 +201,7 @@ mod tests {
         use crate::machine::{limits, Command, NewTask, Response, TaskState};
         let mut state = State::new();
         let mut now = 1_000_000;
-        let mut run = |state: &mut State, now: u64, c: Command| {
+        let run = |state: &mut State, now: u64, c: Command| {
             state
                 .apply(&c, now)
                 .unwrap_or_else(|e| panic!("{c:?}: {e}"))
