@@ -303,8 +303,8 @@ pub struct NodeConfig {
 
     /// The cluster's state (tasks with their payloads and results, sessions, miners,
     /// idempotency keys) may take about this many bytes of memory on each node; past
-    /// it new tasks are refused with HTTP 429 `state_full`. The leader's value is
-    /// carried in the log, so every node applies the same bound.
+    /// it new tasks and sessions are refused with HTTP 429 `state_full`. The leader's
+    /// value is carried in the log, so every node applies the same bound.
     #[arg(long, env = "SQ_MAX_STATE_BYTES", default_value_t = 8 << 30)]
     pub max_state_bytes: u64,
 

@@ -54,7 +54,8 @@ mod shared_commands {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// New tasks are refused (`state_full`) once the state's approximate size
-    /// ([`super::State::state_bytes`]) would pass this.
+    /// ([`super::State::state_bytes`]) would pass this; new sessions too, before
+    /// they are proposed ([`super::State::bound_growth`]).
     pub max_state_bytes: u64,
 }
 

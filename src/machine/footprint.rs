@@ -18,11 +18,11 @@
 //! million queued tasks), and a task's count is a pure function of the task, so it
 //! can always be computed again from the task before it changes.
 //!
-//! Only new tasks and new sessions are refused when the count is at the bound (429
-//! `state_full`): refusing reveals, acks, heartbeats or new miners would keep the
-//! tasks already accepted from ever finishing (and being purged), which is what
-//! frees memory. Miners are bounded by their number instead
-//! ([`super::limits::MAX_MINERS`]).
+//! Only new tasks are refused at apply when the count is at the bound (429
+//! `state_full`), and new sessions before they are proposed (see `growth`):
+//! refusing reveals, acks, heartbeats or new miners would keep the tasks already
+//! accepted from ever finishing (and being purged), which is what frees memory.
+//! Miners are bounded by their number instead ([`super::limits::MAX_MINERS`]).
 
 use super::command::NewTask;
 use super::task::Task;

@@ -44,6 +44,7 @@ mod command;
 mod dispatch;
 mod error;
 mod footprint;
+mod growth;
 mod idempotency;
 mod ids;
 mod lifecycle;
@@ -103,9 +104,10 @@ pub mod limits {
     pub const MAX_ATTEMPTS: u32 = 1000;
     /// A rejection counts as recent for this long.
     pub const REJECTION_WINDOW_MS: u64 = 3600 * 1000;
-    /// Most miners registered at once (gone ones count until forgotten). Not bound
-    /// by `--max-state-bytes`: a full state must still take new miners, or the
-    /// tasks it holds could not finish and free it.
+    /// Most miners registered at once (gone ones count until forgotten), a bound
+    /// on proposing a registration ([`super::State::bound_growth`]). Not bound by
+    /// `--max-state-bytes`: a full state must still take new miners, or the tasks
+    /// it holds could not finish and free it.
     pub const MAX_MINERS: usize = 65_536;
     /// Gone miners are forgotten after this long.
     pub const GONE_MINER_RETENTION_MS: u64 = 3600 * 1000;
@@ -330,7 +332,7 @@ impl State {
     /// the limits it is about to stamp).
     pub fn check_within(&self, cmd: &Command, limits: &Limits) -> Result<(), Rejection> {
         match cmd {
-            Command::CreateSession(spec) => self.validate_new_session(spec, limits),
+            Command::CreateSession(spec) => session::validate_spec(spec),
             Command::CloseSession { session } => self.validate_close(*session),
             Command::SubmitTasks { session, tasks } => {
                 self.validate_submit(*session, tasks, limits).map(drop)

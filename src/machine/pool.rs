@@ -140,13 +140,6 @@ impl State {
         if self.idx.tokens.contains_key(token_hash) {
             return Err(super::error::conflict("this token is already in use"));
         }
-        if self.miners.len() >= limits::MAX_MINERS {
-            return Err(Rejection::StateFull(format!(
-                "the pool holds {} miners (gone ones until they are forgotten, an hour \
-                 after they went), the most it may; nothing was written: retry later",
-                self.miners.len()
-            )));
-        }
         Ok(())
     }
 

@@ -14,9 +14,7 @@ use super::error::{conflict, invalid, not_found};
 use super::ids::{MinerId, SessionId, TaskId};
 use super::limits;
 use super::tick::Due;
-use super::{
-    footprint, Key, Limits, MinerState, Rejection, Response, SessionSpec, State, TaskState,
-};
+use super::{Key, MinerState, Rejection, Response, SessionSpec, State, TaskState};
 
 /// Open sessions take tasks; closed ones do not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,30 +176,8 @@ pub(super) fn validate_spec(spec: &SessionSpec) -> Result<(), Rejection> {
 }
 
 impl State {
-    /// A new session's spec, and room for it under the state's bound: a session is
-    /// refused (`state_full`) like a task once the state is at `--max-state-bytes`,
-    /// so creating sessions cannot grow the state past it either.
-    pub(super) fn validate_new_session(
-        &self,
-        spec: &SessionSpec,
-        bounds: &Limits,
-    ) -> Result<(), Rejection> {
-        validate_spec(spec)?;
-        let held = self.state_bytes();
-        if held.saturating_add(footprint::SESSION_BYTES) > bounds.max_state_bytes {
-            return Err(Rejection::StateFull(format!(
-                "the cluster's state holds about {held} bytes; a new session would pass its \
-                 --max-state-bytes of {}; nothing was written: retry once finished tasks \
-                 and closed sessions have been purged",
-                bounds.max_state_bytes
-            )));
-        }
-        Ok(())
-    }
-
     pub(super) fn create_session(&mut self, spec: &SessionSpec) -> Result<Response, Rejection> {
-        let bounds = self.limits;
-        self.validate_new_session(spec, &bounds)?;
+        validate_spec(spec)?;
         self.header.next_session += 1;
         let id = SessionId(self.header.next_session);
         self.mark(Key::Header);

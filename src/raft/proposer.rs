@@ -622,8 +622,10 @@ fn take_batch(
 }
 
 /// The rejections of `commands` if the state refuses every one of them under the
-/// bounds the next batch will carry. Checked one after the other on the same state: a refused command changes nothing, so each
-/// later one would meet exactly this state.
+/// bounds the next batch will carry, or they would grow it past a bound checked only
+/// before proposing (`State::bound_growth`). Checked one after the other on the
+/// same state: a refused command changes nothing, so each later one would meet
+/// exactly this state.
 fn all_refused(state: &State, commands: &[Command], limits: &Limits) -> Option<Vec<CommandResult>> {
     if commands.is_empty() {
         return None;
@@ -632,7 +634,11 @@ fn all_refused(state: &State, commands: &[Command], limits: &Limits) -> Option<V
         .iter()
         .map(|c| match c {
             Command::Tick => None,
-            c => state.check_within(c, limits).err().map(Err),
+            c => state
+                .check_within(c, limits)
+                .and_then(|()| state.bound_growth(c, limits))
+                .err()
+                .map(Err),
         })
         .collect()
 }

@@ -1,8 +1,8 @@
 //! Bounds the machine keeps on what a client can grow: a session's queue
 //! (`max_queued_tasks`, refused as `queue_full` by every replica alike), and the
 //! payloads of finished tasks (dropped unless the session keeps them); the work of
-//! closing a session (only its own unfinished tasks are visited); and the state's
-//! bound on tasks and sessions, and the pool's on miners.
+//! closing a session (only its own unfinished tasks are visited); the state's bound
+//! on tasks (at apply) and on sessions, and the pool's on miners (before proposing).
 
 use super::*;
 
@@ -236,30 +236,29 @@ fn the_state_bound_comes_from_the_batch_and_the_count_survives_a_restore() {
 }
 
 #[test]
-fn the_state_bound_refuses_new_sessions_alike_in_check_and_apply() {
+fn a_new_session_past_the_state_bound_is_refused_before_proposing_never_at_apply() {
     let mut w = World::new();
     let s = w.session(1, 1);
     w.submit(s, &"p".repeat(1000));
-    // Room for half a session: refused, nothing written.
-    w.s.limits = Limits {
+    let create = Command::CreateSession(spec(1, 1));
+    // Room for half a session: the leader refuses to propose it.
+    let half = Limits {
         max_state_bytes: w.s.state_bytes() + footprint::SESSION_BYTES / 2,
     };
-    let full = w.refused(Command::CreateSession(spec(1, 1)));
+    let full = w.s.bound_growth(&create, &half).unwrap_err();
     assert_eq!(full.code(), "state_full");
     assert!(full.to_string().contains("--max-state-bytes"), "{full}");
-    // A bad spec is still refused as bad, whatever the room.
-    let mut bad = spec(1, 1);
-    bad.quorum = 2;
-    assert_eq!(w.refused(Command::CreateSession(bad)).code(), "invalid");
-    // Room for one: taken, then full again.
-    w.s.limits = Limits {
+    // Room for one: proposed.
+    let one = Limits {
         max_state_bytes: w.s.state_bytes() + footprint::SESSION_BYTES,
     };
+    assert!(w.s.bound_growth(&create, &one).is_ok());
+    // Commands these bounds do not concern pass whatever the room.
+    assert!(w.s.bound_growth(&Command::Tick, &half).is_ok());
+    // Apply does not check it: an entry holding such a session (an older leader
+    // proposed it) does on every replica what it always did.
+    w.s.limits = half;
     w.session(1, 1);
-    assert_eq!(
-        w.refused(Command::CreateSession(spec(1, 1))).code(),
-        "state_full"
-    );
 }
 
 #[test]
@@ -267,19 +266,20 @@ fn the_pool_takes_at_most_max_miners_whatever_the_state_bound() {
     let mut w = World::new();
     // The state bound does not apply to miners: a full state must still take the
     // miners that finish its tasks.
-    w.s.limits = Limits { max_state_bytes: 0 };
+    let full_state = Limits { max_state_bytes: 0 };
+    let register = |id: u64| Command::RegisterMiner {
+        name: format!("m{id}"),
+        capacity: 1,
+        tags: vec![],
+        token_hash: token(MinerId(id)),
+        heartbeat_timeout_ms: 60_000,
+    };
+    assert!(w.s.bound_growth(&register(1), &full_state).is_ok());
     for _ in 0..limits::MAX_MINERS {
         w.miner(1);
     }
-    let next = MinerId(w.s.header.next_miner + 1);
-    let register = Command::RegisterMiner {
-        name: "one-too-many".into(),
-        capacity: 1,
-        tags: vec![],
-        token_hash: token(next),
-        heartbeat_timeout_ms: 60_000,
-    };
-    let full = w.refused(register.clone());
+    let next = w.s.header.next_miner + 1;
+    let full = w.s.bound_growth(&register(next), &full_state).unwrap_err();
     assert_eq!(full.code(), "state_full");
     assert!(full.to_string().contains("65536 miners"), "{full}");
     // One deregistered (gone, then forgotten an hour later): room again.
@@ -295,5 +295,5 @@ fn the_pool_takes_at_most_max_miners_whatever_the_state_bound() {
         w.advance(1);
     }
     assert!(w.s.miner(MinerId(1)).is_none());
-    w.ok(register);
+    assert!(w.s.bound_growth(&register(next), &full_state).is_ok());
 }
