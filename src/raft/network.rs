@@ -209,6 +209,14 @@ impl PeerClient {
                     }
                     retried = true;
                 }
+                Err(Sent::Broken(e)) => {
+                    // Perhaps the peer forgot the session and refused the request
+                    // without reading it (a 401 lost when it closed the connection):
+                    // the next call proves a new one. Not sent again here: the
+                    // request may have been processed.
+                    self.forget(target, addr);
+                    return Err(e);
+                }
                 Err(Sent::Other(e)) => return Err(e),
                 Ok(bytes) => {
                     return codec::decode(&bytes)
@@ -223,6 +231,9 @@ impl PeerClient {
 enum Sent {
     /// 401: not processed; a new session may send it again.
     Unauthenticated(String),
+    /// The connection broke before an answer (not a connect failure, not a
+    /// timeout): it may have been processed; the session is in doubt.
+    Broken(PeerError),
     Other(PeerError),
 }
 
@@ -371,11 +382,13 @@ impl PeerClient {
             builder = builder.header(BUDGET_HEADER, budget);
         }
         let resp = builder.send().await.map_err(|e| {
-            Sent::Other(if e.is_connect() {
-                PeerError::Unreachable(target, e.to_string())
+            if e.is_connect() {
+                Sent::Other(PeerError::Unreachable(target, e.to_string()))
+            } else if e.is_timeout() {
+                Sent::Other(PeerError::Failed(target, e.to_string()))
             } else {
-                PeerError::Failed(target, e.to_string())
-            })
+                Sent::Broken(PeerError::Failed(target, e.to_string()))
+            }
         })?;
         let status = resp.status();
         let answer_mac = resp
@@ -750,6 +763,74 @@ impl RaftNetwork<TypeConfig> for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_connection_broken_mid_request_drops_the_session_so_the_next_call_says_hello() {
+        use crate::raft::peer_auth::{Hello, PeerAuth};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const SECRET: &str = "the-secret-0123456789";
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let hellos = Arc::new(AtomicUsize::new(0));
+        let counted = hellos.clone();
+        // A peer that proves the secret to every hello and closes the connection of
+        // every other request unanswered (as one that refused it unread may).
+        tokio::spawn(async move {
+            let auth = PeerAuth::new(2, SECRET);
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                let head_end = loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(i + 4);
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                if !head.starts_with("post /peer/hello ") {
+                    continue; // dropped: the connection closes unanswered
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while buf.len() < head_end + len {
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let hello: Hello = codec::decode(&buf[head_end..head_end + len]).unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let reply = codec::encode(&auth.answer_hello(&hello, None));
+                let mut answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    reply.len()
+                )
+                .into_bytes();
+                answer.extend_from_slice(&reply);
+                stream.write_all(&answer).await.unwrap();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Arc::new(ClusterIdentity::open(1, dir.path().to_path_buf()).unwrap());
+        let client = PeerClient::new(SECRET.into()).with_identity(identity);
+        for call in 1..=2 {
+            let r: Result<u64, PeerError> = client
+                .call(2, &addr, paths::STATUS, &0u64, Duration::from_secs(5), None)
+                .await;
+            assert!(matches!(r, Err(PeerError::Failed(..))), "{r:?}");
+            assert_eq!(
+                hellos.load(Ordering::SeqCst),
+                call,
+                "call {call} proves a session first"
+            );
+        }
+    }
 
     #[test]
     fn a_request_carries_the_entries_that_fit_and_always_one() {
