@@ -199,8 +199,8 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 }
 
 /// A `'static` copy of a label value, made once per distinct value. Routes (the
-/// route table's patterns) and statuses are few, so this bounds itself, and labels then cost no allocation
-/// per request.
+/// route table's patterns) and statuses are few, so this bounds itself, and labels
+/// then cost no allocation per request.
 fn intern(value: &str) -> &'static str {
     use std::collections::HashSet;
     use std::sync::{Mutex, OnceLock};
