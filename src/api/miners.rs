@@ -229,19 +229,22 @@ pub async fn assignments(
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(node.config.max_wait_ms));
     let deadline = Instant::now() + wait;
     // Subscribed before the first look, so no change between look and wait is missed.
-    let mut changes = node.state.watch_miner(auth.miner);
+    let gone = || {
+        ApiError::Conflict(format!(
+            "miner {} is gone (missed heartbeats or left); register again",
+            auth.miner
+        ))
+    };
+    let mut changes = node.state.watch_miner(auth.miner).ok_or_else(gone)?;
     let stop = node.stop.wait();
     tokio::pin!(stop);
     loop {
-        let (gone, busy) = node.state.read(|s| match s.miner(auth.miner) {
+        let (is_gone, busy) = node.state.read(|s| match s.miner(auth.miner) {
             Some(m) => (m.state == MinerState::Gone, !m.active.is_empty()),
             None => (true, false),
         });
-        if gone {
-            return Err(ApiError::Conflict(format!(
-                "miner {} is gone (missed heartbeats or left); register again",
-                auth.miner
-            )));
+        if is_gone {
+            return Err(gone());
         }
         let ready = match q.after {
             Some(after) => node.state.miner_changed_at(auth.miner) > after,
@@ -287,9 +290,9 @@ pub async fn assignments(
         }
         tokio::select! {
             changed = changes.changed() => {
-                // Closed: the miner was forgotten, and the next look answers so.
-                if changed.is_err() && node.state.read(|s| s.miner(auth.miner).is_some()) {
-                    changes = node.state.watch_miner(auth.miner);
+                // Closed: the miner was forgotten, and watching again answers so.
+                if changed.is_err() {
+                    changes = node.state.watch_miner(auth.miner).ok_or_else(gone)?;
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}

@@ -144,9 +144,26 @@ impl AppliedState {
         self.miners.changed_at(miner)
     }
 
-    /// Changes of [`Self::miner_changed_at`] for one miner.
-    pub fn watch_miner(&self, miner: MinerId) -> watch::Receiver<u64> {
-        self.miners.subscribe(miner)
+    /// Changes of [`Self::miner_changed_at`] for one miner the state holds; `None`
+    /// for one it no longer holds. The state is looked at after subscribing, so a
+    /// watch racing the miner's purge (which forgets the miner after taking it out
+    /// of the state) leaves no entry behind: either the purge's forget comes after
+    /// the subscription, or this look sees the miner gone and forgets it again.
+    pub fn watch_miner(&self, miner: MinerId) -> Option<watch::Receiver<u64>> {
+        let changes = self.miners.subscribe(miner);
+        if self.read(|s| s.miner(miner).is_some()) {
+            Some(changes)
+        } else {
+            drop(changes);
+            self.miners.forget(miner);
+            None
+        }
+    }
+
+    /// How many miners the change index tracks.
+    #[cfg(test)]
+    pub(super) fn tracked_miners(&self) -> usize {
+        self.miners.tracked()
     }
 
     /// Runs `f` on the applied state under a read lock; keep `f` short.

@@ -358,3 +358,34 @@ pub(super) async fn snapshot_bytes(mut data: Box<tokio::fs::File>) -> Vec<u8> {
         .unwrap();
     bytes
 }
+
+#[tokio::test]
+async fn watching_a_miner_the_state_does_not_hold_leaves_nothing_behind() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = open(dir.path(), 1, "test").await.unwrap();
+    let mut entries = workload(0);
+    entries.push(entry(
+        3,
+        vec![Command::RegisterMiner {
+            name: "m".into(),
+            capacity: 1,
+            tags: vec![],
+            token_hash: crate::machine::sha256(&[b"m"]),
+            heartbeat_timeout_ms: 10_000,
+        }],
+    ));
+    let results = sm.apply(entries).await.unwrap();
+    let miner = match results[2].0[0] {
+        Ok(Response::MinerRegistered { miner }) => miner,
+        ref r => panic!("{r:?}"),
+    };
+    let applied = sm.reader();
+    let held = applied.watch_miner(miner);
+    assert!(held.is_some(), "a miner the state holds is watched");
+    assert_eq!(applied.tracked_miners(), 1);
+    // A miner purged (or never there) between a poll's authentication and its
+    // watch: no watch, and no entry left for it.
+    let forgotten = crate::machine::MinerId(miner.0 + 1000);
+    assert!(applied.watch_miner(forgotten).is_none());
+    assert_eq!(applied.tracked_miners(), 1);
+}
