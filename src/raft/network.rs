@@ -105,7 +105,8 @@ pub struct PeerClient {
     secret: String,
     /// This node's identity; set by [`PeerClient::with_identity`].
     identity: Option<Arc<ClusterIdentity>>,
-    /// Sessions proven by a hello, by target and address.
+    /// Sessions proven by a hello, by target and address: one a target, at its
+    /// latest address.
     sessions: Arc<Mutex<HashMap<(NodeId, String), Arc<ClientSession>>>>,
     /// `http`, or `https` with mutual TLS ([`PeerClient::with_tls`]).
     scheme: &'static str,
@@ -287,10 +288,11 @@ impl PeerClient {
                 e => e,
             })?;
         let session = Arc::new(session);
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, session.clone());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        // A node's session at an address it has left (its address changed in the
+        // membership) is dropped: the map holds at most one session a peer.
+        sessions.retain(|(t, a), _| *t != target || *a == key.1);
+        sessions.insert(key, session.clone());
         Ok(session)
     }
 
@@ -761,87 +763,5 @@ impl RaftNetwork<TypeConfig> for Connection {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_connection_broken_mid_request_drops_the_session_so_the_next_call_says_hello() {
-        use crate::raft::peer_auth::{Hello, PeerAuth};
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        const SECRET: &str = "the-secret-0123456789";
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let hellos = Arc::new(AtomicUsize::new(0));
-        let counted = hellos.clone();
-        // A peer that proves the secret to every hello and closes the connection of
-        // every other request unanswered (as one that refused it unread may).
-        tokio::spawn(async move {
-            let auth = PeerAuth::new(2, SECRET);
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-                let head_end = loop {
-                    let n = stream.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break Some(i + 4);
-                    }
-                };
-                let Some(head_end) = head_end else { continue };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-                if !head.starts_with("post /peer/hello ") {
-                    continue; // dropped: the connection closes unanswered
-                }
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                while buf.len() < head_end + len {
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let hello: Hello = codec::decode(&buf[head_end..head_end + len]).unwrap();
-                counted.fetch_add(1, Ordering::SeqCst);
-                let reply = codec::encode(&auth.answer_hello(&hello, None));
-                let mut answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    reply.len()
-                )
-                .into_bytes();
-                answer.extend_from_slice(&reply);
-                stream.write_all(&answer).await.unwrap();
-            }
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let identity = Arc::new(ClusterIdentity::open(1, dir.path().to_path_buf()).unwrap());
-        let client = PeerClient::new(SECRET.into()).with_identity(identity);
-        for call in 1..=2 {
-            let r: Result<u64, PeerError> = client
-                .call(2, &addr, paths::STATUS, &0u64, Duration::from_secs(5), None)
-                .await;
-            assert!(matches!(r, Err(PeerError::Failed(..))), "{r:?}");
-            assert_eq!(
-                hellos.load(Ordering::SeqCst),
-                call,
-                "call {call} proves a session first"
-            );
-        }
-    }
-
-    #[test]
-    fn a_request_carries_the_entries_that_fit_and_always_one() {
-        assert_eq!(entries_that_fit([10, 10, 10], 25), 2);
-        assert_eq!(entries_that_fit([10, 10, 10], 30), 3);
-        assert_eq!(entries_that_fit([10, 10, 10], 1000), 3);
-        assert_eq!(
-            entries_that_fit([50, 10], 25),
-            1,
-            "one entry goes even alone over"
-        );
-        assert_eq!(entries_that_fit([], 25), 0);
-    }
-}
+#[path = "network_tests.rs"]
+mod tests;
