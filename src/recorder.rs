@@ -48,14 +48,16 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Folds the recorder's histogram samples into buckets every `every`, until the
-/// task is dropped. Several nodes in one process may each run one: an upkeep with
-/// nothing recorded since the last is cheap.
+/// Folds the recorder's histogram samples into buckets every `every` (the first
+/// time at once), until the task is dropped, counting each in
+/// `sq_metrics_upkeeps_total`. Several nodes in one process may each run one: an
+/// upkeep with nothing recorded since the last is cheap.
 pub async fn keep_up(handle: PrometheusHandle, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         handle.run_upkeep();
+        metrics::counter!("sq_metrics_upkeeps_total").increment(1);
     }
 }

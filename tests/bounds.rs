@@ -1,8 +1,9 @@
 //! Bounds of what a client can grow, against real node processes: a session's queue
 //! (`max_queued_tasks`, 429 `queue_full` with nothing written), through a follower so
 //! the refusal is seen to come from the replicated rule, not one node's guess; pages
-//! of assignments; and the request metrics' labels, which a client's methods and
-//! paths must not grow.
+//! of assignments; the request metrics' labels, which a client's methods and
+//! paths must not grow; and the node's own upkeep of its request histograms, which
+//! otherwise hold a sample per request until a scrape.
 
 mod common;
 
@@ -329,4 +330,24 @@ async fn a_full_state_refuses_new_sessions_with_a_429_and_writes_nothing() {
         .unwrap();
     let n = listed["sessions"].as_array().map_or(0, Vec::len);
     assert_eq!(n, created, "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_folds_its_request_histograms_without_being_scraped() {
+    // The fold itself (and that it bounds memory) is tests/recorder.rs; this is
+    // that a node runs it: at start, then every 5 s. A scrape folds too, but only
+    // the node's own upkeep counts.
+    let cluster = TestCluster::start(1).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let upkeeps = cluster.metric(0, "sq_metrics_upkeeps_total").await;
+        if upkeeps >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{upkeeps} upkeeps after 30 s: the node does not fold its histograms"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
