@@ -11,6 +11,7 @@ pub mod network;
 pub mod outcome;
 pub mod peer_auth;
 pub mod peer_body;
+pub mod peer_http;
 pub mod proposal;
 pub mod proposer;
 pub mod read;

@@ -59,9 +59,12 @@ use serde::Serialize;
 
 use tokio::task::JoinHandle;
 
+use hyper::header::{HeaderName, HeaderValue};
+
 use super::identity::ClusterIdentity;
 use super::peer_auth::{self, ClientSession, Handshake, Signed};
 use super::peer_body::{Body, BodyKey, SharedBodies};
+use super::peer_http::{Answer, Failure, PeerHttp};
 use super::types::{LogId, NodeAddr, NodeId, TypeConfig, Vote};
 use crate::codec;
 use crate::store::EncodedEntries;
@@ -110,6 +113,8 @@ pub struct PeerClient {
     sessions: Arc<Mutex<HashMap<(NodeId, String), Arc<ClientSession>>>>,
     /// `http`, or `https` with mutual TLS ([`PeerClient::with_tls`]).
     scheme: &'static str,
+    /// Plain http's lean transport; `None` with TLS, where `http` (reqwest) speaks.
+    lean: Option<Arc<PeerHttp>>,
 }
 
 /// The peer channel's HTTP client; with `tls`, it speaks https with that config
@@ -134,6 +139,7 @@ impl PeerClient {
             scheme: "http",
             identity: None,
             sessions: Default::default(),
+            lean: Some(Arc::new(PeerHttp::default())),
         }
     }
 
@@ -143,6 +149,7 @@ impl PeerClient {
         PeerClient {
             http: peer_http(Some(tls)),
             scheme: "https",
+            lean: None,
             ..self
         }
     }
@@ -256,6 +263,49 @@ impl PeerClient {
         format!("{}://{addr}{path}", self.scheme)
     }
 
+    /// POSTs `body` to `path` on `addr`: through the lean transport on plain http,
+    /// through reqwest with TLS.
+    async fn exchange(
+        &self,
+        addr: &str,
+        path: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, Failure> {
+        if let Some(lean) = &self.lean {
+            return lean.post(addr, path, headers, body, timeout).await;
+        }
+        let mut builder = self
+            .http
+            .post(self.url(addr, path))
+            .timeout(timeout)
+            .body(body);
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let resp = builder.send().await.map_err(|e| {
+            if e.is_connect() {
+                Failure::Connect(e.to_string())
+            } else if e.is_timeout() {
+                Failure::Timeout(e.to_string())
+            } else {
+                Failure::Broken(e.to_string())
+            }
+        })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Failure::Broken(e.to_string()))?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
     fn forget(&self, target: NodeId, addr: &str) {
         self.sessions
             .lock()
@@ -312,20 +362,17 @@ impl PeerClient {
             warn_unproven(target, addr, &why);
             PeerError::Refused(target, 401, why)
         };
-        let resp = self
-            .http
-            .post(self.url(addr, paths::HELLO))
-            .header(TARGET_HEADER, target.to_string())
-            .timeout(timeout.min(Duration::from_secs(2)))
-            .body(codec::encode(&hs.hello))
-            .send()
+        let answer = self
+            .exchange(
+                addr,
+                paths::HELLO,
+                vec![(target_header(), header_value(target.to_string()))],
+                codec::encode(&hs.hello).into(),
+                timeout.min(Duration::from_secs(2)),
+            )
             .await
             .map_err(|e| PeerError::Unreachable(target, e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| PeerError::Unreachable(target, e.to_string()))?;
+        let (status, bytes) = (answer.status, answer.body);
         if !status.is_success() {
             return Err(unproven(format!(
                 "hello refused ({status}): {}",
@@ -368,40 +415,36 @@ impl PeerClient {
             body: body.bytes(),
             body_sha256: Some(body.sha256()),
         });
-        let mut builder = self
-            .http
-            .post(self.url(addr, path))
-            .header(peer_auth::SESSION_HEADER, &session.token)
-            .header(peer_auth::FROM_HEADER, identity.me().to_string())
-            .header(peer_auth::SEQ_HEADER, seq.to_string())
-            .header(peer_auth::MAC_HEADER, mac)
-            .header(peer_auth::CLUSTER_HEADER, &cluster)
-            .header(peer_auth::ROLE_HEADER, role)
-            .header(TARGET_HEADER, target.to_string())
-            .timeout(timeout)
-            .body(body.bytes().clone());
+        let h = |name: &'static str, value: String| {
+            (HeaderName::from_static(name), header_value(value))
+        };
+        let mut headers = vec![
+            h(peer_auth::SESSION_HEADER, session.token.clone()),
+            h(peer_auth::FROM_HEADER, identity.me().to_string()),
+            h(peer_auth::SEQ_HEADER, seq.to_string()),
+            h(peer_auth::MAC_HEADER, mac),
+            h(peer_auth::CLUSTER_HEADER, cluster),
+            h(peer_auth::ROLE_HEADER, role.to_string()),
+            (target_header(), header_value(target.to_string())),
+        ];
         if let Some(budget) = budget {
-            builder = builder.header(BUDGET_HEADER, budget);
+            headers.push(h(BUDGET_HEADER, budget.to_string()));
         }
-        let resp = builder.send().await.map_err(|e| {
-            if e.is_connect() {
-                Sent::Other(PeerError::Unreachable(target, e.to_string()))
-            } else if e.is_timeout() {
-                Sent::Other(PeerError::Failed(target, e.to_string()))
-            } else {
-                Sent::Broken(PeerError::Failed(target, e.to_string()))
-            }
-        })?;
-        let status = resp.status();
-        let answer_mac = resp
-            .headers()
+        let answer = self
+            .exchange(addr, path, headers, body.bytes().clone(), timeout)
+            .await
+            .map_err(|e| match e {
+                Failure::Connect(e) => Sent::Other(PeerError::Unreachable(target, e)),
+                Failure::Timeout(e) => Sent::Other(PeerError::Failed(target, e)),
+                Failure::Broken(e) => Sent::Broken(PeerError::Failed(target, e)),
+            })?;
+        let status = answer.status;
+        let answer_mac = answer
+            .headers
             .get(peer_auth::MAC_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Sent::Other(PeerError::Failed(target, e.to_string())))?;
+        let bytes = answer.body;
         if status.as_u16() == 401 {
             return Err(Sent::Unauthenticated(
                 String::from_utf8_lossy(&bytes).into_owned(),
@@ -435,6 +478,16 @@ impl PeerClient {
         }
         Ok(bytes)
     }
+}
+
+fn target_header() -> HeaderName {
+    HeaderName::from_static(TARGET_HEADER)
+}
+
+/// A header value from text the node made (ids, numbers, hex, tokens); one that is
+/// not a valid header value (never expected) goes empty, and the peer refuses it.
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Logs that a peer did not prove the secret, at most every ten seconds (openraft
