@@ -3,10 +3,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::*;
 use crate::raft::peer_auth::{Hello, PeerAuth};
+use crate::raft::peer_http::read_request;
 
 const SECRET: &str = "the-secret-0123456789";
 
@@ -22,31 +23,13 @@ async fn fake_peer() -> (String, Arc<AtomicUsize>) {
         let auth = PeerAuth::new(2, SECRET);
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-            let head_end = loop {
-                let n = stream.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break Some(i + 4);
-                }
+            let Some((head, body)) = read_request(&mut stream, &mut Vec::new()).await else {
+                continue;
             };
-            let Some(head_end) = head_end else { continue };
-            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
             if !head.starts_with("post /peer/hello ") {
                 continue; // dropped: the connection closes unanswered
             }
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            while buf.len() < head_end + len {
-                let n = stream.read(&mut chunk).await.unwrap();
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let hello: Hello = codec::decode(&buf[head_end..head_end + len]).unwrap();
+            let hello: Hello = codec::decode(&body).unwrap();
             counted.fetch_add(1, Ordering::SeqCst);
             let reply = codec::encode(&auth.answer_hello(&hello, None));
             let mut answer = format!(

@@ -179,12 +179,49 @@ async fn connect(addr: &str) -> Result<SendRequest<Full<Bytes>>, Failure> {
     Ok(sender)
 }
 
+/// The server side of one HTTP/1.1 request, for tests' fake peers: reads a request
+/// from `stream` into `buf` and takes it out: its head (lower-cased) and its body
+/// (by its content-length). `None` once the client closed the connection.
+#[cfg(test)]
+pub(crate) async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + len {
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..head_end + len].to_vec();
+    buf.drain(..head_end + len);
+    Some((head, body))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
 
@@ -200,14 +237,8 @@ mod tests {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let n = stream.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
+                    if read_request(&mut stream, &mut Vec::new()).await.is_none() {
+                        return;
                     }
                     // Keep-alive as far as the client knows; closed right after.
                     let _ = stream
@@ -220,19 +251,19 @@ mod tests {
         (addr, connections)
     }
 
+    /// POSTs a small body to `/x` on `addr`.
+    async fn say_hi(http: &PeerHttp, addr: &str) -> Result<Answer, Failure> {
+        let body = Bytes::from_static(b"hi");
+        http.post(addr, "/x", [], body, Duration::from_secs(5))
+            .await
+    }
+
     #[tokio::test]
     async fn a_connection_the_peer_closed_while_idle_is_not_a_failure() {
         let (addr, connections) = closing_server().await;
         let http = PeerHttp::default();
         for call in 1..=3 {
-            let answer = http
-                .post(
-                    &addr,
-                    "/x",
-                    [],
-                    Bytes::from_static(b"hi"),
-                    Duration::from_secs(5),
-                )
+            let answer = say_hi(&http, &addr)
                 .await
                 .unwrap_or_else(|e| panic!("call {call}: {e}"));
             assert_eq!(answer.status, StatusCode::OK);
@@ -253,25 +284,11 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut seen = Vec::new();
-            let mut chunk = [0u8; 1024];
+            let mut buf = Vec::new();
             for _ in 0..2 {
-                while seen.windows(4).filter(|w| *w == b"\r\n\r\n").count() < 1 {
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the client closed the connection");
-                    seen.extend_from_slice(&chunk[..n]);
-                }
-                let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                while seen.len() < end + len {
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    seen.extend_from_slice(&chunk[..n]);
-                }
-                seen.drain(..end + len);
+                read_request(&mut stream, &mut buf)
+                    .await
+                    .expect("the client closed the connection");
                 stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await
@@ -280,16 +297,7 @@ mod tests {
         });
         let http = PeerHttp::default();
         for _ in 0..2 {
-            let answer = http
-                .post(
-                    &addr,
-                    "/x",
-                    [],
-                    Bytes::from_static(b"hi"),
-                    Duration::from_secs(5),
-                )
-                .await
-                .unwrap();
+            let answer = say_hi(&http, &addr).await.unwrap();
             assert_eq!(&answer.body[..], b"ok");
         }
         // Both requests came on the one connection the server accepted.
