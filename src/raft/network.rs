@@ -104,42 +104,44 @@ pub enum PeerError {
 /// A pooled HTTP client for the peer channel, shared by every connection.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: reqwest::Client,
+    transport: Transport,
     secret: String,
     /// This node's identity; set by [`PeerClient::with_identity`].
     identity: Option<Arc<ClusterIdentity>>,
     /// Sessions proven by a hello, by target and address: one a target, at its
     /// latest address.
     sessions: Arc<Mutex<HashMap<(NodeId, String), Arc<ClientSession>>>>,
-    /// `http`, or `https` with mutual TLS ([`PeerClient::with_tls`]).
-    scheme: &'static str,
-    /// Plain http's lean transport; `None` with TLS, where `http` (reqwest) speaks.
-    lean: Option<Arc<PeerHttp>>,
 }
 
-/// The peer channel's HTTP client; with `tls`, it speaks https with that config
-/// (the node's certificate as its client certificate, the peer CA as its roots).
-fn peer_http(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
+/// How the peer client reaches its peers.
+#[derive(Clone)]
+enum Transport {
+    /// Plain http: keep-alive connections driven with hyper ([`PeerHttp`]).
+    Plain(Arc<PeerHttp>),
+    /// https with mutual TLS ([`PeerClient::with_tls`]), through reqwest.
+    Tls(reqwest::Client),
+}
+
+/// The peer channel's https client with that TLS config (the node's certificate as
+/// its client certificate, the peer CA as its roots).
+fn tls_client(tls: rustls::ClientConfig) -> reqwest::Client {
+    reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_millis(500));
-    if let Some(tls) = tls {
-        builder = builder.use_preconfigured_tls(tls);
-    }
-    builder.build().expect("HTTP client")
+        .connect_timeout(Duration::from_millis(500))
+        .use_preconfigured_tls(tls)
+        .build()
+        .expect("HTTP client")
 }
 
 impl PeerClient {
     pub fn new(secret: String) -> Self {
         PeerClient {
-            http: peer_http(None),
+            transport: Transport::Plain(Arc::new(PeerHttp::default())),
             secret,
-            scheme: "http",
             identity: None,
             sessions: Default::default(),
-            lean: Some(Arc::new(PeerHttp::default())),
         }
     }
 
@@ -147,9 +149,7 @@ impl PeerClient {
     /// `--peer-tls-key`, `--peer-ca`; see [`crate::tls::peer_client`]).
     pub fn with_tls(self, tls: rustls::ClientConfig) -> Self {
         PeerClient {
-            http: peer_http(Some(tls)),
-            scheme: "https",
-            lean: None,
+            transport: Transport::Tls(tls_client(tls)),
             ..self
         }
     }
@@ -259,10 +259,6 @@ impl PeerClient {
             .expect("PeerClient::with_identity before the first call")
     }
 
-    fn url(&self, addr: &str, path: &str) -> String {
-        format!("{}://{addr}{path}", self.scheme)
-    }
-
     /// POSTs `body` to `path` on `addr`: through the lean transport on plain http,
     /// through reqwest with TLS.
     async fn exchange(
@@ -273,12 +269,12 @@ impl PeerClient {
         body: bytes::Bytes,
         timeout: Duration,
     ) -> Result<Answer, Failure> {
-        if let Some(lean) = &self.lean {
-            return lean.post(addr, path, headers, body, timeout).await;
-        }
-        let mut builder = self
-            .http
-            .post(self.url(addr, path))
+        let http = match &self.transport {
+            Transport::Plain(lean) => return lean.post(addr, path, headers, body, timeout).await,
+            Transport::Tls(http) => http,
+        };
+        let mut builder = http
+            .post(format!("https://{addr}{path}"))
             .timeout(timeout)
             .body(body);
         for (name, value) in headers {

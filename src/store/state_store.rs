@@ -541,12 +541,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         self.last_applied = last_applied;
         self.membership = membership;
         let index = last_applied.map_or(0, |l| l.index);
-        {
-            let state = self.shared.state.read().expect("state lock");
+        self.shared.read(|state| {
             self.shared
                 .miners
-                .reset(index, |m| state.miner(m).is_some());
-        }
+                .reset(index, |m| state.miner(m).is_some())
+        });
         self.shared.applied.send_replace(index);
         self.shared.window.reset(index);
         let _ = self
